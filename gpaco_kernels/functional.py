@@ -1,0 +1,344 @@
+"""Functional losses. Each checks its arguments, maps them to the one op of loss-spec.md and reduces.
+
+    fused_paco_loss    the general form: PaCo, GPaCo, the GPaCo pixel loss, and anything between
+    fused_supcon_loss  SupCon / SimCLR in the (bsz, n_views, D) layout of Khosla et al.
+    fused_psc_loss     the prototypical supervised contrastive loss of Wang et al. 2021
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as nnf
+
+from . import _checks as check
+from .ops import BACKEND_NAMES, ContrastInputs, LossConfig, per_anchor_loss, resolve_backend
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def fused_paco_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_anchors: Optional[int] = None,
+    queue: Optional[torch.Tensor] = None,
+    queue_labels: Optional[torch.Tensor] = None,
+    center_logits: Optional[torch.Tensor] = None,
+    centers: Optional[torch.Tensor] = None,
+    class_counts=None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 0.07,
+    base_temperature: Optional[float] = None,
+    center_temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    exclude_positive_class: bool = False,
+    ignore_index: int = -100,
+    normalize: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Parametric contrastive loss over [class block | batch | queue] without the anchors x columns matrix.
+
+    Args:
+        features: (N, D) batch embeddings (all views); rows 0..num_anchors-1 are the anchors; every row is also a
+            contrast column ("batch" column) and receives a gradient from both sides.
+        labels: (N,) integer labels of features. Anchors labelled ``ignore_index`` add no loss and are not counted,
+            but stay in the contrast set.
+        num_anchors: A, default N.
+        queue, queue_labels: (K, D) and (K,) momentum queue; contrast columns that never receive a gradient.
+        center_logits: (A, C) class logits S (PaCo's ``sup_logits``), or
+        centers: (C, D) class centers W, with logits <f_i, w_c> (gradient flows to W). At most one of the two.
+        class_counts: (C,) training-set counts; adds log(prior + 1e-9) to the class logits (rebalancing).
+        alpha, beta, gamma: weight of sample positives, of the class positive, and of samples in the denominator.
+        temperature, center_temperature: t for samples, tc for the class block; base_temperature tb (default t)
+            scales the loss by t / tb.
+        label_smoothing: eps; the class positive weight becomes 1 - eps and eps / (C - 1) goes to each other class.
+        exclude_positive_class: leave the anchor's own class out of the denominator (PSC).
+        normalize: L2-normalize features, queue and centers first (with gradient through the normalization).
+        reduction: 'mean' (over counted anchors; anchors without positives count and add 0), 'sum' or 'none'
+            (the (A,) per-anchor losses, 0 for ignored anchors).
+        backend: 'auto', 'reference', 'torch' (and compiled backends when installed).
+
+    The per-anchor loss matches the official PaCo/GPaCo code to rounding, including its 1e-12 inside the log and
+    its max over every column (masked ones too); where the published code divides 0 by 0 (an anchor with no
+    positive at all), this loss is 0.
+    """
+    return _paco_loss(
+        features,
+        labels,
+        num_anchors=num_anchors,
+        queue=queue,
+        queue_labels=queue_labels,
+        center_logits=center_logits,
+        centers=centers,
+        class_counts=class_counts,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        center_temperature=center_temperature,
+        label_smoothing=label_smoothing,
+        exclude_positive_class=exclude_positive_class,
+        ignore_index=ignore_index,
+        normalize=normalize,
+        reduction=reduction,
+        backend=backend,
+    )
+
+
+def fused_supcon_loss(
+    features: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    *,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    contrast_mode: str = "all",
+    ignore_index: int = -100,
+    normalize: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020) on features of shape (bsz, n_views, ...), flattened to (bsz, n_views, D).
+
+    The views are stacked view-major (all of view 0, then view 1, ...), as in the published code; with
+    contrast_mode='all' every row is an anchor, with 'one' only view 0. labels=None is SimCLR (each sample its own
+    class). Like the published code there is no 1e-12 inside the log, and anchors without positives add 0 to the
+    mean. reduction='none' returns the per-anchor losses in the stacked order.
+    """
+    check.tensor("features", features, floating=True)
+    if features.dim() < 3:
+        raise ValueError(f"features must have shape (bsz, n_views, ...) with at least 3 dims, got {tuple(features.shape)}")
+    check.choice("contrast_mode", contrast_mode, ("all", "one"))
+    bsz, n_views = features.shape[0], features.shape[1]
+    if labels is None:
+        labels = torch.arange(bsz, device=features.device)
+    else:
+        check.tensor("labels", labels, floating=False)
+        check.shape("labels", labels, (bsz,), f"(bsz,) = ({bsz},)")
+    stacked = features.reshape(bsz, n_views, -1).transpose(0, 1).reshape(bsz * n_views, -1)
+    return _paco_loss(
+        stacked,
+        labels.repeat(n_views),
+        num_anchors=bsz * n_views if contrast_mode == "all" else bsz,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        ignore_index=ignore_index,
+        normalize=normalize,
+        reduction=reduction,
+        backend=backend,
+        lse_eps=0.0,
+    )
+
+
+def fused_psc_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    exclude_positive_class: bool = True,
+    normalize: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Prototypical supervised contrastive loss (Wang et al. 2021): each sample against C learnable prototypes,
+
+        L_i = -log( exp(<z_i, p_y>/t) / sum_{c != y} exp(<z_i, p_c>/t) )
+
+    with z and p L2-normalized (normalize=True). As published, the denominator runs over the other C - 1
+    prototypes; exclude_positive_class=False includes the own class (a cosine-softmax classifier). Other batch
+    samples are not contrast columns. features (N, D), labels (N,), prototypes (C, D).
+    """
+    check.tensor("prototypes", prototypes, floating=True)
+    if exclude_positive_class and prototypes.dim() == 2 and prototypes.shape[0] < 2:
+        raise ValueError(
+            f"prototypes must have at least 2 rows when exclude_positive_class=True (the denominator runs over the "
+            f"other classes), got {tuple(prototypes.shape)}"
+        )
+    return _paco_loss(
+        features,
+        labels,
+        centers=prototypes,
+        alpha=0.0,
+        beta=1.0,
+        gamma=0.0,
+        temperature=temperature,
+        base_temperature=temperature,
+        center_temperature=temperature,
+        exclude_positive_class=exclude_positive_class,
+        ignore_index=ignore_index,
+        normalize=normalize,
+        reduction=reduction,
+        backend=backend,
+        lse_eps=0.0,
+        batch_columns=False,
+    )
+
+
+def _paco_loss(features, labels, *, normalize=False, reduction="mean", lse_eps=1e-12, batch_columns=True, **options):
+    """fused_paco_loss plus the two choices only the other wrappers make: lse_eps (SupCon and PSC have no 1e-12
+    inside the log) and batch_columns (PSC contrasts with prototypes only)."""
+    x, cfg, backend_name = canonicalize(
+        features, labels, reduction=reduction, lse_eps=lse_eps, batch_columns=batch_columns, **options
+    )
+    if normalize:
+        x = ContrastInputs(
+            nnf.normalize(x.features, dim=1),
+            x.labels,
+            None if x.queue is None else nnf.normalize(x.queue, dim=1),
+            x.queue_labels,
+            x.center_logits,
+            None if x.centers is None else nnf.normalize(x.centers, dim=1),
+            x.center_bias,
+        )
+    losses = per_anchor_loss(x, cfg, backend_name)
+    return reduce(losses, x.labels[: cfg.num_anchors], cfg.ignore_index, reduction).to(features.dtype)
+
+
+def reduce(losses: torch.Tensor, anchor_labels: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    """'mean' divides by the anchors not ignored (no host sync); with none counted it is 0 with zero gradients."""
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if reduction == "sum":
+        return total
+    counted = (anchor_labels != ignore_index).sum().clamp(min=1)
+    return total / counted
+
+
+def canonicalize(
+    features,
+    labels,
+    *,
+    num_anchors=None,
+    queue=None,
+    queue_labels=None,
+    center_logits=None,
+    centers=None,
+    class_counts=None,
+    alpha=1.0,
+    beta=1.0,
+    gamma=1.0,
+    temperature=0.07,
+    base_temperature=None,
+    center_temperature=1.0,
+    label_smoothing=0.0,
+    exclude_positive_class=False,
+    ignore_index=-100,
+    reduction="mean",
+    backend="auto",
+    lse_eps=1e-12,
+    batch_columns=True,
+):
+    """Check every argument and build the op's (ContrastInputs, LossConfig, backend name). Nothing is modified."""
+    check.tensor("features", features, floating=True)
+    check.shape("features", features, (None, None), "(N, D)")
+    n, dim = features.shape
+    if n == 0 or dim == 0:
+        raise ValueError(f"features must have at least one row and one column, got {tuple(features.shape)}")
+    check.tensor("labels", labels, floating=False)
+    check.shape("labels", labels, (n,), f"(N,) = ({n},) to match features")
+    check.same_device("labels", labels, "features", features)
+
+    if num_anchors is None:
+        num_anchors = n
+    check.integer("num_anchors", num_anchors)
+    if not 1 <= num_anchors <= n:
+        raise ValueError(f"num_anchors must be in [1, N] = [1, {n}], got {num_anchors}")
+
+    if (queue is None) != (queue_labels is None):
+        given, missing = ("queue", "queue_labels") if queue is not None else ("queue_labels", "queue")
+        raise ValueError(f"{given} was given without {missing}; pass both or neither")
+    if queue is not None:
+        check.tensor("queue", queue, floating=True)
+        check.shape("queue", queue, (None, dim), f"(K, D) with D = {dim} as in features")
+        check.same_device("queue", queue, "features", features)
+        check.same_dtype("queue", queue, "features", features)
+        check.tensor("queue_labels", queue_labels, floating=False)
+        check.shape("queue_labels", queue_labels, (queue.shape[0],), f"(K,) = ({queue.shape[0]},) to match queue")
+        check.same_device("queue_labels", queue_labels, "features", features)
+
+    if center_logits is not None and centers is not None:
+        raise ValueError("pass center_logits or centers, not both (centers W define the logits F W^T themselves)")
+    num_classes = 0
+    if center_logits is not None:
+        check.tensor("center_logits", center_logits, floating=True)
+        check.shape("center_logits", center_logits, (num_anchors, None), f"(num_anchors, C) = ({num_anchors}, C)")
+        check.same_device("center_logits", center_logits, "features", features)
+        check.same_dtype("center_logits", center_logits, "features", features)
+        num_classes = center_logits.shape[1]
+    if centers is not None:
+        check.tensor("centers", centers, floating=True)
+        check.shape("centers", centers, (None, dim), f"(C, D) with D = {dim} as in features")
+        check.same_device("centers", centers, "features", features)
+        check.same_dtype("centers", centers, "features", features)
+        num_classes = centers.shape[0]
+    has_classes = center_logits is not None or centers is not None
+    if has_classes and num_classes == 0:
+        raise ValueError("the class block is empty: center_logits/centers have 0 classes")
+
+    temperature = check.positive("temperature", temperature)
+    center_temperature = check.positive("center_temperature", center_temperature)
+    base_temperature = temperature if base_temperature is None else check.positive("base_temperature", base_temperature)
+    alpha = check.non_negative("alpha", alpha)
+    beta = check.non_negative("beta", beta)
+    gamma = check.non_negative("gamma", gamma)
+    label_smoothing = check.non_negative("label_smoothing", label_smoothing)
+    if label_smoothing >= 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing > 0 and num_classes < 2:
+        raise ValueError(
+            f"label_smoothing > 0 needs a class block with at least 2 classes, got {num_classes} classes"
+        )
+    check.flag("exclude_positive_class", exclude_positive_class)
+    if exclude_positive_class and not has_classes:
+        raise ValueError("exclude_positive_class=True needs a class block (center_logits or centers)")
+    check.integer("ignore_index", ignore_index)
+    check.choice("reduction", reduction, REDUCTIONS)
+    check.choice("backend", backend, BACKEND_NAMES)
+
+    center_bias = None
+    if class_counts is not None:
+        if not has_classes:
+            raise ValueError("class_counts was given without a class block (center_logits or centers)")
+        counts = check.class_counts(class_counts, num_classes, features.device)
+        # In the features' compute dtype, as the published code (float32 there) computes it.
+        prior = counts.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+        center_bias = torch.log(prior / prior.sum() + 1e-9)
+
+    if has_classes:
+        check.label_range("labels", labels, num_classes, ignore_index)
+        if queue_labels is not None:
+            check.label_range("queue_labels", queue_labels, num_classes, ignore_index)
+
+    backend_name = resolve_backend(backend)
+    cfg = LossConfig(
+        num_anchors=num_anchors,
+        temperature=temperature,
+        center_temperature=center_temperature,
+        base_temperature=base_temperature,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+        exclude_positive_class=exclude_positive_class,
+        ignore_index=ignore_index,
+        batch_columns=batch_columns,
+        lse_eps=lse_eps,
+    )
+    x = ContrastInputs(
+        features=features,
+        labels=labels.long(),
+        queue=queue,
+        queue_labels=None if queue_labels is None else queue_labels.long(),
+        center_logits=center_logits,
+        centers=centers,
+        center_bias=center_bias,
+    )
+    return x, cfg, backend_name

@@ -1,0 +1,147 @@
+"""nn.Module wrappers: they hold hyperparameters (and, for PSC, the learnable prototypes) and call functional."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import _checks as check
+from .functional import fused_paco_loss, fused_psc_loss, fused_supcon_loss
+
+
+class FusedPaCoLoss(nn.Module):
+    """Module form of :func:`fused_paco_loss`. ``class_counts`` (optional) is kept as a buffer, so the prior moves
+    with ``.to()`` and is saved in the state_dict; ``set_class_counts`` replaces it."""
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        temperature: float = 0.07,
+        base_temperature: Optional[float] = None,
+        center_temperature: float = 1.0,
+        label_smoothing: float = 0.0,
+        exclude_positive_class: bool = False,
+        ignore_index: int = -100,
+        normalize: bool = False,
+        reduction: str = "mean",
+        backend: str = "auto",
+        class_counts=None,
+    ):
+        super().__init__()
+        self.options = dict(
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            temperature=temperature,
+            base_temperature=base_temperature,
+            center_temperature=center_temperature,
+            label_smoothing=label_smoothing,
+            exclude_positive_class=exclude_positive_class,
+            ignore_index=ignore_index,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+        )
+        self.register_buffer("class_counts", None)
+        if class_counts is not None:
+            self.set_class_counts(class_counts)
+
+    def set_class_counts(self, class_counts) -> None:
+        self.class_counts = check.class_counts(class_counts, None, torch.device("cpu"))
+
+    def forward(self, features, labels, *, num_anchors=None, queue=None, queue_labels=None, center_logits=None,
+                centers=None):
+        return fused_paco_loss(
+            features,
+            labels,
+            num_anchors=num_anchors,
+            queue=queue,
+            queue_labels=queue_labels,
+            center_logits=center_logits,
+            centers=centers,
+            class_counts=self.class_counts,
+            **self.options,
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class SupConLoss(nn.Module):
+    """Module form of :func:`fused_supcon_loss`: forward(features (bsz, n_views, D), labels=None)."""
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        base_temperature: float = 0.07,
+        contrast_mode: str = "all",
+        *,
+        normalize: bool = False,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.options = dict(
+            temperature=temperature,
+            base_temperature=base_temperature,
+            contrast_mode=contrast_mode,
+            normalize=normalize,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            backend=backend,
+        )
+
+    def forward(self, features, labels=None):
+        return fused_supcon_loss(features, labels, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class PSCLoss(nn.Module):
+    """Prototypical supervised contrastive loss (Wang et al. 2021) with its C learnable prototypes of size D.
+
+    forward(features (N, D), labels (N,)). The prototypes are a parameter of this module: give it to the optimizer
+    (it is in ``.parameters()``)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        temperature: float = 0.1,
+        exclude_positive_class: bool = True,
+        normalize: bool = True,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        check.integer("num_classes", num_classes)
+        check.integer("dim", dim)
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"num_classes and dim must be >= 1, got num_classes={num_classes}, dim={dim}")
+        # Gaussian rows point in uniformly random directions; 1/sqrt(D) gives them about unit norm.
+        self.prototypes = nn.Parameter(torch.randn(num_classes, dim) / math.sqrt(dim))
+        self.options = dict(
+            temperature=temperature,
+            exclude_positive_class=exclude_positive_class,
+            normalize=normalize,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            backend=backend,
+        )
+
+    def forward(self, features, labels):
+        return fused_psc_loss(features, labels, self.prototypes, **self.options)
+
+    def extra_repr(self) -> str:
+        num_classes, dim = self.prototypes.shape
+        return f"num_classes={num_classes}, dim={dim}, " + ", ".join(f"{k}={v!r}" for k, v in self.options.items())

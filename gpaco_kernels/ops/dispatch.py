@@ -1,0 +1,61 @@
+"""Backend registry and selection. A backend is one module in this package exposing:
+
+    NAME                   its name
+    availability()         None when usable here, else a sentence saying why not and what to install
+    forward(x, cfg)        -> (loss, lse, pos), each (A,) in the compute dtype
+    backward(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_centers)
+                           -> (grad_features, grad_center_logits, grad_centers), None where not needed
+
+except "reference", which exposes per_anchor_loss(x, cfg) and lets autograd differentiate it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> module (relative to gpaco_kernels.ops). Later backends ("cpu", "triton") add one line here and a file.
+_BACKEND_MODULES = {
+    "reference": ".reference",
+    "torch": ".torch_backend",
+}
+
+# What "auto" tries, best first; the first available wins. "torch" is always available, so "auto" never fails.
+_AUTO_ORDER = ("torch",)
+
+BACKEND_NAMES = ("auto", *_BACKEND_MODULES)
+
+
+def load_backend(name: str):
+    return importlib.import_module(_BACKEND_MODULES[name], __package__)
+
+
+def backend_unavailable_reason(name: str):
+    """None when the backend can run here, else why not (import failures included)."""
+    try:
+        module = load_backend(name)
+    except Exception as exc:  # a broken optional backend must not break the package
+        return f"importing it failed: {type(exc).__name__}: {exc}"
+    return module.availability()
+
+
+def is_available(name: str) -> bool:
+    return name in _BACKEND_MODULES and backend_unavailable_reason(name) is None
+
+
+def available_backends():
+    return tuple(name for name in _BACKEND_MODULES if backend_unavailable_reason(name) is None)
+
+
+def resolve_backend(name: str) -> str:
+    """Turn a user's backend argument into a concrete backend name, or raise ValueError saying why it can't run."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {list(BACKEND_NAMES)}, got {name!r}")
+    if name == "auto":
+        for candidate in _AUTO_ORDER:
+            if backend_unavailable_reason(candidate) is None:
+                return candidate
+        raise RuntimeError("no backend is available; the 'torch' backend should always be")  # unreachable by design
+    reason = backend_unavailable_reason(name)
+    if reason is not None:
+        raise ValueError(f"backend={name!r} is not available here: {reason}")
+    return name

@@ -1,0 +1,62 @@
+"""Backend "reference": the loss of loss-spec.md written densely, differentiated by autograd.
+
+It builds the whole A x (C + N + K) logit matrix, so it is the oracle of every test, not something to train with
+at scale. It runs in float64 when given float64 inputs; half inputs are computed in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spec import ContrastInputs, LossConfig, class_block_weights, compute_dtype, counted_anchors, sample_weights
+
+NAME = "reference"
+
+
+def availability():
+    return None
+
+
+def column_blocks(x: ContrastInputs, cfg: LossConfig, dtype: torch.dtype):
+    """Logits l, positive weights w and denominator weights d of every column, one (A, cols) triple per segment,
+    in the order [class block | batch | queue]."""
+    A = cfg.num_anchors
+    feats = x.features.to(dtype)
+    anchors, anchor_labels = feats[:A], x.labels[:A]
+    blocks = []
+    C = x.num_classes
+    if C:
+        if x.center_logits is not None:
+            s = x.center_logits.to(dtype)
+        else:
+            s = anchors @ x.centers.to(dtype).T
+        if x.center_bias is not None:
+            s = s + x.center_bias.to(dtype)
+        class_ids = torch.arange(C, device=feats.device)
+        blocks.append((s / cfg.center_temperature, *class_block_weights(anchor_labels, class_ids, C, cfg)))
+    if cfg.batch_columns:
+        rows = torch.arange(feats.shape[0], device=feats.device)
+        w, d = sample_weights(anchor_labels, x.labels, cfg, rows[:A], rows, dtype)
+        blocks.append((anchors @ feats.T / cfg.temperature, w, d))
+    if x.queue is not None and x.queue.shape[0] > 0:
+        w, d = sample_weights(anchor_labels, x.queue_labels, cfg, dtype=dtype)
+        blocks.append((anchors @ x.queue.to(dtype).T / cfg.temperature, w, d))
+    return blocks
+
+
+def per_anchor_loss(x: ContrastInputs, cfg: LossConfig) -> torch.Tensor:
+    """Loss of each anchor, shape (A,), 0 for ignored anchors and anchors without positives."""
+    dtype = compute_dtype(x.features.dtype)
+    blocks = column_blocks(x, cfg, dtype)
+    logits = torch.cat([b[0] for b in blocks], dim=1)
+    w = torch.cat([b[1].to(dtype) for b in blocks], dim=1)
+    d = torch.cat([b[2].to(dtype) for b in blocks], dim=1)
+    # The max runs over every column, masked ones included, as in the published code: with lse_eps > 0 the shift
+    # is not free, and this is the shift the published losses use.
+    m = logits.detach().max(dim=1, keepdim=True).values
+    lse = m.squeeze(1) + torch.log((d * torch.exp(logits - m)).sum(dim=1) + cfg.lse_eps)
+    pos = w.sum(dim=1)
+    valid = (pos > 0) & counted_anchors(x.labels[: cfg.num_anchors], cfg)
+    pos_safe = torch.where(valid, pos, torch.ones_like(pos))
+    loss = cfg.loss_scale * ((w * logits).sum(dim=1) - pos * lse) / pos_safe
+    return torch.where(valid, loss, torch.zeros_like(loss))
