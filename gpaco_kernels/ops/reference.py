@@ -33,14 +33,15 @@ def column_blocks(x: ContrastInputs, cfg: LossConfig, dtype: torch.dtype):
         if x.center_bias is not None:
             s = s + x.center_bias.to(dtype)
         class_ids = torch.arange(C, device=feats.device)
-        blocks.append((s / cfg.center_temperature, *class_block_weights(anchor_labels, class_ids, C, cfg)))
+        blocks.append((s / cfg.center_temperature, *class_block_weights(anchor_labels, class_ids, C, cfg, dtype)))
     if cfg.batch_columns:
         rows = torch.arange(feats.shape[0], device=feats.device)
         w, d = sample_weights(anchor_labels, x.labels, cfg, rows[:A], rows, dtype)
         blocks.append((anchors @ feats.T / cfg.temperature, w, d))
     if x.queue is not None and x.queue.shape[0] > 0:
         w, d = sample_weights(anchor_labels, x.queue_labels, cfg, dtype=dtype)
-        blocks.append((anchors @ x.queue.to(dtype).T / cfg.temperature, w, d))
+        # The queue is a memory of past embeddings: it never receives a gradient (loss-spec.md).
+        blocks.append((anchors @ x.queue.detach().to(dtype).T / cfg.temperature, w, d))
     return blocks
 
 
@@ -49,8 +50,8 @@ def per_anchor_loss(x: ContrastInputs, cfg: LossConfig) -> torch.Tensor:
     dtype = compute_dtype(x.features.dtype)
     blocks = column_blocks(x, cfg, dtype)
     logits = torch.cat([b[0] for b in blocks], dim=1)
-    w = torch.cat([b[1].to(dtype) for b in blocks], dim=1)
-    d = torch.cat([b[2].to(dtype) for b in blocks], dim=1)
+    w = torch.cat([b[1] for b in blocks], dim=1)
+    d = torch.cat([b[2] for b in blocks], dim=1)
     # The max runs over every column, masked ones included, as in the published code: with lse_eps > 0 the shift
     # is not free, and this is the shift the published losses use.
     m = logits.detach().max(dim=1, keepdim=True).values

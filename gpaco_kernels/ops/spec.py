@@ -57,13 +57,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def class_block_weights(anchor_labels: torch.Tensor, class_ids: torch.Tensor, num_classes: int, cfg: LossConfig):
+def class_block_weights(anchor_labels, class_ids, num_classes: int, cfg: LossConfig, dtype: torch.dtype):
     """Positive weight w and denominator weight d of anchors (R,) against classes (T,): two (R, T) tensors."""
     is_pos = anchor_labels[:, None] == class_ids[None, :]
     off = cfg.label_smoothing / (num_classes - 1) if num_classes > 1 else 0.0
     on = 1.0 - cfg.label_smoothing
-    w = torch.where(is_pos, cfg.beta * on, cfg.beta * off)
-    d = (~is_pos).to(w.dtype) if cfg.exclude_positive_class else torch.ones_like(w)
+    # Built in the compute dtype: torch.where on Python floats would round the weights to float32.
+    w = torch.full(is_pos.shape, cfg.beta * off, dtype=dtype, device=is_pos.device).masked_fill_(is_pos, cfg.beta * on)
+    d = (~is_pos).to(dtype) if cfg.exclude_positive_class else torch.ones_like(w)
     return w, d
 
 

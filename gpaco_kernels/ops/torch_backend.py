@@ -18,10 +18,10 @@ from .spec import ContrastInputs, LossConfig, class_block_weights, compute_dtype
 
 NAME = "torch"
 
-# Anchor rows per chunk, and elements per (rows x columns) tile: a tile of 2^20 float32 is 4 MB, and the
+# Anchor rows per chunk, and elements per (rows x columns) tile: a tile of 2^18 float32 is 1 MB, and the
 # elementwise chain keeps about six of them alive. Tests shrink both to exercise the online merge.
 BLOCK_ROWS = 256
-TILE_ELEMENTS = 1 << 20
+TILE_ELEMENTS = 1 << 18
 
 
 def availability():
@@ -76,8 +76,7 @@ def _tiles(x: ContrastInputs, cfg: LossConfig, segs, anchors: torch.Tensor, r0: 
             l = l * seg.scale
             cols = torch.arange(c0, c1, device=device)
             if seg.kind in ("logits", "centers"):
-                w, d = class_block_weights(anchor_labels, cols, seg.size, cfg)
-                w, d = w.to(dtype), d.to(dtype)
+                w, d = class_block_weights(anchor_labels, cols, seg.size, cfg, dtype)
             elif seg.kind == "batch":
                 w, d = sample_weights(anchor_labels, x.labels[c0:c1], cfg, anchor_rows, cols, dtype)
             else:

@@ -1,0 +1,1 @@
+"""Developer-facing commands and helpers: standard workloads and a peak-memory probe."""

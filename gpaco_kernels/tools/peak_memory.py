@@ -1,0 +1,91 @@
+"""Peak resident-memory growth and time of one forward+backward step, measured in a fresh process.
+
+    python -m gpaco_kernels.tools.peak_memory --workload pixel --backend torch [--batch N] [--threads T]
+
+prints one JSON line: workload, backend, batch, peak_growth_mb (peak RSS during the step minus RSS before it),
+seconds, loss. A fresh process per measurement keeps one provider's freed-but-cached memory out of the next one's
+figure; on Linux the peak is reset right before the step through /proc/self/clear_refs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import time
+
+
+def _status_kb(field: str):
+    try:
+        with open("/proc/self/status") as fh:
+            found = re.search(rf"^{field}:\s+(\d+)\s+kB", fh.read(), re.MULTILINE)
+        return int(found.group(1)) if found else None
+    except OSError:
+        return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_here(workload: str, backend: str, batch=None, threads=None) -> dict:
+    """Run one step in this process; meaningful only in a process that has not run a step before."""
+    import torch
+
+    from .workloads import step, workload_inputs
+
+    if threads:
+        torch.set_num_threads(threads)
+    inputs, options = workload_inputs(workload, batch=batch)
+    if _reset_peak():
+        before = _status_kb("VmRSS")
+    else:  # no resettable peak: the high-water mark so far is the best baseline there is
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    loss = step(inputs, options, backend)
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(
+        workload=workload,
+        backend=backend,
+        batch=inputs["features"].shape[0],
+        peak_growth_mb=round((peak - before) / 1024, 1),
+        seconds=round(seconds, 4),
+        loss=loss,
+    )
+
+
+def measure_in_subprocess(workload: str, backend: str, batch=None, threads=None, timeout=600) -> dict:
+    cmd = [sys.executable, "-m", "gpaco_kernels.tools.peak_memory", "--workload", workload, "--backend", backend]
+    if batch:
+        cmd += ["--batch", str(batch)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    from .workloads import WORKLOADS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--batch", type=int, default=None, help="N (pixels for 'pixel'); default: the workload's")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure_here(args.workload, args.backend, args.batch, args.threads)))
+
+
+if __name__ == "__main__":
+    main()
