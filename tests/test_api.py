@@ -1,0 +1,48 @@
+"""Public surface: import without a GPU or extension, backends listed, reductions and dtypes of the result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gpaco_kernels as gk
+from helpers import assert_close
+
+
+def test_import_and_version_need_no_gpu_or_extension():
+    code = "import gpaco_kernels as g; print(g.__version__, g.HAS_CPU_EXT, g.HAS_TRITON, g.available_backends())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}).stdout.split()
+    assert out[0] == gk.__version__ and out[0].count(".") == 2
+    assert "'torch'" in " ".join(out) and "'reference'" in " ".join(out)
+
+
+def test_reductions_agree():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(10, 4, generator=gen)
+    labels = torch.tensor([0, 1, 0, -100, 1, 2, 2, 0, -100, 1])
+    per_anchor = gk.fused_paco_loss(feats, labels, reduction="none")
+    assert per_anchor.shape == (10,) and per_anchor[3] == 0 and per_anchor[8] == 0
+    assert_close(gk.fused_paco_loss(feats, labels, reduction="sum"), per_anchor.sum(), atol=1e-6, rtol=1e-6)
+    # 'mean' divides by the 8 anchors that are not ignored.
+    assert_close(gk.fused_paco_loss(feats, labels), per_anchor.sum() / 8, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_result_and_gradients_keep_the_input_dtype(dtype):
+    feats = torch.randn(6, 3).to(dtype).requires_grad_()
+    logits = torch.randn(6, 2).to(dtype).requires_grad_()
+    loss = gk.fused_paco_loss(feats, torch.tensor([0, 1, 0, 1, 1, 0]), center_logits=logits)
+    loss.backward()
+    assert loss.dtype == dtype and feats.grad.dtype == dtype and logits.grad.dtype == dtype
+    assert torch.isfinite(loss) and torch.isfinite(feats.grad).all()
+
+
+def test_auto_picks_an_available_backend():
+    from gpaco_kernels.ops import resolve_backend
+
+    assert resolve_backend("auto") in gk.available_backends()
+    assert resolve_backend("auto") != "reference"
