@@ -4,12 +4,11 @@ ValueError (wrong shape, range or value) naming the argument and what was seen, 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
 
-def tensor(name: str, value, *, floating: Optional[bool] = None) -> torch.Tensor:
+def tensor(name: str, value, *, floating: bool | None = None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if floating is True and not value.is_floating_point():
@@ -90,7 +89,7 @@ def label_range(name: str, labels: torch.Tensor, num_classes: int, ignore_index:
         )
 
 
-def class_counts(value, num_classes: Optional[int], device: torch.device) -> torch.Tensor:
+def class_counts(value, num_classes: int | None, device: torch.device) -> torch.Tensor:
     """Counts as a float64 tensor on device; the prior they define must exist (non-negative, positive sum).
     num_classes None accepts any length."""
     if isinstance(value, torch.Tensor):
@@ -99,7 +98,9 @@ def class_counts(value, num_classes: Optional[int], device: torch.device) -> tor
         try:
             counts = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"class_counts must be a tensor or a sequence of numbers, got {type(value).__name__}") from exc
+            raise TypeError(
+                f"class_counts must be a tensor or a sequence of numbers, got {type(value).__name__}"
+            ) from exc
     if counts.dtype == torch.bool or counts.is_complex():
         raise TypeError(f"class_counts must hold real numbers, got dtype {counts.dtype}")
     if counts.dim() != 1 or counts.shape[0] == 0 or (num_classes is not None and counts.shape[0] != num_classes):

@@ -68,8 +68,9 @@ class _PublishedPaCoBase(nn.Module):
                 f"sup_logits must have shape (anchors, num_classes={self.num_classes}), got {tuple(sup_logits.shape)}"
             )
         if mask is not None:
-            warnings.warn("mask is ignored, as in the published PaCo code (it builds the mask from labels)",
-                          stacklevel=3)
+            warnings.warn(
+                "mask is ignored, as in the published PaCo code (it builds the mask from labels)", stacklevel=3
+            )
         return labels.reshape(-1)
 
     def _loss(self, features, labels, sup_logits, num_anchors, *, center_temperature, **options):
@@ -100,8 +101,18 @@ class PaCoLoss(_PublishedPaCoBase):
     [q; k; queue], labels (2B + K,), sup_logits (B, C); the B rows of q are the anchors. Call
     ``cal_weight_for_classes`` first, as the published loss requires."""
 
-    def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0, base_temperature=None, K=128,
-                 num_classes=1000, backend="auto"):
+    def __init__(
+        self,
+        alpha,
+        beta=1.0,
+        gamma=1.0,
+        supt=1.0,
+        temperature=1.0,
+        base_temperature=None,
+        K=128,
+        num_classes=1000,
+        backend="auto",
+    ):
         super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend)
 
     def forward(self, features, labels=None, sup_logits=None, mask=None, epoch=None):
@@ -109,8 +120,9 @@ class PaCoLoss(_PublishedPaCoBase):
         if self.class_counts is None:
             raise RuntimeError("PaCoLoss needs the class prior: call cal_weight_for_classes(cls_num_list) first")
         num_anchors = (features.shape[0] - self.K) // 2
-        return self._loss(features, labels, sup_logits, num_anchors, center_temperature=self.supt,
-                          class_counts=self.class_counts)
+        return self._loss(
+            features, labels, sup_logits, num_anchors, center_temperature=self.supt, class_counts=self.class_counts
+        )
 
 
 class GPaCoLoss(_PublishedPaCoBase):
@@ -118,16 +130,34 @@ class GPaCoLoss(_PublishedPaCoBase):
     sup_logits): features (B' + K, D) are [batch; queue] and all B' batch rows are anchors; sup_logits (B', C).
     The prior is used only after ``cal_weight_for_classes``; ``smooth`` is label smoothing over the classes."""
 
-    def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0, base_temperature=None, K=8192,
-                 num_classes=1000, smooth=0.0, backend="auto"):
+    def __init__(
+        self,
+        alpha,
+        beta=1.0,
+        gamma=1.0,
+        supt=1.0,
+        temperature=1.0,
+        base_temperature=None,
+        K=8192,
+        num_classes=1000,
+        smooth=0.0,
+        backend="auto",
+    ):
         super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend)
         self.smooth = smooth
 
     def forward(self, features, labels=None, sup_logits=None):
         labels = self._flat_labels(features, labels, sup_logits, None)
         num_anchors = features.shape[0] - self.K
-        return self._loss(features, labels, sup_logits, num_anchors, center_temperature=self.supt,
-                          class_counts=self.class_counts, label_smoothing=self.smooth)
+        return self._loss(
+            features,
+            labels,
+            sup_logits,
+            num_anchors,
+            center_temperature=self.supt,
+            class_counts=self.class_counts,
+            label_smoothing=self.smooth,
+        )
 
 
 class PaCoSegLoss(_PublishedPaCoBase):
@@ -136,8 +166,18 @@ class PaCoSegLoss(_PublishedPaCoBase):
     marks an ignored pixel. As published, ``supt`` and ``K`` are accepted and not used (the class logits are not
     divided by supt), and the prior of ``cal_weight_for_classes`` is not applied."""
 
-    def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0, base_temperature=None, K=128,
-                 num_classes=1000, backend="auto"):
+    def __init__(
+        self,
+        alpha,
+        beta=1.0,
+        gamma=1.0,
+        supt=1.0,
+        temperature=1.0,
+        base_temperature=None,
+        K=128,
+        num_classes=1000,
+        backend="auto",
+    ):
         super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend)
 
     def cal_weight_for_classes(self, cls_num_list):
@@ -191,7 +231,9 @@ class SupConLoss(nn.Module):
                 contrast_mode=self.contrast_mode,
                 backend=self.backend,
             )
-        warnings.warn("SupConLoss with an explicit mask runs the dense O(N^2) formula, not a fused kernel", stacklevel=2)
+        warnings.warn(
+            "SupConLoss with an explicit mask runs the dense O(N^2) formula, not a fused kernel", stacklevel=2
+        )
         return _dense_supcon_with_mask(features, mask, self.temperature, self.base_temperature, self.contrast_mode)
 
 

@@ -1,13 +1,11 @@
 """Functional losses. Each checks its arguments, maps them to the one op of loss-spec.md and reduces.
 
-    fused_paco_loss    the general form: PaCo, GPaCo, the GPaCo pixel loss, and anything between
-    fused_supcon_loss  SupCon / SimCLR in the (bsz, n_views, D) layout of Khosla et al.
-    fused_psc_loss     the prototypical supervised contrastive loss of Wang et al. 2021
+fused_paco_loss    the general form: PaCo, GPaCo, the GPaCo pixel loss, and anything between
+fused_supcon_loss  SupCon / SimCLR in the (bsz, n_views, D) layout of Khosla et al.
+fused_psc_loss     the prototypical supervised contrastive loss of Wang et al. 2021
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as nnf
@@ -22,17 +20,17 @@ def fused_paco_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
     *,
-    num_anchors: Optional[int] = None,
-    queue: Optional[torch.Tensor] = None,
-    queue_labels: Optional[torch.Tensor] = None,
-    center_logits: Optional[torch.Tensor] = None,
-    centers: Optional[torch.Tensor] = None,
+    num_anchors: int | None = None,
+    queue: torch.Tensor | None = None,
+    queue_labels: torch.Tensor | None = None,
+    center_logits: torch.Tensor | None = None,
+    centers: torch.Tensor | None = None,
     class_counts=None,
     alpha: float = 1.0,
     beta: float = 1.0,
     gamma: float = 1.0,
     temperature: float = 0.07,
-    base_temperature: Optional[float] = None,
+    base_temperature: float | None = None,
     center_temperature: float = 1.0,
     label_smoothing: float = 0.0,
     exclude_positive_class: bool = False,
@@ -93,7 +91,7 @@ def fused_paco_loss(
 
 def fused_supcon_loss(
     features: torch.Tensor,
-    labels: Optional[torch.Tensor] = None,
+    labels: torch.Tensor | None = None,
     *,
     temperature: float = 0.07,
     base_temperature: float = 0.07,
@@ -112,7 +110,9 @@ def fused_supcon_loss(
     """
     check.tensor("features", features, floating=True)
     if features.dim() < 3:
-        raise ValueError(f"features must have shape (bsz, n_views, ...) with at least 3 dims, got {tuple(features.shape)}")
+        raise ValueError(
+            f"features must have shape (bsz, n_views, ...) with at least 3 dims, got {tuple(features.shape)}"
+        )
     check.choice("contrast_mode", contrast_mode, ("all", "one"))
     bsz, n_views = features.shape[0], features.shape[1]
     if labels is None:
@@ -293,9 +293,7 @@ def canonicalize(
     if label_smoothing >= 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if label_smoothing > 0 and num_classes < 2:
-        raise ValueError(
-            f"label_smoothing > 0 needs a class block with at least 2 classes, got {num_classes} classes"
-        )
+        raise ValueError(f"label_smoothing > 0 needs a class block with at least 2 classes, got {num_classes} classes")
     check.flag("exclude_positive_class", exclude_positive_class)
     if exclude_positive_class and not has_classes:
         raise ValueError("exclude_positive_class=True needs a class block (center_logits or centers)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ class FusedPaCoLoss(nn.Module):
         beta: float = 1.0,
         gamma: float = 1.0,
         temperature: float = 0.07,
-        base_temperature: Optional[float] = None,
+        base_temperature: float | None = None,
         center_temperature: float = 1.0,
         label_smoothing: float = 0.0,
         exclude_positive_class: bool = False,
@@ -55,8 +54,9 @@ class FusedPaCoLoss(nn.Module):
     def set_class_counts(self, class_counts) -> None:
         self.class_counts = check.class_counts(class_counts, None, torch.device("cpu"))
 
-    def forward(self, features, labels, *, num_anchors=None, queue=None, queue_labels=None, center_logits=None,
-                centers=None):
+    def forward(
+        self, features, labels, *, num_anchors=None, queue=None, queue_labels=None, center_logits=None, centers=None
+    ):
         return fused_paco_loss(
             features,
             labels,

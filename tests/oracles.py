@@ -7,8 +7,22 @@ from __future__ import annotations
 import torch
 
 
-def _paco_family(features, labels, sup_logits, *, n_anchors, class_bias, supt, alpha, beta, gamma, temperature,
-                 base_temperature, smooth, ignored_label=None):
+def _paco_family(
+    features,
+    labels,
+    sup_logits,
+    *,
+    n_anchors,
+    class_bias,
+    supt,
+    alpha,
+    beta,
+    gamma,
+    temperature,
+    base_temperature,
+    smooth,
+    ignored_label=None,
+):
     """PaCo / GPaCo / pixel loss for anchors 0..n_anchors-1 against [classes | every row of features].
     Returns the per-anchor losses and a bool 'kept' per anchor (False for ignored pixels)."""
     n, num_classes = features.shape[0], sup_logits.shape[1]
@@ -40,43 +54,96 @@ def _paco_family(features, labels, sup_logits, *, n_anchors, class_bias, supt, a
     return torch.stack(losses), torch.tensor(kept)
 
 
-def paco_lt(features, labels, sup_logits, cls_num_list, *, K, alpha, beta=1.0, gamma=1.0, supt=1.0,
-            temperature=1.0, base_temperature=None):
+def paco_lt(
+    features,
+    labels,
+    sup_logits,
+    cls_num_list,
+    *,
+    K,
+    alpha,
+    beta=1.0,
+    gamma=1.0,
+    supt=1.0,
+    temperature=1.0,
+    base_temperature=None,
+):
     """PaCo, ICCV 2021 (PaCo/LT/losses.py): features = [q; k; queue]; anchors are the (N - K) // 2 rows of q;
     class logits (s + log(prior + 1e-9)) / supt; mean over anchors."""
     counts = torch.tensor(cls_num_list, dtype=features.dtype)
     bias = torch.log(counts / counts.sum() + 1e-9)
     losses, _ = _paco_family(
-        features, labels, sup_logits, n_anchors=(features.shape[0] - K) // 2, class_bias=bias, supt=supt,
-        alpha=alpha, beta=beta, gamma=gamma, temperature=temperature,
-        base_temperature=temperature if base_temperature is None else base_temperature, smooth=0.0,
+        features,
+        labels,
+        sup_logits,
+        n_anchors=(features.shape[0] - K) // 2,
+        class_bias=bias,
+        supt=supt,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=temperature,
+        base_temperature=temperature if base_temperature is None else base_temperature,
+        smooth=0.0,
     )
     return losses.mean()
 
 
-def gpaco_lt(features, labels, sup_logits, cls_num_list=None, *, K, alpha, beta=1.0, gamma=1.0, supt=1.0,
-             temperature=1.0, base_temperature=None, smooth=0.0):
+def gpaco_lt(
+    features,
+    labels,
+    sup_logits,
+    cls_num_list=None,
+    *,
+    K,
+    alpha,
+    beta=1.0,
+    gamma=1.0,
+    supt=1.0,
+    temperature=1.0,
+    base_temperature=None,
+    smooth=0.0,
+):
     """GPaCo, TPAMI 2023 (GPaCo/LT/losses.py): anchors are all N - K batch rows, prior optional, label smoothing."""
     bias = None
     if cls_num_list is not None:
         counts = torch.tensor(cls_num_list, dtype=features.dtype)
         bias = torch.log(counts / counts.sum() + 1e-9)
     losses, _ = _paco_family(
-        features, labels, sup_logits, n_anchors=features.shape[0] - K, class_bias=bias, supt=supt, alpha=alpha,
-        beta=beta, gamma=gamma, temperature=temperature,
-        base_temperature=temperature if base_temperature is None else base_temperature, smooth=smooth,
+        features,
+        labels,
+        sup_logits,
+        n_anchors=features.shape[0] - K,
+        class_bias=bias,
+        supt=supt,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=temperature,
+        base_temperature=temperature if base_temperature is None else base_temperature,
+        smooth=smooth,
     )
     return losses.mean()
 
 
-def gpaco_seg(features, labels, sup_logits, *, num_classes, alpha, beta=1.0, gamma=1.0, temperature=1.0,
-              base_temperature=None):
+def gpaco_seg(
+    features, labels, sup_logits, *, num_classes, alpha, beta=1.0, gamma=1.0, temperature=1.0, base_temperature=None
+):
     """GPaCo pixel loss (GPaCo/Seg paco.py): every pixel an anchor, class logits used as given (no supt),
     label == num_classes ignored; mean over kept pixels (0 when none is kept)."""
     losses, kept = _paco_family(
-        features, labels, sup_logits, n_anchors=features.shape[0], class_bias=None, supt=1.0, alpha=alpha,
-        beta=beta, gamma=gamma, temperature=temperature,
-        base_temperature=temperature if base_temperature is None else base_temperature, smooth=0.0,
+        features,
+        labels,
+        sup_logits,
+        n_anchors=features.shape[0],
+        class_bias=None,
+        supt=1.0,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=temperature,
+        base_temperature=temperature if base_temperature is None else base_temperature,
+        smooth=0.0,
         ignored_label=num_classes,
     )
     kept = kept.to(losses.dtype)
@@ -120,4 +187,3 @@ def psc(features, labels, prototypes, *, temperature=0.1, exclude_positive_class
 def long_tailed_counts(num_classes, n_max, imbalance):
     """n_i = int(n_max * f^(i / (C - 1))) with f = 1 / imbalance, the published long-tailed CIFAR profile."""
     return [int(n_max * (1.0 / imbalance) ** (i / (num_classes - 1))) for i in range(num_classes)]
-

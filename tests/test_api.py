@@ -9,13 +9,19 @@ import pytest
 import torch
 
 import gpaco_kernels as gk
+
 from helpers import assert_close
 
 
 def test_import_and_version_need_no_gpu_or_extension():
     code = "import gpaco_kernels as g; print(g.__version__, g.HAS_CPU_EXT, g.HAS_TRITON, g.available_backends())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""},
+    ).stdout.split()
     assert out[0] == gk.__version__ and out[0].count(".") == 2
     assert "'torch'" in " ".join(out) and "'reference'" in " ".join(out)
 

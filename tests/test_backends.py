@@ -11,6 +11,7 @@ import torch
 
 import gpaco_kernels as gk
 from gpaco_kernels.ops import available_backends
+
 from helpers import DTYPE_TOLERANCES, assert_close, max_abs_err
 
 BACKENDS = [b for b in available_backends() if b != "reference"]
@@ -26,9 +27,19 @@ def make_case(name, seed=0):
     N, A, K, C, D = 37, 19, 29, 11, 5  # odd sizes: no tile or chunk multiple
     feats = torch.nn.functional.normalize(_normal(gen, N, D), dim=1) * 1.5
     labels = torch.randint(0, C, (N,), generator=gen)
-    kw = dict(features=feats, labels=labels, num_anchors=A, queue=_normal(gen, K, D),
-              queue_labels=torch.randint(0, C, (K,), generator=gen), center_logits=_normal(gen, A, C),
-              alpha=0.7, gamma=0.5, temperature=0.3, center_temperature=0.7, base_temperature=0.2)
+    kw = dict(
+        features=feats,
+        labels=labels,
+        num_anchors=A,
+        queue=_normal(gen, K, D),
+        queue_labels=torch.randint(0, C, (K,), generator=gen),
+        center_logits=_normal(gen, A, C),
+        alpha=0.7,
+        gamma=0.5,
+        temperature=0.3,
+        center_temperature=0.7,
+        base_temperature=0.2,
+    )
     grad_args = ["features", "center_logits"]
     if name == "logits+prior":
         kw["class_counts"] = torch.arange(1, C + 1) ** 2
@@ -71,8 +82,20 @@ def make_case(name, seed=0):
     return kw, grad_args
 
 
-CASES = ["base", "logits+prior", "centers+smoothing+exclude", "normalize+centers", "no-queue", "no-classes",
-         "no-positives", "ignored", "ignore-as-class-count", "peaked", "single-anchor", "zero-weights"]
+CASES = [
+    "base",
+    "logits+prior",
+    "centers+smoothing+exclude",
+    "normalize+centers",
+    "no-queue",
+    "no-classes",
+    "no-positives",
+    "ignored",
+    "ignore-as-class-count",
+    "peaked",
+    "single-anchor",
+    "zero-weights",
+]
 
 
 def run(kw, grad_args, backend, dtype, reduction, upstream):
@@ -149,8 +172,9 @@ def test_supcon_and_psc_through_backend(backend, small_tiles):
     labels = torch.randint(0, 3, (7,), generator=gen)
     for mode in ("all", "one"):
         a = gk.fused_supcon_loss(feats, labels, contrast_mode=mode, normalize=True, backend=backend, reduction="none")
-        b = gk.fused_supcon_loss(feats, labels, contrast_mode=mode, normalize=True, backend="reference",
-                                 reduction="none")
+        b = gk.fused_supcon_loss(
+            feats, labels, contrast_mode=mode, normalize=True, backend="reference", reduction="none"
+        )
         assert_close(a, b, atol=1e-12, rtol=1e-12, name=f"supcon {mode}")
     protos = _normal(gen, 5, 6)
     flat = feats[:, 0]

@@ -24,10 +24,23 @@ def test_gradcheck_center_logits(backend, normalize, small_tiles):
     logits = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def fn(f, s):
-        return gk.fused_paco_loss(f, labels, num_anchors=6, queue=queue, queue_labels=queue_labels, center_logits=s,
-                                  class_counts=[4, 3, 2, 1], alpha=0.6, gamma=0.8, temperature=0.5,
-                                  center_temperature=0.9, label_smoothing=0.1, normalize=normalize,
-                                  reduction="none", backend=backend)
+        return gk.fused_paco_loss(
+            f,
+            labels,
+            num_anchors=6,
+            queue=queue,
+            queue_labels=queue_labels,
+            center_logits=s,
+            class_counts=[4, 3, 2, 1],
+            alpha=0.6,
+            gamma=0.8,
+            temperature=0.5,
+            center_temperature=0.9,
+            label_smoothing=0.1,
+            normalize=normalize,
+            reduction="none",
+            backend=backend,
+        )
 
     assert torch.autograd.gradcheck(fn, (feats, logits))
 
@@ -40,9 +53,19 @@ def test_gradcheck_centers(backend, normalize, exclude, small_tiles):
     centers = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def fn(f, w):
-        return gk.fused_paco_loss(f, labels, queue=queue, queue_labels=queue_labels, centers=w, alpha=0.4,
-                                  temperature=0.7, center_temperature=0.6, exclude_positive_class=exclude,
-                                  normalize=normalize, backend=backend)
+        return gk.fused_paco_loss(
+            f,
+            labels,
+            queue=queue,
+            queue_labels=queue_labels,
+            centers=w,
+            alpha=0.4,
+            temperature=0.7,
+            center_temperature=0.6,
+            exclude_positive_class=exclude,
+            normalize=normalize,
+            backend=backend,
+        )
 
     assert torch.autograd.gradcheck(fn, (feats, centers))
 
@@ -53,10 +76,13 @@ def test_gradcheck_supcon_and_psc(backend, small_tiles):
     feats = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 0, 2, 1])
     assert torch.autograd.gradcheck(
-        lambda f: gk.fused_supcon_loss(f, labels, temperature=0.5, base_temperature=0.5, normalize=True,
-                                       backend=backend), (feats,))
+        lambda f: gk.fused_supcon_loss(
+            f, labels, temperature=0.5, base_temperature=0.5, normalize=True, backend=backend
+        ),
+        (feats,),
+    )
     protos = torch.randn(3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     flat = feats[:, 0].detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda f, p: gk.fused_psc_loss(f, labels, p, temperature=0.5, backend=backend, reduction="none"),
-        (flat, protos))
+        lambda f, p: gk.fused_psc_loss(f, labels, p, temperature=0.5, backend=backend, reduction="none"), (flat, protos)
+    )

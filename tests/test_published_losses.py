@@ -8,6 +8,7 @@ import torch
 
 import gpaco_kernels as gk
 from gpaco_kernels import compat
+
 from helpers import assert_close
 from oracles import gpaco_lt, gpaco_seg, long_tailed_counts, paco_lt, psc, supcon
 
@@ -42,8 +43,9 @@ def test_paco_lt_matches_published(backend):
     C, K, batch = 7, 9, 6
     feats, labels, logits = paco_batch(0, batch, K, C, 5)
     counts = long_tailed_counts(C, 50, 10)
-    loss_fn = compat.PaCoLoss(alpha=0.05, beta=1.0, gamma=0.7, supt=0.8, temperature=0.2, K=K, num_classes=C,
-                              backend=backend)
+    loss_fn = compat.PaCoLoss(
+        alpha=0.05, beta=1.0, gamma=0.7, supt=0.8, temperature=0.2, K=K, num_classes=C, backend=backend
+    )
     loss_fn.cal_weight_for_classes(counts)
     f1, s1, f2, s2 = leaf(feats), leaf(logits), leaf(feats), leaf(logits)
     ours = loss_fn(f1, labels, s1)
@@ -64,14 +66,36 @@ def test_gpaco_lt_matches_published(backend, with_prior, smooth):
     feats, labels, _ = paco_batch(1, batch, K, C, 4)
     logits = torch.randn(2 * batch, C, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     counts = long_tailed_counts(C, 40, 20)
-    loss_fn = compat.GPaCoLoss(alpha=0.3, beta=0.9, gamma=1.1, supt=1.3, temperature=0.3, base_temperature=0.5,
-                               K=K, num_classes=C, smooth=smooth, backend=backend)
+    loss_fn = compat.GPaCoLoss(
+        alpha=0.3,
+        beta=0.9,
+        gamma=1.1,
+        supt=1.3,
+        temperature=0.3,
+        base_temperature=0.5,
+        K=K,
+        num_classes=C,
+        smooth=smooth,
+        backend=backend,
+    )
     if with_prior:
         loss_fn.cal_weight_for_classes(counts)
     f1, s1, f2, s2 = leaf(feats), leaf(logits), leaf(feats), leaf(logits)
     ours = loss_fn(f1, labels, s1)
-    theirs = gpaco_lt(f2, labels, s2, counts if with_prior else None, K=K, alpha=0.3, beta=0.9, gamma=1.1, supt=1.3,
-                      temperature=0.3, base_temperature=0.5, smooth=smooth)
+    theirs = gpaco_lt(
+        f2,
+        labels,
+        s2,
+        counts if with_prior else None,
+        K=K,
+        alpha=0.3,
+        beta=0.9,
+        gamma=1.1,
+        supt=1.3,
+        temperature=0.3,
+        base_temperature=0.5,
+        smooth=smooth,
+    )
     assert_close(ours, theirs, name="loss", **TOL)
     g1, gs1 = grads(ours, [f1, s1])
     g2, gs2 = grads(theirs, [f2, s2])
@@ -89,8 +113,13 @@ def test_gpaco_seg_matches_published(backend):
     logits = torch.randn(n, C, generator=gen, dtype=torch.float64)
     loss_fn = compat.PaCoSegLoss(alpha=0.5, gamma=0.8, supt=3.0, temperature=0.4, num_classes=C, backend=backend)
     f1, s1, f2, s2 = leaf(feats), leaf(logits), leaf(feats), leaf(logits)
-    check_same(loss_fn(f1, labels, s1), gpaco_seg(f2, labels, s2, num_classes=C, alpha=0.5, gamma=0.8,
-                                                   temperature=0.4), [f1, s1], [f2, s2], ["features", "sup_logits"])
+    check_same(
+        loss_fn(f1, labels, s1),
+        gpaco_seg(f2, labels, s2, num_classes=C, alpha=0.5, gamma=0.8, temperature=0.4),
+        [f1, s1],
+        [f2, s2],
+        ["features", "sup_logits"],
+    )
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
@@ -109,8 +138,9 @@ def test_supcon_matches_published(backend, mode, supervised):
     theirs = supcon(f3, labels, temperature=0.1, base_temperature=0.07, contrast_mode=mode)
     module = compat.SupConLoss(temperature=0.1, contrast_mode=mode, base_temperature=0.07, backend=backend)
     check_same(module(f1, labels_arg), theirs, [f1], [f3], ["features"])
-    functional = gk.fused_supcon_loss(f2, labels_arg, temperature=0.1, base_temperature=0.07, contrast_mode=mode,
-                                      backend=backend)
+    functional = gk.fused_supcon_loss(
+        f2, labels_arg, temperature=0.1, base_temperature=0.07, contrast_mode=mode, backend=backend
+    )
     assert_close(functional, theirs, name="fused_supcon_loss", **TOL)
 
 
@@ -158,7 +188,8 @@ def test_fused_paco_loss_module_matches_functional():
     labels = torch.randint(0, 3, (12,), generator=gen)
     logits = torch.randn(12, 3, generator=gen)
     module = gk.FusedPaCoLoss(alpha=0.5, temperature=0.3, class_counts=[5, 3, 1])
-    expected = gk.fused_paco_loss(feats, labels, center_logits=logits, alpha=0.5, temperature=0.3,
-                                  class_counts=[5, 3, 1])
+    expected = gk.fused_paco_loss(
+        feats, labels, center_logits=logits, alpha=0.5, temperature=0.3, class_counts=[5, 3, 1]
+    )
     assert_close(module(feats, labels, center_logits=logits), expected, atol=0, rtol=0, name="module")
     assert torch.equal(module.state_dict()["class_counts"], torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64))

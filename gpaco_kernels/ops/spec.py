@@ -8,7 +8,6 @@ one dtype on one device, optional pieces either None or present with consistent 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -37,11 +36,11 @@ class LossConfig:
 class ContrastInputs:
     features: torch.Tensor  # (N, D) batch rows; rows 0..A-1 are anchors
     labels: torch.Tensor  # (N,) int64
-    queue: Optional[torch.Tensor] = None  # (K, D), never receives a gradient
-    queue_labels: Optional[torch.Tensor] = None  # (K,) int64
-    center_logits: Optional[torch.Tensor] = None  # (A, C) class logits S
-    centers: Optional[torch.Tensor] = None  # (C, D) class centers W, logits <F_i, W_c>
-    center_bias: Optional[torch.Tensor] = None  # (C,) log prior b, float, added before dividing by tc
+    queue: torch.Tensor | None = None  # (K, D), never receives a gradient
+    queue_labels: torch.Tensor | None = None  # (K,) int64
+    center_logits: torch.Tensor | None = None  # (A, C) class logits S
+    centers: torch.Tensor | None = None  # (C, D) class centers W, logits <F_i, W_c>
+    center_bias: torch.Tensor | None = None  # (C,) log prior b, float, added before dividing by tc
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +71,8 @@ def sample_weights(
     anchor_labels: torch.Tensor,
     col_labels: torch.Tensor,
     cfg: LossConfig,
-    anchor_rows: Optional[torch.Tensor] = None,
-    col_rows: Optional[torch.Tensor] = None,
+    anchor_rows: torch.Tensor | None = None,
+    col_rows: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
 ):
     """w and d of anchors (R,) against batch or queue columns (T,); pass row indices for batch columns so that

@@ -10,7 +10,6 @@ Peak extra memory is a few (BLOCK_ROWS x tile) buffers plus the (N + C) x D grad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -33,8 +32,8 @@ class _Segment:
     kind: str  # "logits" (S given), "centers" (W given), "batch" or "queue"
     size: int  # number of columns
     scale: float  # 1 / temperature of the segment
-    matrix: Optional[torch.Tensor] = None  # (size, D) rows the anchors are multiplied with; None for "logits"
-    bias: Optional[torch.Tensor] = None  # (size,) added before scaling (class block only)
+    matrix: torch.Tensor | None = None  # (size, D) rows the anchors are multiplied with; None for "logits"
+    bias: torch.Tensor | None = None  # (size,) added before scaling (class block only)
 
 
 def _segments(x: ContrastInputs, cfg: LossConfig, feats: torch.Tensor, dtype: torch.dtype):

@@ -1,7 +1,7 @@
 """Standard problem sizes, shared by the quickstart, the memory probe, the memory test and the benchmarks.
 
-    gpaco-lt   one GPaCo ImageNet-LT step: 256 anchors (q and k of a 128 batch), queue 8192, 1000 classes, D 128
-    pixel      the GPaCo pixel loss on every pixel of a 512x512 crop at stride 4: N 16384, 150 classes, no queue
+gpaco-lt   one GPaCo ImageNet-LT step: 256 anchors (q and k of a 128 batch), queue 8192, 1000 classes, D 128
+pixel      the GPaCo pixel loss on every pixel of a 512x512 crop at stride 4: N 16384, 150 classes, no queue
 """
 
 from __future__ import annotations
