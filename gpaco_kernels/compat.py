@@ -27,7 +27,19 @@ from .functional import _paco_loss, fused_supcon_loss
 class _PublishedPaCoBase(nn.Module):
     """Shared constructor, prior and argument handling of the three published PaCo-family modules."""
 
-    def __init__(self, alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend):
+    # The published PaCo/LT and GPaCo/Seg signature; GPaCoLoss overrides the defaults it changes.
+    def __init__(
+        self,
+        alpha,
+        beta=1.0,
+        gamma=1.0,
+        supt=1.0,
+        temperature=1.0,
+        base_temperature=None,
+        K=128,
+        num_classes=1000,
+        backend="auto",
+    ):
         super().__init__()
         self.temperature = temperature
         self.base_temperature = temperature if base_temperature is None else base_temperature
@@ -101,20 +113,6 @@ class PaCoLoss(_PublishedPaCoBase):
     [q; k; queue], labels (2B + K,), sup_logits (B, C); the B rows of q are the anchors. Call
     ``cal_weight_for_classes`` first, as the published loss requires."""
 
-    def __init__(
-        self,
-        alpha,
-        beta=1.0,
-        gamma=1.0,
-        supt=1.0,
-        temperature=1.0,
-        base_temperature=None,
-        K=128,
-        num_classes=1000,
-        backend="auto",
-    ):
-        super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend)
-
     def forward(self, features, labels=None, sup_logits=None, mask=None, epoch=None):
         labels = self._flat_labels(features, labels, sup_logits, mask)
         if self.class_counts is None:
@@ -165,20 +163,6 @@ class PaCoSegLoss(_PublishedPaCoBase):
     features (N, D) sampled pixels, labels (N,), sup_logits (N, C). Every pixel is an anchor; label == num_classes
     marks an ignored pixel. As published, ``supt`` and ``K`` are accepted and not used (the class logits are not
     divided by supt), and the prior of ``cal_weight_for_classes`` is not applied."""
-
-    def __init__(
-        self,
-        alpha,
-        beta=1.0,
-        gamma=1.0,
-        supt=1.0,
-        temperature=1.0,
-        base_temperature=None,
-        K=128,
-        num_classes=1000,
-        backend="auto",
-    ):
-        super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend)
 
     def cal_weight_for_classes(self, cls_num_list):
         warnings.warn("PaCoSegLoss does not use a class prior (neither does the published pixel loss)", stacklevel=2)
