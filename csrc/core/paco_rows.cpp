@@ -1,0 +1,223 @@
+#include "core/paco_rows.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+// Hot loops are compiled for AVX2+FMA and for the baseline ISA; the loader picks one at run time (GCC function
+// multiversioning), so one binary is fast here and still runs on any x86-64.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(GPACO_NO_MULTIVERSION)
+#define GPACO_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define GPACO_HOT
+#endif
+
+namespace gpaco {
+
+LabelIndex::LabelIndex(const int64_t* labels, int64_t n) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [labels](int64_t a, int64_t b) { return labels[a] < labels[b]; });
+  sorted_labels_.resize(order.size());
+  columns_ = order;
+  for (size_t k = 0; k < order.size(); ++k) sorted_labels_[k] = labels[order[k]];
+}
+
+const int64_t* LabelIndex::begin(int64_t label) const {
+  auto it = std::lower_bound(sorted_labels_.begin(), sorted_labels_.end(), label);
+  return columns_.data() + (it - sorted_labels_.begin());
+}
+
+const int64_t* LabelIndex::end(int64_t label) const {
+  auto it = std::upper_bound(sorted_labels_.begin(), sorted_labels_.end(), label);
+  return columns_.data() + (it - sorted_labels_.begin());
+}
+
+// exp(x) for x <= 0 (and moderately positive x) as 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], p a degree-6
+// Taylor polynomial: relative error below 3e-7 (about 2 ulp). Written branch-free with a rounding trick instead of
+// floor() so that the compiler vectorizes it even for the SSE2 baseline. Inputs below -87 return 0.
+inline float exp_approx_inline(float x) {
+  const float lo = -87.0f, hi = 88.0f;
+  const float xc = x < lo ? lo : (x > hi ? hi : x);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  const float n = (xc * 1.44269504088896341f + magic) - magic;
+  const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-06f;  // ln2 split in two for accuracy
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < lo ? 0.0f : p * scale;
+}
+
+float exp_approx(float x) { return exp_approx_inline(x); }
+
+namespace {
+
+GPACO_HOT float max_of(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+GPACO_HOT float sum_of(const float* x, int64_t n) {
+  float s = 0.0f;
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  return s;
+}
+
+// x = exp(x - shift); returns the sum. The sum is accumulated in 8 float lanes then in double.
+GPACO_HOT double exp_shift_sum(float* x, int64_t n, float shift) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int k = 0; k < 8; ++k) {
+      const float e = exp_approx_inline(x[j + k] - shift);
+      x[j + k] = e;
+      lanes[k] += e;
+    }
+  }
+  double total = 0.0;
+  for (; j < n; ++j) {
+    x[j] = exp_approx_inline(x[j] - shift);
+    total += x[j];
+  }
+  for (float v : lanes) total += v;
+  return total;
+}
+
+GPACO_HOT void affine_inplace(float* x, int64_t n, float mul, float add) {
+  for (int64_t j = 0; j < n; ++j) x[j] = x[j] * mul + add;
+}
+
+double max_of(const double* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+double sum_of(const double* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  return s;
+}
+
+double exp_shift_sum(double* x, int64_t n, double shift) {
+  double total = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] = std::exp(x[j] - shift);
+    total += x[j];
+  }
+  return total;
+}
+
+void affine_inplace(double* x, int64_t n, double mul, double add) {
+  for (int64_t j = 0; j < n; ++j) x[j] = x[j] * mul + add;
+}
+
+// Sum of row[offset + c] over the columns c of `label` in `index`, skipping column `skip`; adds the count to *count.
+template <typename T>
+T gather_sum(const LabelIndex* index, int64_t label, const T* seg, int64_t skip, int64_t* count) {
+  T total = 0;
+  for (const int64_t* c = index->begin(label); c != index->end(label); ++c) {
+    if (*c == skip) continue;
+    total += seg[*c];
+    ++*count;
+  }
+  return total;
+}
+
+template <typename T>
+void gather_add(const LabelIndex* index, int64_t label, T* seg, int64_t skip, T value) {
+  for (const int64_t* c = index->begin(label); c != index->end(label); ++c) {
+    if (*c != skip) seg[*c] += value;
+  }
+}
+
+}  // namespace
+
+void exp_shift_inplace(float* x, int64_t n, float shift) { exp_shift_sum(x, n, shift); }
+
+template <typename T>
+RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t label, const T* upstream) {
+  const int64_t C = cfg.num_classes, N = cfg.batch_cols, K = cfg.queue_cols;
+  T* cls = row;
+  T* batch = row + C;
+  T* queue = row + C + N;
+  const bool own_class = label >= 0 && label < C;  // false for ignored anchors and when there is no class block
+  const bool has_self = N > 0 && self_col >= 0 && self_col < N;
+  const int64_t skip = has_self ? self_col : -1;
+
+  // The max over every column (masked ones too), as the published code and the reference take it.
+  const T m = max_of(row, cfg.width());
+
+  // Positive weights and the weighted sum of positive logits, read before exp overwrites the logits.
+  T wl = 0, pos = 0;
+  if (C > 0) {
+    if (cfg.beta_off != 0) {
+      wl += cfg.beta_off * sum_of(cls, C);
+      pos += cfg.beta_off * static_cast<T>(C);
+    }
+    if (own_class) {
+      wl += (cfg.beta_on - cfg.beta_off) * cls[label];
+      pos += cfg.beta_on - cfg.beta_off;
+    }
+  }
+  int64_t batch_pos = 0, queue_pos = 0;
+  if (N > 0 && cfg.alpha != 0) wl += cfg.alpha * gather_sum(cfg.batch_index, label, batch, skip, &batch_pos);
+  if (K > 0 && cfg.alpha != 0) wl += cfg.alpha * gather_sum(cfg.queue_index, label, queue, int64_t{-1}, &queue_pos);
+  pos += cfg.alpha * static_cast<T>(batch_pos + queue_pos);
+
+  // exp(l - m) in place, summed per segment; the denominator removes the columns whose weight d is 0.
+  const T z_cls = C > 0 ? static_cast<T>(exp_shift_sum(cls, C, m)) : T(0);
+  const T z_smp = static_cast<T>(exp_shift_sum(batch, N + K, m));
+  T z = z_cls + cfg.gamma * (z_smp - (has_self ? batch[self_col] : T(0)));
+  if (cfg.exclude_positive_class && own_class) z -= cls[label];
+
+  RowResult<T> out;
+  out.pos = pos;
+  out.lse = m + std::log(z + cfg.lse_eps);
+  const bool valid = pos > 0 && label != cfg.ignore_index;
+  out.loss = valid ? cfg.loss_scale * (wl - pos * out.lse) / pos : T(0);
+  if (upstream == nullptr) return out;
+
+  // G = a (w / P - d e / (Z + eps)) times the segment's 1/temperature, with a = upstream * loss_scale.
+  const T a = valid ? *upstream * cfg.loss_scale : T(0);
+  if (a == 0) {
+    std::fill(row, row + cfg.width(), T(0));
+    return out;
+  }
+  const T inv_z = T(1) / (z + cfg.lse_eps);
+  const T inv_pos = T(1) / pos;
+  if (C > 0) {
+    const T sc = a * cfg.class_scale;
+    const T own_e = own_class ? cls[label] : T(0);
+    affine_inplace(cls, C, -sc * inv_z, sc * cfg.beta_off * inv_pos);
+    if (own_class) {
+      cls[label] += sc * (cfg.beta_on - cfg.beta_off) * inv_pos;
+      if (cfg.exclude_positive_class) cls[label] += sc * own_e * inv_z;
+    }
+  }
+  if (N + K > 0) {
+    const T ss = a * cfg.sample_scale;
+    affine_inplace(batch, N + K, -ss * cfg.gamma * inv_z, T(0));
+    if (has_self) batch[self_col] = 0;
+    if (cfg.alpha != 0) {
+      if (N > 0) gather_add(cfg.batch_index, label, batch, skip, ss * cfg.alpha * inv_pos);
+      if (K > 0) gather_add(cfg.queue_index, label, queue, int64_t{-1}, ss * cfg.alpha * inv_pos);
+    }
+  }
+  return out;
+}
+
+template RowResult<float> paco_row<float>(const RowConfig<float>&, float*, int64_t, int64_t, const float*);
+template RowResult<double> paco_row<double>(const RowConfig<double>&, double*, int64_t, int64_t, const double*);
+
+}  // namespace gpaco
