@@ -10,7 +10,7 @@ import os
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+SOURCES = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "core", "*.cpp")))
 
 
 def extension_kwargs():
@@ -27,6 +27,7 @@ def extension_kwargs():
     ext = CppExtension(
         "gpaco_kernels._C",
         SOURCES,
+        include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": extra},
         extra_link_args=["-fopenmp"],
     )

@@ -329,6 +329,7 @@ def canonicalize(
         ignore_index=ignore_index,
         batch_columns=batch_columns,
         lse_eps=lse_eps,
+        reduced=reduction != "none",
     )
     x = ContrastInputs(
         features=features,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gpaco_kernels as gk
+from gpaco_kernels import available_backends
 
 
 def _inputs(seed, N=9, A=6, K=5, C=4, D=3):
@@ -17,7 +18,7 @@ def _inputs(seed, N=9, A=6, K=5, C=4, D=3):
     return gen, feats, labels, queue, queue_labels
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", available_backends())
 @pytest.mark.parametrize("normalize", [False, True])
 def test_gradcheck_center_logits(backend, normalize, small_tiles):
     gen, feats, labels, queue, queue_labels = _inputs(0)
@@ -45,7 +46,7 @@ def test_gradcheck_center_logits(backend, normalize, small_tiles):
     assert torch.autograd.gradcheck(fn, (feats, logits))
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", available_backends())
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("exclude", [False, True])
 def test_gradcheck_centers(backend, normalize, exclude, small_tiles):
@@ -70,7 +71,7 @@ def test_gradcheck_centers(backend, normalize, exclude, small_tiles):
     assert torch.autograd.gradcheck(fn, (feats, centers))
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", available_backends())
 def test_gradcheck_supcon_and_psc(backend, small_tiles):
     gen = torch.Generator().manual_seed(2)
     feats = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -6,7 +6,8 @@
     backward(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_centers)
                            -> (grad_features, grad_center_logits, grad_centers), None where not needed
 
-except "reference", which exposes per_anchor_loss(x, cfg) and lets autograd differentiate it.
+or, instead of forward/backward, per_anchor_loss(x, cfg) with its own autograd ("reference" lets autograd
+differentiate the dense formula; "cpu" registers a formula for its custom op).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import importlib
 _BACKEND_MODULES = {
     "reference": ".reference",
     "torch": ".torch_backend",
+    "cpu": ".cpu_backend",
 }
 
 # What "auto" tries, best first; the first available wins. "torch" is always available, so "auto" never fails.
-_AUTO_ORDER = ("torch",)
+_AUTO_ORDER = ("cpu", "torch")
 
 BACKEND_NAMES = ("auto", *_BACKEND_MODULES)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import reference
 from .dispatch import load_backend
 from .spec import ContrastInputs, LossConfig
 
@@ -52,8 +51,9 @@ class ParametricContrastiveFunction(torch.autograd.Function):
 
 def per_anchor_loss(x: ContrastInputs, cfg: LossConfig, backend_name: str) -> torch.Tensor:
     """Loss of each anchor (A,) in the compute dtype, through the named (already resolved) backend."""
-    if backend_name == "reference":
-        return reference.per_anchor_loss(x, cfg)
+    backend = load_backend(backend_name)
+    if hasattr(backend, "per_anchor_loss"):
+        return backend.per_anchor_loss(x, cfg)
     return ParametricContrastiveFunction.apply(
         backend_name, cfg, x.features, x.labels, x.queue, x.queue_labels, x.center_logits, x.centers, x.center_bias
     )

@@ -26,6 +26,7 @@ class LossConfig:
     ignore_index: int  # anchors with this label add no loss and are not counted
     batch_columns: bool = True  # False: batch rows are not contrast columns (PSC)
     lse_eps: float = 1e-12  # lse = m + log(Z + lse_eps); the published PaCo code adds 1e-12, SupCon adds nothing
+    reduced: bool = False  # the per-anchor losses will be summed or averaged: one upstream gradient for all anchors
 
     @property
     def loss_scale(self) -> float:

@@ -1,0 +1,329 @@
+// CPU backend of the fused loss: ATen/BLAS products into a row-block buffer, the per-row core of core/paco_rows.h,
+// registered as the custom ops gpaco::paco_forward and gpaco::paco_backward.
+//
+// Sweep: anchors are processed in blocks of R rows. For each block, one buffer of R x M (M = C + N + K columns)
+// receives the logits (class block copied from S or computed from W; batch and queue from GEMMs with alpha = 1/t);
+// the core turns each row into (loss, lse, P) and, when gradients are wanted, into G in place; G then feeds
+// dAnchors = G C, dContrast += G^T A, dW += G_cls^T A and dS = G_cls. Nothing of size A x M is ever allocated: the
+// buffer is sized to stay within a few MB (L3), and the only saved state is per anchor or O((N + C) x D).
+//
+// Forward with unit_gradients=true also returns the gradients for an upstream gradient of 1 on every anchor;
+// paco_backward reuses them (times the scalar) when the upstream gradient really is one value on every anchor
+// ('mean' or 'sum'), and otherwise sweeps again with the per-anchor upstream gradient ('none').
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <tuple>
+
+#include "core/paco_rows.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+struct Problem {
+  Tensor features, labels, queue, queue_labels, center_logits, centers, center_bias;  // undefined when absent
+  int64_t num_anchors = 0;
+  double temperature = 1, center_temperature = 1, base_temperature = 1;
+  double alpha = 1, beta = 1, gamma = 1, label_smoothing = 0, lse_eps = 1e-12;
+  bool exclude_positive_class = false, batch_columns = true;
+  int64_t ignore_index = -100;
+
+  int64_t num_classes() const {
+    if (center_logits.defined()) return center_logits.size(1);
+    if (centers.defined()) return centers.size(0);
+    return 0;
+  }
+};
+
+Tensor defined_or_empty(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+void check_problem(const Problem& p) {
+  const auto& f = p.features;
+  TORCH_CHECK(f.dim() == 2, "features must have shape (N, D), got ", f.sizes());
+  TORCH_CHECK(f.scalar_type() == at::kFloat || f.scalar_type() == at::kDouble,
+              "the cpu backend takes float32 or float64 features, got ", f.scalar_type());
+  TORCH_CHECK(f.device().is_cpu(), "the cpu backend needs CPU tensors, features is on ", f.device());
+  const int64_t N = f.size(0), D = f.size(1);
+  TORCH_CHECK(p.labels.dim() == 1 && p.labels.size(0) == N && p.labels.scalar_type() == at::kLong,
+              "labels must be int64 of shape (", N, "), got ", p.labels.scalar_type(), " ", p.labels.sizes());
+  TORCH_CHECK(p.num_anchors >= 1 && p.num_anchors <= N, "num_anchors must be in [1, ", N, "], got ", p.num_anchors);
+  auto same = [&](const Tensor& t, const char* name) {
+    if (!t.defined()) return;
+    TORCH_CHECK(t.scalar_type() == f.scalar_type(), name, " must have the dtype of features (", f.scalar_type(),
+                "), got ", t.scalar_type());
+    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+  };
+  same(p.queue, "queue");
+  same(p.center_logits, "center_logits");
+  same(p.centers, "centers");
+  same(p.center_bias, "center_bias");
+  if (p.queue.defined()) {
+    TORCH_CHECK(p.queue.dim() == 2 && p.queue.size(1) == D, "queue must have shape (K, ", D, "), got ",
+                p.queue.sizes());
+    TORCH_CHECK(p.queue_labels.defined() && p.queue_labels.dim() == 1 && p.queue_labels.size(0) == p.queue.size(0) &&
+                    p.queue_labels.scalar_type() == at::kLong,
+                "queue_labels must be int64 of shape (", p.queue.size(0), ")");
+  }
+  TORCH_CHECK(!(p.center_logits.defined() && p.centers.defined()), "pass center_logits or centers, not both");
+  if (p.center_logits.defined())
+    TORCH_CHECK(p.center_logits.dim() == 2 && p.center_logits.size(0) == p.num_anchors,
+                "center_logits must have shape (num_anchors=", p.num_anchors, ", C), got ", p.center_logits.sizes());
+  if (p.centers.defined())
+    TORCH_CHECK(p.centers.dim() == 2 && p.centers.size(1) == D, "centers must have shape (C, ", D, "), got ",
+                p.centers.sizes());
+  const int64_t C = p.num_classes();
+  if (p.center_bias.defined())
+    TORCH_CHECK(p.center_bias.dim() == 1 && p.center_bias.size(0) == C, "center_bias must have shape (", C, ")");
+  if (C > 0) {
+    // Anchor labels index the class block: check them here too, so a compiled graph (which skips the Python
+    // checks that read values) never indexes out of range.
+    auto anchor_labels = p.labels.narrow(0, 0, p.num_anchors);
+    auto kept = anchor_labels.masked_select(anchor_labels != p.ignore_index);
+    if (kept.numel() > 0) {
+      const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < C, "labels must be in [0, ", C, ") or equal ignore_index=", p.ignore_index,
+                  ", found ", lo < 0 ? lo : hi);
+    }
+  }
+}
+
+// Rows per block: the R x M buffer stays near `budget` bytes (a share of the 32 MB L3 here; the GEMMs that fill it
+// want R in the hundreds), R between 8 and 256, and the blocks split the anchors evenly (a last block of a few rows
+// would run its GEMMs at a fraction of their speed).
+int64_t rows_per_block(int64_t M, int64_t A, size_t elem_size) {
+  int64_t budget = 12 << 20;
+  if (const char* env = std::getenv("GPACO_CPU_BLOCK_BYTES")) budget = std::max<int64_t>(std::atoll(env), 1024);
+  int64_t rows = budget / std::max<int64_t>(M * static_cast<int64_t>(elem_size), 1);
+  rows = std::min<int64_t>(std::max<int64_t>(rows, 8), 256);
+  const int64_t blocks = (A + rows - 1) / rows;
+  return (A + blocks - 1) / blocks;
+}
+
+struct Grads {
+  Tensor features, center_logits, centers;  // undefined when not computed
+};
+
+// One sweep over all anchor blocks. upstream: (A,) per-anchor upstream gradient, or undefined for no gradient;
+// `unit` true means an upstream gradient of 1 everywhere (upstream is then ignored).
+template <typename T>
+void sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Tensor& lse, Tensor& pos, Grads& g) {
+  const Tensor feats = p.features.contiguous();
+  const Tensor labels = p.labels.contiguous();
+  const int64_t A = p.num_anchors, N = feats.size(0);
+  const int64_t C = p.num_classes();
+  const int64_t NB = p.batch_columns ? N : 0;
+  const Tensor queue = p.queue.defined() ? p.queue.contiguous() : Tensor();
+  const int64_t K = queue.defined() ? queue.size(0) : 0;
+  const int64_t M = C + NB + K;
+  const bool want_grad = unit || upstream.defined();
+
+  gpaco::LabelIndex batch_index, queue_index;
+  if (NB > 0) batch_index = gpaco::LabelIndex(labels.data_ptr<int64_t>(), N);
+  Tensor queue_labels;
+  if (K > 0) {
+    queue_labels = p.queue_labels.contiguous();
+    queue_index = gpaco::LabelIndex(queue_labels.data_ptr<int64_t>(), K);
+  }
+  gpaco::RowConfig<T> cfg;
+  cfg.num_classes = C;
+  cfg.batch_cols = NB;
+  cfg.queue_cols = K;
+  cfg.class_scale = T(1.0 / p.center_temperature);
+  cfg.sample_scale = T(1.0 / p.temperature);
+  cfg.alpha = T(p.alpha);
+  cfg.gamma = T(p.gamma);
+  cfg.beta_on = T(p.beta * (1.0 - p.label_smoothing));
+  cfg.beta_off = T(C > 1 ? p.beta * p.label_smoothing / double(C - 1) : 0.0);
+  cfg.exclude_positive_class = p.exclude_positive_class;
+  cfg.ignore_index = p.ignore_index;
+  cfg.lse_eps = T(p.lse_eps);
+  cfg.loss_scale = T(-(p.temperature / p.base_temperature));
+  cfg.batch_index = &batch_index;
+  cfg.queue_index = &queue_index;
+
+  Tensor centers = p.centers.defined() ? p.centers.contiguous() : Tensor();
+  Tensor bias_scaled;  // b / tc, added to the class block
+  if (p.center_bias.defined()) bias_scaled = p.center_bias.contiguous() * (1.0 / p.center_temperature);
+  Tensor up = upstream.defined() ? upstream.contiguous() : Tensor();
+  const T one = T(1);
+
+  const int64_t R = rows_per_block(M, A, sizeof(T));
+  Tensor buffer = at::empty({R, std::max<int64_t>(M, 1)}, feats.options());
+  T* loss_ptr = loss.data_ptr<T>();
+  T* lse_ptr = lse.data_ptr<T>();
+  T* pos_ptr = pos.data_ptr<T>();
+  const int64_t* label_ptr = labels.data_ptr<int64_t>();
+  const T* up_ptr = up.defined() ? up.data_ptr<T>() : nullptr;
+
+  for (int64_t r0 = 0; r0 < A; r0 += R) {
+    const int64_t rows = std::min(R, A - r0);
+    Tensor block = buffer.narrow(0, 0, rows).narrow(1, 0, M);
+    Tensor anchors = feats.narrow(0, r0, rows);
+    Tensor cls = block.narrow(1, 0, C), smp_b = block.narrow(1, C, NB), smp_q = block.narrow(1, C + NB, K);
+    if (C > 0) {
+      if (p.center_logits.defined()) {
+        cls.copy_(p.center_logits.narrow(0, r0, rows));
+        cls.mul_(1.0 / p.center_temperature);
+      } else {
+        at::addmm_out(cls, cls, anchors, centers.t(), 0.0, 1.0 / p.center_temperature);
+      }
+      if (bias_scaled.defined()) cls.add_(bias_scaled);
+    }
+    if (NB > 0) at::addmm_out(smp_b, smp_b, anchors, feats.t(), 0.0, 1.0 / p.temperature);
+    if (K > 0) at::addmm_out(smp_q, smp_q, anchors, queue.t(), 0.0, 1.0 / p.temperature);
+
+    T* base = block.data_ptr<T>();
+    const int64_t ld = block.stride(0);
+    at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t a = r0 + i;
+        const T* u = !want_grad ? nullptr : (unit ? &one : up_ptr + a);
+        auto res = gpaco::paco_row<T>(cfg, base + i * ld, p.batch_columns ? a : -1, label_ptr[a], u);
+        loss_ptr[a] = res.loss;
+        lse_ptr[a] = res.lse;
+        pos_ptr[a] = res.pos;
+      }
+    });
+    if (!want_grad) continue;
+
+    // block now holds G (already times each segment's 1/temperature).
+    if (g.center_logits.defined() && C > 0) g.center_logits.narrow(0, r0, rows).copy_(cls);
+    if (g.features.defined()) {
+      Tensor g_anchor = g.features.narrow(0, r0, rows);
+      if (NB > 0) g_anchor.addmm_(smp_b, feats);
+      if (K > 0) g_anchor.addmm_(smp_q, queue);
+      if (centers.defined() && C > 0) g_anchor.addmm_(cls, centers);
+      if (NB > 0) g.features.addmm_(smp_b.t(), anchors);
+    }
+    if (g.centers.defined() && C > 0) g.centers.addmm_(cls.t(), anchors);
+  }
+}
+
+Problem make_problem(const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
+                     const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias,
+                     int64_t num_anchors, double temperature, double center_temperature, double base_temperature,
+                     double alpha, double beta, double gamma, double label_smoothing, bool exclude_positive_class,
+                     int64_t ignore_index, bool batch_columns, double lse_eps) {
+  Problem p;
+  p.features = features;
+  p.labels = labels;
+  p.queue = defined_or_empty(queue);
+  p.queue_labels = defined_or_empty(queue_labels);
+  p.center_logits = defined_or_empty(center_logits);
+  p.centers = defined_or_empty(centers);
+  p.center_bias = defined_or_empty(center_bias);
+  p.num_anchors = num_anchors;
+  p.temperature = temperature;
+  p.center_temperature = center_temperature;
+  p.base_temperature = base_temperature;
+  p.alpha = alpha;
+  p.beta = beta;
+  p.gamma = gamma;
+  p.label_smoothing = label_smoothing;
+  p.exclude_positive_class = exclude_positive_class;
+  p.ignore_index = ignore_index;
+  p.batch_columns = batch_columns;
+  p.lse_eps = lse_eps;
+  check_problem(p);
+  return p;
+}
+
+Tensor empty_like_or_none(const Tensor& like, bool wanted) {
+  return wanted && like.defined() ? at::zeros_like(like, at::MemoryFormat::Contiguous) : Tensor();
+}
+
+Tensor or_empty(const Tensor& t, const Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
+
+void run_sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Tensor& lse, Tensor& pos, Grads& g) {
+  AT_DISPATCH_FLOATING_TYPES(p.features.scalar_type(), "gpaco_paco_sweep",
+                             [&] { sweep<scalar_t>(p, upstream, unit, loss, lse, pos, g); });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> paco_forward(
+    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
+    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
+    double temperature, double center_temperature, double base_temperature, double alpha, double beta, double gamma,
+    double label_smoothing, bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps,
+    bool unit_gradients) {
+  Problem p = make_problem(features, labels, queue, queue_labels, center_logits, centers, center_bias, num_anchors,
+                           temperature, center_temperature, base_temperature, alpha, beta, gamma, label_smoothing,
+                           exclude_positive_class, ignore_index, batch_columns, lse_eps);
+  auto opts = features.options();
+  Tensor loss = at::empty({num_anchors}, opts), lse = at::empty({num_anchors}, opts), pos = at::empty({num_anchors}, opts);
+  Grads g;
+  g.features = empty_like_or_none(features, unit_gradients);
+  g.center_logits = empty_like_or_none(p.center_logits, unit_gradients);
+  g.centers = empty_like_or_none(p.centers, unit_gradients);
+  run_sweep(p, Tensor(), unit_gradients, loss, lse, pos, g);
+  return {loss, lse, pos, or_empty(g.features, features), or_empty(g.center_logits, features),
+          or_empty(g.centers, features)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> paco_backward(
+    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
+    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
+    double temperature, double center_temperature, double base_temperature, double alpha, double beta, double gamma,
+    double label_smoothing, bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps,
+    const Tensor& grad_loss, const Tensor& unit_grad_features, const Tensor& unit_grad_center_logits,
+    const Tensor& unit_grad_centers, bool need_features, bool need_center_logits, bool need_centers) {
+  Problem p = make_problem(features, labels, queue, queue_labels, center_logits, centers, center_bias, num_anchors,
+                           temperature, center_temperature, base_temperature, alpha, beta, gamma, label_smoothing,
+                           exclude_positive_class, ignore_index, batch_columns, lse_eps);
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == num_anchors, "grad_loss must have shape (", num_anchors,
+              "), got ", grad_loss.sizes());
+  Tensor up = grad_loss.to(features.scalar_type()).contiguous();
+  need_center_logits = need_center_logits && p.center_logits.defined();
+  need_centers = need_centers && p.centers.defined();
+  // The forward's gradients for an upstream gradient of 1 are exact here only if every anchor receives the same
+  // upstream gradient; 'none' with a per-anchor gradient takes a second sweep.
+  const bool have_unit = unit_grad_features.numel() > 0 || unit_grad_center_logits.numel() > 0 ||
+                         unit_grad_centers.numel() > 0;
+  if (have_unit && num_anchors > 0 && at::equal(up, up.narrow(0, 0, 1).expand_as(up))) {
+    const Tensor g0 = up.narrow(0, 0, 1);
+    auto scaled = [&](const Tensor& unit, bool need) {
+      return need && unit.numel() > 0 ? (unit * g0).contiguous() : at::empty({0}, features.options());
+    };
+    return {scaled(unit_grad_features, need_features), scaled(unit_grad_center_logits, need_center_logits),
+            scaled(unit_grad_centers, need_centers)};
+  }
+  Grads g;
+  g.features = empty_like_or_none(features, need_features);
+  g.center_logits = empty_like_or_none(p.center_logits, need_center_logits);
+  g.centers = empty_like_or_none(p.centers, need_centers);
+  Tensor loss = at::empty({num_anchors}, features.options()), lse = at::empty_like(loss), pos = at::empty_like(loss);
+  run_sweep(p, up, false, loss, lse, pos, g);
+  return {or_empty(g.features, features), or_empty(g.center_logits, features), or_empty(g.centers, features)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(gpaco, m) {
+  const char* common =
+      "Tensor features, Tensor labels, Tensor? queue, Tensor? queue_labels, Tensor? center_logits, Tensor? centers, "
+      "Tensor? center_bias, int num_anchors, float temperature, float center_temperature, float base_temperature, "
+      "float alpha, float beta, float gamma, float label_smoothing, bool exclude_positive_class, int ignore_index, "
+      "bool batch_columns, float lse_eps";
+  const std::string forward = std::string("paco_forward(") + common +
+                              ", bool unit_gradients) -> (Tensor loss, Tensor lse, Tensor pos, "
+                              "Tensor unit_grad_features, Tensor unit_grad_center_logits, Tensor unit_grad_centers)";
+  const std::string backward = std::string("paco_backward(") + common +
+                               ", Tensor grad_loss, Tensor unit_grad_features, Tensor unit_grad_center_logits, "
+                               "Tensor unit_grad_centers, bool need_features, bool need_center_logits, "
+                               "bool need_centers) -> (Tensor, Tensor, Tensor)";
+  m.def(forward.c_str());
+  m.def(backward.c_str());
+}
+
+TORCH_LIBRARY_IMPL(gpaco, CPU, m) {
+  m.impl("paco_forward", &paco_forward);
+  m.impl("paco_backward", &paco_backward);
+}
+
+// The module exists only so that `import gpaco_kernels._C` loads the library and runs the registrations above.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) { module.doc() = "gpaco_kernels CPU kernels (ops in torch.ops.gpaco)"; }
