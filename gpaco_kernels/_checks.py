@@ -75,8 +75,16 @@ def choice(name: str, value, options) -> str:
     return value
 
 
+def reading_values_allowed() -> bool:
+    """Checks that read tensor values (a host sync) are skipped while torch.compile traces: they would break the
+    graph. The compiled kernels check label ranges themselves."""
+    return not torch.compiler.is_compiling()
+
+
 def label_range(name: str, labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
     """Labels other than ignore_index must index the class block."""
+    if not reading_values_allowed():
+        return
     kept = labels[labels != ignore_index]
     if kept.numel() == 0:
         return
@@ -107,6 +115,8 @@ def class_counts(value, num_classes: int | None, device: torch.device) -> torch.
         expected = "(C,)" if num_classes is None else f"({num_classes},)"
         raise ValueError(f"class_counts must have shape {expected} (one count per class), got {tuple(counts.shape)}")
     counts = counts.to(device=device, dtype=torch.float64)
+    if not reading_values_allowed():
+        return counts
     if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
         raise ValueError("class_counts must be finite and >= 0")
     if float(counts.sum()) <= 0:

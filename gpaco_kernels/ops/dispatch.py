@@ -27,16 +27,33 @@ _AUTO_ORDER = ("cpu", "torch")
 BACKEND_NAMES = ("auto", *_BACKEND_MODULES)
 
 
+def _import_all():
+    """Import every backend module once, keeping the failure of any that cannot be imported. Done up front so that
+    selecting a backend is a dict lookup, which torch.compile traces without a graph break."""
+    loaded = {}
+    for name, module_name in _BACKEND_MODULES.items():
+        try:
+            loaded[name] = importlib.import_module(module_name, __package__)
+        except Exception as exc:  # a broken optional backend must not break the package
+            loaded[name] = exc
+    return loaded
+
+
+_LOADED = _import_all()
+
+
 def load_backend(name: str):
-    return importlib.import_module(_BACKEND_MODULES[name], __package__)
+    module = _LOADED[name]
+    if isinstance(module, Exception):
+        raise ImportError(f"backend {name!r} failed to import: {module}") from module
+    return module
 
 
 def backend_unavailable_reason(name: str):
     """None when the backend can run here, else why not (import failures included)."""
-    try:
-        module = load_backend(name)
-    except Exception as exc:  # a broken optional backend must not break the package
-        return f"importing it failed: {type(exc).__name__}: {exc}"
+    module = _LOADED[name]
+    if isinstance(module, Exception):
+        return f"importing it failed: {type(module).__name__}: {module}"
     return module.availability()
 
 

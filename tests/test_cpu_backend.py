@@ -1,0 +1,148 @@
+"""The C++ backend as a custom op: opcheck, torch.compile(fullgraph=True), indices past 2^31, thread counts, and a
+missing extension."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gpaco_kernels as gk
+from gpaco_kernels.functional import canonicalize
+
+from helpers import assert_close
+
+
+def test_extension_is_built():
+    # The README's install builds it; a missing extension here is a failed install, not something to skip.
+    assert gk.HAS_CPU_EXT, gk.ops.dispatch.backend_unavailable_reason("cpu")
+
+
+def _problem(dtype=torch.float64, centers=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(11, 4, generator=gen, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 3, (11,), generator=gen)
+    kw = dict(
+        num_anchors=7,
+        queue=torch.randn(5, 4, generator=gen, dtype=dtype),
+        queue_labels=torch.randint(0, 3, (5,), generator=gen),
+        class_counts=[3, 2, 1],
+        label_smoothing=0.1,
+    )
+    if centers:
+        kw["centers"] = torch.randn(3, 4, generator=gen, dtype=dtype, requires_grad=True)
+    else:
+        kw["center_logits"] = torch.randn(7, 3, generator=gen, dtype=dtype, requires_grad=True)
+    return feats, labels, kw
+
+
+@pytest.mark.parametrize("centers", [False, True])
+@pytest.mark.parametrize("unit_gradients", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_opcheck(centers, unit_gradients, dtype):
+    from gpaco_kernels.ops.cpu_backend import _op_args
+
+    feats, labels, kw = _problem(dtype, centers)
+    x, cfg, _ = canonicalize(feats, labels, backend="cpu", **kw)
+    torch.library.opcheck(torch.ops.gpaco.paco_forward.default, _op_args(x, cfg) + (unit_gradients,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_fullgraph(reduction):
+    torch._dynamo.reset()
+    feats, labels, kw = _problem(torch.float32)
+    logits = kw.pop("center_logits")
+
+    def loss_fn(f, s):
+        out = gk.fused_paco_loss(f, labels, center_logits=s, backend="cpu", reduction=reduction, **kw)
+        return out.sum() * 1.5 if reduction == "none" else out
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    got = compiled(feats, logits)
+    got_grads = torch.autograd.grad(got, [feats, logits])
+    want = loss_fn(feats, logits)
+    want_grads = torch.autograd.grad(want, [feats, logits])
+    assert_close(got, want, atol=1e-6, rtol=1e-6, name="compiled loss")
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, atol=1e-6, rtol=1e-6, name="compiled gradient")
+
+
+def test_kernel_checks_labels_itself():
+    """Under torch.compile the Python value checks are skipped; the kernel still refuses labels out of range."""
+    from gpaco_kernels.ops.cpu_backend import _op_args
+
+    feats, labels, kw = _problem(torch.float32)
+    x, cfg, _ = canonicalize(feats, labels, backend="cpu", **kw)
+    bad = x.labels.clone()
+    bad[2] = 3
+    args = list(_op_args(x, cfg))
+    args[1] = bad
+    with pytest.raises(RuntimeError, match=r"labels must be in \[0, 3\).*found 3"):
+        torch.ops.gpaco.paco_forward(*args, False)
+
+
+def test_thread_counts_agree():
+    feats, labels, kw = _problem(torch.float32, seed=4)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            f = feats.detach().clone().requires_grad_()
+            loss = gk.fused_paco_loss(f, labels, backend="cpu", **{k: v for k, v in kw.items()})
+            (grad,) = torch.autograd.grad(loss, [f])
+            results.append((loss.detach(), grad))
+    finally:
+        torch.set_num_threads(before)
+    assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6, name="loss, 1 vs 2 threads")
+    assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-6, name="gradient, 1 vs 2 threads")
+
+
+@pytest.mark.slow
+def test_index_arithmetic_past_2_pow_31():
+    """N = 50 000 anchors against 50 000 batch columns: N x M = 2.5e9 > 2^31. Losses and gradients of anchors near
+    the end (row offsets past 2^31 / M) against the reference on the same anchors moved to the front."""
+    n, dim = 50_000, 4
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)
+    labels = torch.randint(0, 1000, (n,), generator=gen)
+    assert n * n > 2**31
+    rows = torch.tensor([0, 45_001, 49_998, 49_999])
+    upstream = torch.zeros(n)
+    upstream[rows] = torch.tensor([0.5, -1.0, 2.0, 1.5])
+    f = feats.clone().requires_grad_()
+    per_anchor = gk.fused_paco_loss(f, labels, temperature=0.5, reduction="none", backend="cpu")
+    (grad,) = torch.autograd.grad(per_anchor, [f], upstream)
+
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[rows] = False
+    order = torch.cat([rows, rest.nonzero().squeeze(1)])
+    f_ref = feats[order].double().requires_grad_()
+    ref = gk.fused_paco_loss(
+        f_ref, labels[order], num_anchors=len(rows), temperature=0.5, reduction="none", backend="reference"
+    )
+    (grad_ref,) = torch.autograd.grad(ref, [f_ref], upstream[rows].double())
+    assert_close(per_anchor[rows], ref, atol=2e-5, rtol=2e-5, name="losses past 2^31")
+    grad_back = torch.empty_like(grad_ref)
+    grad_back[order] = grad_ref
+    assert_close(grad, grad_back, atol=2e-5, rtol=2e-5, name="gradient past 2^31")
+
+
+def test_missing_extension_falls_back_and_explains():
+    code = (
+        "import sys; sys.modules['gpaco_kernels._C'] = None\n"
+        "import torch, gpaco_kernels as g\n"
+        "from gpaco_kernels.ops import resolve_backend\n"
+        "assert not g.HAS_CPU_EXT and resolve_backend('auto') == 'torch'\n"
+        "f = torch.randn(4, 3); y = torch.tensor([0, 1, 0, 1])\n"
+        "assert g.fused_paco_loss(f, y).isfinite()\n"
+        "try:\n"
+        "    g.fused_paco_loss(f, y, backend='cpu')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "backend='cpu' is not available here" in out
+    assert "pip install --no-build-isolation -e ." in out
