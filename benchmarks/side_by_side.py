@@ -1,22 +1,35 @@
-"""Side-by-side forward+backward time of the providers on the standard workloads, interleaved in one process.
+"""Side-by-side forward+backward time of loss providers on the standard workloads, interleaved in one process.
 
     python benchmarks/side_by_side.py [--workload gpaco-lt|pixel] [--batch N] [--repeats R] [--providers ...]
+    python benchmarks/side_by_side.py --headline      # the CPU-kernel goals: LT, pixel 16384, memory at 32768
 
-Providers: each backend by name, and 'floor', the three bare products every exact method computes
-(logits = anchors @ contrast^T, dAnchors = G @ contrast, dContrast = G^T @ anchors) at the same sizes. Prints the
-median and 20/80 percentiles per provider and the ratio of each median to the floor's.
+Providers:
+    floor      the three bare products every exact method computes at these sizes, as three big GEMMs:
+               logits = anchors @ contrast^T, G @ contrast, G^T @ anchors (contrast = batch rows + queue)
+    dense      the published formula as the official code computes it (benchmarks/dense_published.py)
+    compiled   torch.compile of `dense` (compile time excluded: it runs during warm-up)
+    reference, torch, cpu   gpaco_kernels backends (fused_paco_loss)
+Each provider runs once to warm up, then the providers take turns for R rounds, so drift on a shared machine hits
+all alike. Printed: median and 20/80 percentiles, and each median's ratio to the floor and to dense.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from gpaco_kernels.ops import available_backends
-from gpaco_kernels.tools.workloads import step, workload_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dense_published import dense_call  # noqa: E402
+
+from gpaco_kernels.ops import available_backends  # noqa: E402
+from gpaco_kernels.tools.peak_memory import measure_in_subprocess  # noqa: E402
+from gpaco_kernels.tools.workloads import step, workload_inputs  # noqa: E402
 
 
 def floor_step(inputs):
@@ -29,9 +42,73 @@ def floor_step(inputs):
     g.T @ anchors
 
 
+def provider_steps(names, inputs, options):
+    def dense_step(fn):
+        def run():
+            fn(inputs, options).backward()
+
+        return run
+
+    steps = {}
+    for name in names:
+        if name == "floor":
+            steps[name] = lambda: floor_step(inputs)
+        elif name == "dense":
+            steps[name] = dense_step(dense_call)
+        elif name == "compiled":
+            steps[name] = dense_step(torch.compile(dense_call))
+        else:
+            steps[name] = lambda name=name: step(inputs, options, name)
+    return steps
+
+
 def percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def time_providers(workload, batch, names, repeats):
+    """{provider: [seconds per fwd+bwd]} measured interleaved."""
+    inputs, options = workload_inputs(workload, batch=batch)
+    steps = provider_steps(names, inputs, options)
+    times = {name: [] for name in steps}
+    for round_ in range(repeats + 1):
+        for name, fn in steps.items():
+            for leaf in (inputs["features"], inputs["center_logits"]):
+                leaf.grad = None
+            start = time.perf_counter()
+            fn()
+            if round_:  # round 0 is the warm-up (and torch.compile's compilation)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(title, times):
+    print(title)
+    floor = statistics.median(times["floor"]) if "floor" in times else None
+    dense = statistics.median(times["dense"]) if "dense" in times else None
+    for name, values in times.items():
+        med = statistics.median(values)
+        line = f"  {name:10s} median {med * 1e3:9.1f} ms  p20 {percentile(values, 0.2) * 1e3:9.1f}  "
+        line += f"p80 {percentile(values, 0.8) * 1e3:9.1f}"
+        if floor:
+            line += f"  {med / floor:5.2f}x floor"
+        if dense:
+            line += f"  {dense / med:6.2f}x faster than dense"
+        print(line)
+
+
+def headline(repeats):
+    threads = torch.get_num_threads()
+    lt = time_providers("gpaco-lt", None, ["floor", "dense", "compiled", "cpu"], repeats)
+    report(f"GPaCo ImageNet-LT step (256 x [1000 | 256 | 8192], D 128), {threads} threads, fwd+bwd, float32", lt)
+    px = time_providers("pixel", None, ["floor", "dense", "cpu"], max(3, repeats // 3))
+    report(f"GPaCo pixel loss, every pixel of 512x512 at stride 4 (N 16384, C 150, D 128), {threads} threads", px)
+    mem = measure_in_subprocess("pixel", "cpu", batch=32768)
+    print(
+        f"GPaCo pixel loss at N = 32768 (dense would need > 30 GB): cpu backend peak memory growth "
+        f"{mem['peak_growth_mb']:.0f} MB, {mem['seconds']:.1f} s for one cold step"
+    )
 
 
 def main():
@@ -39,36 +116,15 @@ def main():
     parser.add_argument("--workload", choices=["gpaco-lt", "pixel"], default="gpaco-lt")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--providers", nargs="+", default=["floor", *available_backends()])
+    parser.add_argument("--providers", nargs="+", default=["floor", "dense", *available_backends()])
+    parser.add_argument("--headline", action="store_true", help="print the CPU-kernel goals and exit")
     args = parser.parse_args()
-
-    inputs, options = workload_inputs(args.workload, batch=args.batch)
-    runs = {
-        name: (lambda: floor_step(inputs)) if name == "floor" else (lambda name=name: step(inputs, options, name))
-        for name in args.providers
-    }
-    for fn in runs.values():  # warm-up
-        fn()
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            for leaf in (inputs["features"], inputs["center_logits"]):
-                leaf.grad = None
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    print(
-        f"{args.workload}, N = {inputs['features'].shape[0]}, {torch.get_num_threads()} threads, fwd+bwd, "
-        f"{args.repeats} interleaved repeats"
-    )
-    floor = statistics.median(times["floor"]) if "floor" in times else None
-    for name, values in times.items():
-        med = statistics.median(values)
-        ratio = f"  {med / floor:5.2f}x floor" if floor else ""
-        print(
-            f"  {name:10s} median {med * 1e3:9.1f} ms  p20 {percentile(values, 0.2) * 1e3:9.1f}  "
-            f"p80 {percentile(values, 0.8) * 1e3:9.1f}{ratio}"
-        )
+    if args.headline:
+        headline(args.repeats)
+        return
+    times = time_providers(args.workload, args.batch, args.providers, args.repeats)
+    n = args.batch or ("default" if args.batch is None else args.batch)
+    report(f"{args.workload}, N = {n}, {torch.get_num_threads()} threads, fwd+bwd, {args.repeats} rounds", times)
 
 
 if __name__ == "__main__":
