@@ -20,7 +20,7 @@ def extension_kwargs():
     # Imported only here so that a pure-Python install never needs torch at build time.
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    extra = ["-O3", "-fopenmp"]
+    extra = ["-O3", "-fopenmp", "-Wno-psabi"]
     if os.environ.get("GPACO_NATIVE") == "1":
         # Binary for this CPU only; fine for a source build, never for a distributed wheel.
         extra.append("-march=native")
