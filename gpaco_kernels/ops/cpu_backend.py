@@ -57,7 +57,8 @@ def _op_args(x: ContrastInputs, cfg: LossConfig):
     )
 
 
-_N_COMMON = 19  # number of _op_args entries
+_N_TENSORS = 7  # _op_args starts with the 7 tensors of ContrastInputs (optional ones may be None)
+_N_COMMON = 19  # all _op_args entries; paco_forward takes one more (unit_gradients)
 
 
 def per_anchor_loss(x: ContrastInputs, cfg: LossConfig) -> torch.Tensor:
@@ -113,36 +114,22 @@ def _register():
         )
 
     def setup_context(ctx, inputs, output):
-        _, lse, pos, unit_f, unit_s, unit_w = output
-        ctx.common = inputs[:_N_COMMON]
-        tensors = [t for t in inputs[:7]]
-        ctx.present = [t is not None for t in tensors]
-        ctx.save_for_backward(*[t for t in tensors if t is not None], unit_f, unit_s, unit_w)
+        *_, unit_f, unit_s, unit_w = output
+        ctx.scalars = inputs[_N_TENSORS:_N_COMMON]
+        ctx.save_for_backward(*inputs[:_N_TENSORS], unit_f, unit_s, unit_w)
 
-    def backward(ctx, grad_loss, *_unused):
-        saved = list(ctx.saved_tensors)
-        unit_f, unit_s, unit_w = saved[-3:]
-        it = iter(saved[:-3])
-        tensors = [next(it) if present else None for present in ctx.present]
-        need = ctx.needs_input_grad
+    def backward(ctx, grad_loss, *_grads_of_saved_outputs):
+        *tensors, unit_f, unit_s, unit_w = ctx.saved_tensors
+        need = ctx.needs_input_grad  # features, center_logits and centers are inputs 0, 4 and 5
         grad_f, grad_s, grad_w = torch.ops.gpaco.paco_backward(
-            *tensors,
-            *ctx.common[7:],
-            grad_loss,
-            unit_f,
-            unit_s,
-            unit_w,
-            need[0],
-            need[4],
-            need[5],
+            *tensors, *ctx.scalars, grad_loss, unit_f, unit_s, unit_w, need[0], need[4], need[5]
         )
 
         def maybe(grad, wanted):
             return grad if wanted and grad.numel() > 0 else None
 
-        return (maybe(grad_f, need[0]), None, None, None, maybe(grad_s, need[4]), maybe(grad_w, need[5])) + (None,) * (
-            len(ctx.common) + 1 - 6
-        )
+        tensor_grads = (maybe(grad_f, need[0]), None, None, None, maybe(grad_s, need[4]), maybe(grad_w, need[5]), None)
+        return tensor_grads + (None,) * (_N_COMMON + 1 - _N_TENSORS)
 
     torch.library.register_autograd("gpaco::paco_forward", backward, setup_context=setup_context)
 
