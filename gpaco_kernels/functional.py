@@ -315,7 +315,7 @@ def canonicalize(
         if queue_labels is not None:
             check.label_range("queue_labels", queue_labels, num_classes, ignore_index)
 
-    backend_name = resolve_backend(backend)
+    backend_name = resolve_backend(backend, features.device.type)
     cfg = LossConfig(
         num_anchors=num_anchors,
         temperature=temperature,

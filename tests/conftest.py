@@ -1,6 +1,12 @@
-import pytest
+import os
 
-from gpaco_kernels.ops import torch_backend
+# The Triton kernels run on CPU tensors under the interpreter, which must be on before the kernels are defined,
+# that is, before gpaco_kernels is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from gpaco_kernels.ops import torch_backend  # noqa: E402
 
 
 @pytest.fixture
@@ -11,3 +17,11 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(torch_backend, "TILE_ELEMENTS", 35)
     # The cpu backend's row blocks: the smallest (8 rows), so that 19 anchors take three blocks.
     monkeypatch.setenv("GPACO_CPU_BLOCK_BYTES", "64")
+    # Triton: 16 x 16 tiles, and the forward split into column ranges of 16 merged afterwards.
+    from gpaco_kernels.triton import paco
+
+    monkeypatch.setitem(paco.FWD_CONFIG, "BLOCK_M", 16)
+    monkeypatch.setitem(paco.FWD_CONFIG, "BLOCK_N", 16)
+    monkeypatch.setitem(paco.BWD_CONFIG, "BLOCK_M", 16)
+    monkeypatch.setitem(paco.BWD_CONFIG, "BLOCK_N", 16)
+    monkeypatch.setattr(paco, "FORCE_COLS_PER_SPLIT", 16)

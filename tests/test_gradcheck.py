@@ -8,6 +8,9 @@ import torch
 import gpaco_kernels as gk
 from gpaco_kernels import available_backends
 
+# These checks run in float64; Triton kernels are float32/bf16/fp16 and meet the oracles through test_backends.
+FLOAT64_BACKENDS = [b for b in available_backends() if b != "triton"]
+
 
 def _inputs(seed, N=9, A=6, K=5, C=4, D=3):
     gen = torch.Generator().manual_seed(seed)
@@ -18,7 +21,7 @@ def _inputs(seed, N=9, A=6, K=5, C=4, D=3):
     return gen, feats, labels, queue, queue_labels
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 @pytest.mark.parametrize("normalize", [False, True])
 def test_gradcheck_center_logits(backend, normalize, small_tiles):
     gen, feats, labels, queue, queue_labels = _inputs(0)
@@ -46,7 +49,7 @@ def test_gradcheck_center_logits(backend, normalize, small_tiles):
     assert torch.autograd.gradcheck(fn, (feats, logits))
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("exclude", [False, True])
 def test_gradcheck_centers(backend, normalize, exclude, small_tiles):
@@ -71,7 +74,7 @@ def test_gradcheck_centers(backend, normalize, exclude, small_tiles):
     assert torch.autograd.gradcheck(fn, (feats, centers))
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 def test_gradcheck_supcon_and_psc(backend, small_tiles):
     gen = torch.Generator().manual_seed(2)
     feats = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -14,6 +14,9 @@ from oracles import gpaco_lt, gpaco_seg, long_tailed_counts, paco_lt, psc, supco
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 
+# These checks run in float64; Triton kernels are float32/bf16/fp16 and meet the oracles through test_backends.
+FLOAT64_BACKENDS = [b for b in available_backends() if b != "triton"]
+
 
 def grads(loss, tensors):
     return torch.autograd.grad(loss, tensors)
@@ -38,7 +41,7 @@ def paco_batch(seed, batch, K, C, D):
     return feats, labels, logits
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 def test_paco_lt_matches_published(backend):
     C, K, batch = 7, 9, 6
     feats, labels, logits = paco_batch(0, batch, K, C, 5)
@@ -59,7 +62,7 @@ def test_paco_lt_matches_published(backend):
     assert_close(gs1, gs2, name="dsup_logits", **TOL)
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 @pytest.mark.parametrize("with_prior,smooth", [(False, 0.0), (True, 0.2)])
 def test_gpaco_lt_matches_published(backend, with_prior, smooth):
     C, K, batch = 6, 11, 5
@@ -103,7 +106,7 @@ def test_gpaco_lt_matches_published(backend, with_prior, smooth):
     assert_close(gs1, gs2, name="dsup_logits", **TOL)
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 def test_gpaco_seg_matches_published(backend):
     C, n = 5, 23
     gen = torch.Generator().manual_seed(3)
@@ -122,7 +125,7 @@ def test_gpaco_seg_matches_published(backend):
     )
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 @pytest.mark.parametrize("mode", ["all", "one"])
 @pytest.mark.parametrize("supervised", [True, False])
 def test_supcon_matches_published(backend, mode, supervised):
@@ -157,7 +160,7 @@ def test_supcon_explicit_mask_falls_back_to_dense_with_a_warning():
         module(feats, labels, mask)
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 @pytest.mark.parametrize("exclude", [True, False])
 def test_psc_matches_published(backend, exclude):
     gen = torch.Generator().manual_seed(6)

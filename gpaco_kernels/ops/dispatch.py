@@ -19,10 +19,12 @@ _BACKEND_MODULES = {
     "reference": ".reference",
     "torch": ".torch_backend",
     "cpu": ".cpu_backend",
+    "triton": ".triton_backend",
 }
 
-# What "auto" tries, best first; the first available wins. "torch" is always available, so "auto" never fails.
-_AUTO_ORDER = ("cpu", "torch")
+# What "auto" tries on each device type, best first; the first available wins. "torch" is always available, so
+# "auto" never fails.
+_AUTO_ORDER = {"cpu": ("cpu", "torch"), "cuda": ("triton", "torch")}
 
 BACKEND_NAMES = ("auto", *_BACKEND_MODULES)
 
@@ -65,12 +67,13 @@ def available_backends():
     return tuple(name for name in _BACKEND_MODULES if backend_unavailable_reason(name) is None)
 
 
-def resolve_backend(name: str) -> str:
-    """Turn a user's backend argument into a concrete backend name, or raise ValueError saying why it can't run."""
+def resolve_backend(name: str, device_type: str = "cpu") -> str:
+    """Turn a user's backend argument into a concrete backend name for tensors on device_type, or raise ValueError
+    saying why it can't run."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(BACKEND_NAMES)}, got {name!r}")
     if name == "auto":
-        for candidate in _AUTO_ORDER:
+        for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
             if backend_unavailable_reason(candidate) is None:
                 return candidate
         raise RuntimeError("no backend is available; the 'torch' backend should always be")  # unreachable by design
