@@ -20,8 +20,7 @@ def small_tiles(monkeypatch):
     # Triton: 16 x 16 tiles, and the forward split into column ranges of 16 merged afterwards.
     from gpaco_kernels.triton import paco
 
-    monkeypatch.setitem(paco.FWD_CONFIG, "BLOCK_M", 16)
-    monkeypatch.setitem(paco.FWD_CONFIG, "BLOCK_N", 16)
-    monkeypatch.setitem(paco.BWD_CONFIG, "BLOCK_M", 16)
-    monkeypatch.setitem(paco.BWD_CONFIG, "BLOCK_N", 16)
+    for conf in paco.CONFIGS.values():
+        monkeypatch.setitem(conf, "BLOCK_M", 16)
+        monkeypatch.setitem(conf, "BLOCK_N", 16)
     monkeypatch.setattr(paco, "FORCE_COLS_PER_SPLIT", 16)

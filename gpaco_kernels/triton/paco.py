@@ -25,11 +25,19 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Launch configurations (BLOCK_M anchors x BLOCK_N columns per tile, warps, pipeline stages). Tests shrink them.
-FWD_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-BWD_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+# Launch configurations per kernel and input kind, the largest that compile without register spills for sm_80 and
+# sm_90 at D = 128 (checked by `python -m gpaco_kernels.tools.compile_report`). Float32 dots (IEEE or TF32) take
+# more registers than half-precision ones, hence smaller tiles; the column kernel needs a single pipeline stage.
+CONFIGS = {
+    ("fwd", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3),
+    ("bwd_rows", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
+    ("bwd_cols", "half"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    ("fwd", "fp32"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+    ("bwd_rows", "fp32"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+    ("bwd_cols", "fp32"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1),
+}
 SPLIT_TARGET_PROGRAMS = 264  # about two waves of an H100's 132 SMs; split columns until the grid reaches this
-MAX_DIM = 256  # the backward keeps a BLOCK x D accumulator in registers
+MAX_DIM = 128  # the backward keeps a BLOCK x D accumulator in registers; the configs above are sized for D <= 128
 FORCE_COLS_PER_SPLIT = None  # tests set it to exercise the split-columns variant on small shapes
 
 
@@ -472,7 +480,6 @@ def _paco_bwd_cols_kernel(
     col_mask = cols < NCOLS
     offs_d = tl.arange(0, BLOCK_D)
     offs_m = tl.arange(0, BLOCK_M)
-    x = _load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
     if SEGMENT == 1:
         col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
     else:
@@ -486,6 +493,8 @@ def _paco_bwd_cols_kernel(
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
         coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
         coef_pos = tl.load(coef_pos_ptr + rows, mask=row_mask, other=0.0)
+        # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spills registers for float32.
+        x = _load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
         if HAS_BIAS:
             l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -507,6 +516,14 @@ def _paco_bwd_cols_kernel(
 
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
+
+
+def config(kind: str, dtype: torch.dtype) -> dict:
+    return CONFIGS[(kind, "fp32" if dtype == torch.float32 else "half")]
+
+
+def _launch(conf: dict) -> dict:
+    return dict(num_warps=conf["num_warps"], num_stages=conf["num_stages"])
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -540,58 +557,62 @@ def _column_split(num_anchors: int, total_cols: int, block_m: int, block_n: int)
     return triton.cdiv(max(total_cols, 1), splits * block_n) * block_n
 
 
+def _tiles(conf: dict, block_d: int, dtype: torch.dtype) -> dict:
+    """Tile constants and launch options of one kernel launch."""
+    return dict(
+        BLOCK_M=conf["BLOCK_M"],
+        BLOCK_N=conf["BLOCK_N"],
+        BLOCK_D=block_d,
+        UPCAST=INTERPRET,
+        PRECISION=_precision(dtype),
+        num_warps=conf["num_warps"],
+        num_stages=conf["num_stages"],
+    )
+
+
+def _operands(x, cfg):
+    """Contiguous operands; absent ones are replaced by features (never read: their constexpr flag is off)."""
+    feats = x.features.contiguous()
+    K = 0 if x.queue is None else x.queue.shape[0]
+    return dict(
+        feats=feats,
+        queue=x.queue.contiguous() if K else feats,
+        queue_labels=x.queue_labels if K else x.labels,
+        logits=x.center_logits.contiguous() if x.center_logits is not None else feats,
+        centers=x.centers.contiguous() if x.centers is not None else feats,
+        bias=x.center_bias if x.center_bias is not None else feats,
+        A=cfg.num_anchors,
+        N=feats.shape[0] if cfg.batch_columns else 0,
+        K=K,
+        C=x.num_classes,
+        D=feats.shape[1],
+    )
+
+
 def paco_fwd(x, cfg, cols_per_split=None):
     """Per-anchor loss, lse and P (float32, each (A,)). cols_per_split overrides the split heuristic."""
-    feats = x.features.contiguous()
-    A, N, D = cfg.num_anchors, feats.shape[0], feats.shape[1]
-    C = x.num_classes
-    NB = N if cfg.batch_columns else 0
-    K = 0 if x.queue is None else x.queue.shape[0]
-    total = C + NB + K
-    conf = FWD_CONFIG
+    o = _operands(x, cfg)
+    A, total = o["A"], o["C"] + o["N"] + o["K"]
+    conf = config("fwd", o["feats"].dtype)
     cols_per_split = cols_per_split or FORCE_COLS_PER_SPLIT
     if cols_per_split is None:
         cols_per_split = _column_split(A, total, conf["BLOCK_M"], conf["BLOCK_N"])
     splits = triton.cdiv(max(total, 1), cols_per_split)
-    part = torch.empty((4, splits, A), device=feats.device, dtype=torch.float32)
-    queue = x.queue.contiguous() if K else feats
-    logits = x.center_logits.contiguous() if x.center_logits is not None else feats
-    centers = x.centers.contiguous() if x.centers is not None else feats
-    grid = (triton.cdiv(A, conf["BLOCK_M"]), splits)
-    _paco_fwd_kernel[grid](
-        feats,
-        x.labels,
-        queue,
-        x.queue_labels if K else x.labels,
-        logits,
-        centers,
-        x.center_bias if x.center_bias is not None else feats,
-        part,
-        A,
-        NB,
-        K,
-        C,
-        D,
-        cols_per_split,
-        feats.stride(0),
-        queue.stride(0),
-        logits.stride(0),
-        centers.stride(0),
+    part = torch.empty((4, splits, A), device=o["feats"].device, dtype=torch.float32)
+    # fmt: off
+    _paco_fwd_kernel[(triton.cdiv(A, conf["BLOCK_M"]), splits)](
+        # data pointers
+        o["feats"], x.labels, o["queue"], o["queue_labels"], o["logits"], o["centers"], o["bias"], part,
+        # shapes and strides
+        A, o["N"], o["K"], o["C"], o["D"], cols_per_split,
+        o["feats"].stride(0), o["queue"].stride(0), o["logits"].stride(0), o["centers"].stride(0),
+        # constants
         **_common(x, cfg),
-        HAS_CLASSES=C > 0,
-        FROM_LOGITS=x.center_logits is not None,
-        HAS_BIAS=x.center_bias is not None,
-        EXCLUDE=cfg.exclude_positive_class,
-        HAS_BATCH=NB > 0,
-        HAS_QUEUE=K > 0,
-        BLOCK_M=conf["BLOCK_M"],
-        BLOCK_N=conf["BLOCK_N"],
-        BLOCK_D=_block_d(D),
-        UPCAST=INTERPRET,
-        PRECISION=_precision(feats.dtype),
-        num_warps=conf["num_warps"],
-        num_stages=conf["num_stages"],
+        HAS_CLASSES=o["C"] > 0, FROM_LOGITS=x.center_logits is not None, HAS_BIAS=x.center_bias is not None,
+        EXCLUDE=cfg.exclude_positive_class, HAS_BATCH=o["N"] > 0, HAS_QUEUE=o["K"] > 0,
+        **_tiles(conf, _block_d(o["D"]), o["feats"].dtype),
     )
+    # fmt: on
     return _merge_splits(part, x, cfg)
 
 
@@ -609,102 +630,53 @@ def _merge_splits(part, x, cfg):
 
 def paco_bwd(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_centers):
     """Gradients (features, center_logits, centers), float32, each None when not needed."""
-    feats = x.features.contiguous()
-    A, N, D = cfg.num_anchors, feats.shape[0], feats.shape[1]
-    C = x.num_classes
-    NB = N if cfg.batch_columns else 0
-    K = 0 if x.queue is None else x.queue.shape[0]
+    o = _operands(x, cfg)
+    feats, A, D = o["feats"], o["A"], o["D"]
     valid = (pos > 0) & (x.labels[:A] != cfg.ignore_index)
     coef = torch.where(valid, grad_loss.float() * cfg.loss_scale, torch.zeros_like(pos))
     coef_pos = torch.where(valid, coef / torch.where(valid, pos, torch.ones_like(pos)), torch.zeros_like(pos))
-    queue = x.queue.contiguous() if K else feats
-    logits = x.center_logits.contiguous() if x.center_logits is not None else feats
-    centers = x.centers.contiguous() if x.centers is not None else feats
-    bias = x.center_bias if x.center_bias is not None else feats
-    conf, common, block_d = BWD_CONFIG, _common(x, cfg), _block_d(D)
-    flags = dict(
-        BLOCK_M=conf["BLOCK_M"],
-        BLOCK_N=conf["BLOCK_N"],
-        BLOCK_D=block_d,
-        UPCAST=INTERPRET,
-        PRECISION=_precision(feats.dtype),
-        num_warps=conf["num_warps"],
-        num_stages=conf["num_stages"],
-    )
+    common, block_d = _common(x, cfg), _block_d(D)
+    rows_conf, cols_conf = config("bwd_rows", feats.dtype), config("bwd_cols", feats.dtype)
     grad_anchors = torch.empty((A, D), device=feats.device, dtype=torch.float32)
-    grad_logits = torch.empty_like(logits) if need_logits else logits
-    _paco_bwd_rows_kernel[(triton.cdiv(A, conf["BLOCK_M"]),)](
-        feats,
-        x.labels,
-        queue,
-        x.queue_labels if K else x.labels,
-        logits,
-        centers,
-        bias,
-        lse,
-        coef,
-        coef_pos,
-        grad_anchors,
-        grad_logits,
-        A,
-        NB,
-        K,
-        C,
-        D,
-        feats.stride(0),
-        queue.stride(0),
-        logits.stride(0),
-        centers.stride(0),
-        grad_anchors.stride(0),
-        grad_logits.stride(0),
+    grad_logits = torch.empty_like(o["logits"]) if need_logits else o["logits"]
+    # fmt: off
+    _paco_bwd_rows_kernel[(triton.cdiv(A, rows_conf["BLOCK_M"]),)](
+        # data pointers
+        feats, x.labels, o["queue"], o["queue_labels"], o["logits"], o["centers"], o["bias"],
+        lse, coef, coef_pos,
+        grad_anchors, grad_logits,
+        # shapes and strides
+        A, o["N"], o["K"], o["C"], D,
+        feats.stride(0), o["queue"].stride(0), o["logits"].stride(0), o["centers"].stride(0),
+        grad_anchors.stride(0), grad_logits.stride(0),
+        # constants
         **common,
-        HAS_CLASSES=C > 0,
-        FROM_LOGITS=x.center_logits is not None,
-        HAS_BIAS=x.center_bias is not None,
-        EXCLUDE=cfg.exclude_positive_class,
-        HAS_BATCH=NB > 0,
-        HAS_QUEUE=K > 0,
-        NEED_LOGITS=need_logits,
-        **flags,
+        HAS_CLASSES=o["C"] > 0, FROM_LOGITS=x.center_logits is not None, HAS_BIAS=x.center_bias is not None,
+        EXCLUDE=cfg.exclude_positive_class, HAS_BATCH=o["N"] > 0, HAS_QUEUE=o["K"] > 0, NEED_LOGITS=need_logits,
+        **_tiles(rows_conf, block_d, feats.dtype),
     )
 
     def columns(segment, matrix, scale, with_bias):
-        n_cols = matrix.shape[0]
-        out = torch.empty((n_cols, D), device=feats.device, dtype=torch.float32)
-        _paco_bwd_cols_kernel[(triton.cdiv(n_cols, conf["BLOCK_N"]),)](
-            feats,
-            x.labels,
-            matrix,
-            bias,
-            lse,
-            coef,
-            coef_pos,
-            out,
-            A,
-            n_cols,
-            D,
-            feats.stride(0),
-            matrix.stride(0),
-            out.stride(0),
-            scale,
-            common["alpha"],
-            common["beta_on"],
-            common["beta_off"],
-            common["gamma"],
-            SEGMENT=segment,
-            HAS_BIAS=with_bias,
-            EXCLUDE=cfg.exclude_positive_class,
-            **flags,
+        out = torch.empty((matrix.shape[0], D), device=feats.device, dtype=torch.float32)
+        _paco_bwd_cols_kernel[(triton.cdiv(matrix.shape[0], cols_conf["BLOCK_N"]),)](
+            # data pointers
+            feats, x.labels, matrix, o["bias"], lse, coef, coef_pos, out,
+            # shapes and strides
+            A, matrix.shape[0], D, feats.stride(0), matrix.stride(0), out.stride(0),
+            # constants
+            scale, common["alpha"], common["beta_on"], common["beta_off"], common["gamma"],
+            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=cfg.exclude_positive_class,
+            **_tiles(cols_conf, block_d, feats.dtype),
         )
         return out
+    # fmt: on
 
     grad_features = None
     if need_features:
-        grad_features = (
-            columns(1, feats, common["t_scale"], False) if NB else torch.zeros_like(feats, dtype=torch.float32)
-        )
+        if o["N"]:
+            grad_features = columns(1, feats, common["t_scale"], False)
+        else:
+            grad_features = torch.zeros(feats.shape, device=feats.device, dtype=torch.float32)
         grad_features[:A] += grad_anchors
-    grad_centers = None
-    if need_centers:
-        grad_centers = columns(0, centers, common["c_scale"], x.center_bias is not None)
+    grad_centers = columns(0, o["centers"], common["c_scale"], x.center_bias is not None) if need_centers else None
     return grad_features, grad_logits if need_logits else None, grad_centers
