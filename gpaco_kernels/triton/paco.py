@@ -122,6 +122,33 @@ def _segment_logits(
     return l * scale
 
 
+# fmt: off
+@triton.jit
+def _column_tile(SEGMENT: tl.constexpr, anchors, rows, row_mask, row_labels, cols, col_mask,
+                 feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                 stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                 offs_d, D, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+                 UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Logits l and weights (w, d) of a (rows x cols) tile of segment SEGMENT (0 class block, 1 batch, 2 queue):
+    the one place the kernels that sweep anchors over columns turn a tile of columns into numbers."""
+    if SEGMENT == 0:
+        l = _segment_logits(0, FROM_LOGITS, anchors, rows, row_mask, cols, col_mask, centers_ptr, stride_w,
+                            logits_ptr, stride_s, bias_ptr, c_scale, offs_d, D, HAS_BIAS, UPCAST, PRECISION)
+        col_labels = cols
+    elif SEGMENT == 1:
+        l = _segment_logits(1, False, anchors, rows, row_mask, cols, col_mask, feat_ptr, stride_f,
+                            logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+        col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
+    else:
+        l = _segment_logits(2, False, anchors, rows, row_mask, cols, col_mask, queue_ptr, stride_q,
+                            logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+        col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
+    w, d = _segment_weights(SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off,
+                            gamma, EXCLUDE)
+    return l, w, d
+# fmt: on
+
+
 @triton.jit
 def _paco_fwd_kernel(
     # data pointers
@@ -192,75 +219,14 @@ def _paco_fwd_kernel(
             for c0 in range(lo, hi, BLOCK_N):
                 cols = c0 + offs_n
                 col_mask = cols < hi
-                if seg == 0:
-                    l = _segment_logits(
-                        0,
-                        FROM_LOGITS,
-                        anchors,
-                        rows,
-                        row_mask,
-                        cols,
-                        col_mask,
-                        centers_ptr,
-                        stride_w,
-                        logits_ptr,
-                        stride_s,
-                        bias_ptr,
-                        c_scale,
-                        offs_d,
-                        D,
-                        HAS_BIAS,
-                        UPCAST,
-                        PRECISION,
-                    )
-                    col_labels = cols
-                elif seg == 1:
-                    l = _segment_logits(
-                        1,
-                        False,
-                        anchors,
-                        rows,
-                        row_mask,
-                        cols,
-                        col_mask,
-                        feat_ptr,
-                        stride_f,
-                        logits_ptr,
-                        stride_s,
-                        bias_ptr,
-                        t_scale,
-                        offs_d,
-                        D,
-                        False,
-                        UPCAST,
-                        PRECISION,
-                    )
-                    col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
-                else:
-                    l = _segment_logits(
-                        2,
-                        False,
-                        anchors,
-                        rows,
-                        row_mask,
-                        cols,
-                        col_mask,
-                        queue_ptr,
-                        stride_q,
-                        logits_ptr,
-                        stride_s,
-                        bias_ptr,
-                        t_scale,
-                        offs_d,
-                        D,
-                        False,
-                        UPCAST,
-                        PRECISION,
-                    )
-                    col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
-                w, d = _segment_weights(
-                    seg, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE
+                # fmt: off
+                l, w, d = _column_tile(
+                    seg, anchors, rows, row_mask, row_labels, cols, col_mask,
+                    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION,
                 )
+                # fmt: on
                 l_max = tl.max(tl.where(col_mask[None, :], l, float("-inf")), axis=1)
                 m_new = tl.maximum(m, l_max)
                 z = z * tl.exp(m - m_new) + tl.sum(d * tl.exp(l - m_new[:, None]), axis=1)
@@ -346,81 +312,20 @@ def _paco_bwd_rows_kernel(
             for c0 in range(0, size, BLOCK_N):
                 cols = c0 + offs_n
                 col_mask = cols < size
-                if seg == 0:
-                    l = _segment_logits(
-                        0,
-                        FROM_LOGITS,
-                        anchors,
-                        rows,
-                        row_mask,
-                        cols,
-                        col_mask,
-                        centers_ptr,
-                        stride_w,
-                        logits_ptr,
-                        stride_s,
-                        bias_ptr,
-                        c_scale,
-                        offs_d,
-                        D,
-                        HAS_BIAS,
-                        UPCAST,
-                        PRECISION,
-                    )
-                    col_labels = cols
-                    x_ptr = centers_ptr
-                    stride_x = stride_w
-                elif seg == 1:
-                    l = _segment_logits(
-                        1,
-                        False,
-                        anchors,
-                        rows,
-                        row_mask,
-                        cols,
-                        col_mask,
-                        feat_ptr,
-                        stride_f,
-                        logits_ptr,
-                        stride_s,
-                        bias_ptr,
-                        t_scale,
-                        offs_d,
-                        D,
-                        False,
-                        UPCAST,
-                        PRECISION,
-                    )
-                    col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
-                    x_ptr = feat_ptr
-                    stride_x = stride_f
-                else:
-                    l = _segment_logits(
-                        2,
-                        False,
-                        anchors,
-                        rows,
-                        row_mask,
-                        cols,
-                        col_mask,
-                        queue_ptr,
-                        stride_q,
-                        logits_ptr,
-                        stride_s,
-                        bias_ptr,
-                        t_scale,
-                        offs_d,
-                        D,
-                        False,
-                        UPCAST,
-                        PRECISION,
-                    )
-                    col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
-                    x_ptr = queue_ptr
-                    stride_x = stride_q
-                w, d = _segment_weights(
-                    seg, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE
+                # fmt: off
+                l, w, d = _column_tile(
+                    seg, anchors, rows, row_mask, row_labels, cols, col_mask,
+                    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION,
                 )
+                # fmt: on
+                if seg == 0:
+                    x_ptr, stride_x = centers_ptr, stride_w
+                elif seg == 1:
+                    x_ptr, stride_x = feat_ptr, stride_f
+                else:
+                    x_ptr, stride_x = queue_ptr, stride_q
                 g = (coef_pos[:, None] * w - coef[:, None] * d * tl.exp(l - lse[:, None])) * scale
                 if seg == 0 and FROM_LOGITS:
                     if NEED_LOGITS:
