@@ -1,16 +1,19 @@
 """Side-by-side forward+backward time of loss providers on the standard workloads, interleaved in one process.
 
     python benchmarks/side_by_side.py [--workload gpaco-lt|pixel] [--batch N] [--repeats R] [--providers ...]
-    python benchmarks/side_by_side.py --headline      # the CPU-kernel goals: LT, pixel 16384, memory at 32768
+    python benchmarks/side_by_side.py --headline      # LT step, pixel 16384, memory at 32768
+    [--device cuda]                                   # default: cuda when a GPU is visible, else cpu
 
 Providers:
     floor      the three bare products every exact method computes at these sizes, as three big GEMMs:
                logits = anchors @ contrast^T, G @ contrast, G^T @ anchors (contrast = batch rows + queue)
     dense      the published formula as the official code computes it (benchmarks/dense_published.py)
     compiled   torch.compile of `dense` (compile time excluded: it runs during warm-up)
-    reference, torch, cpu   gpaco_kernels backends (fused_paco_loss)
+    reference, torch, cpu, triton   gpaco_kernels backends (fused_paco_loss) that run on the device
 Each provider runs once to warm up, then the providers take turns for R rounds, so drift on a shared machine hits
-all alike. Printed: median and 20/80 percentiles, and each median's ratio to the floor and to dense.
+all alike. Printed: median and 20/80 percentiles, and each median's ratio to the floor and to dense. On CUDA a step
+is timed with CUDA events around it (the GPU's time, not the launch's) and memory is the allocator's peak; on CPU
+with the wall clock and the resident-memory peak.
 """
 
 from __future__ import annotations
@@ -67,19 +70,32 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def time_providers(workload, batch, names, repeats):
+def seconds_of(fn, device: torch.device) -> float:
+    """Time of one call of fn: CUDA events on a GPU (kernels run asynchronously), the wall clock on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_providers(workload, batch, names, repeats, device):
     """{provider: [seconds per fwd+bwd]} measured interleaved."""
-    inputs, options = workload_inputs(workload, batch=batch)
+    inputs, options = workload_inputs(workload, batch=batch, device=device)
     steps = provider_steps(names, inputs, options)
     times = {name: [] for name in steps}
     for round_ in range(repeats + 1):
         for name, fn in steps.items():
             for leaf in (inputs["features"], inputs["center_logits"]):
                 leaf.grad = None
-            start = time.perf_counter()
-            fn()
-            if round_:  # round 0 is the warm-up (and torch.compile's compilation)
-                times[name].append(time.perf_counter() - start)
+            elapsed = seconds_of(fn, device)
+            if round_:  # round 0 is the warm-up (and torch.compile's compilation, triton's JIT)
+                times[name].append(elapsed)
     return times
 
 
@@ -98,15 +114,16 @@ def report(title, times):
         print(line)
 
 
-def headline(repeats):
-    threads = torch.get_num_threads()
-    lt = time_providers("gpaco-lt", None, ["floor", "dense", "compiled", "cpu"], repeats)
-    report(f"GPaCo ImageNet-LT step (256 x [1000 | 256 | 8192], D 128), {threads} threads, fwd+bwd, float32", lt)
-    px = time_providers("pixel", None, ["floor", "dense", "cpu"], max(3, repeats // 3))
-    report(f"GPaCo pixel loss, every pixel of 512x512 at stride 4 (N 16384, C 150, D 128), {threads} threads", px)
-    mem = measure_in_subprocess("pixel", "cpu", batch=32768)
+def headline(repeats, device):
+    fused = "cpu" if device.type == "cpu" else "triton"
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    lt = time_providers("gpaco-lt", None, ["floor", "dense", "compiled", fused], repeats, device)
+    report(f"GPaCo ImageNet-LT step (256 x [1000 | 256 | 8192], D 128), {where}, fwd+bwd, float32", lt)
+    px = time_providers("pixel", None, ["floor", "dense", fused], max(3, repeats // 3), device)
+    report(f"GPaCo pixel loss, every pixel of 512x512 at stride 4 (N 16384, C 150, D 128), {where}", px)
+    mem = measure_in_subprocess("pixel", fused, batch=32768, device=device)
     print(
-        f"GPaCo pixel loss at N = 32768 (dense would need > 30 GB): cpu backend peak memory growth "
+        f"GPaCo pixel loss at N = 32768 (dense would need > 30 GB): {fused} backend peak memory growth "
         f"{mem['peak_growth_mb']:.0f} MB, {mem['seconds']:.1f} s for one cold step"
     )
 
@@ -116,15 +133,19 @@ def main():
     parser.add_argument("--workload", choices=["gpaco-lt", "pixel"], default="gpaco-lt")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--providers", nargs="+", default=["floor", "dense", *available_backends()])
-    parser.add_argument("--headline", action="store_true", help="print the CPU-kernel goals and exit")
+    parser.add_argument("--providers", nargs="+", help="default: floor, dense and every backend that runs on --device")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--headline", action="store_true", help="print the headline comparisons and exit")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.headline:
-        headline(args.repeats)
+        headline(args.repeats, device)
         return
-    times = time_providers(args.workload, args.batch, args.providers, args.repeats)
+    providers = args.providers or ["floor", "dense", *available_backends(device.type)]
+    times = time_providers(args.workload, args.batch, providers, args.repeats, device)
     n = args.batch or ("default" if args.batch is None else args.batch)
-    report(f"{args.workload}, N = {n}, {torch.get_num_threads()} threads, fwd+bwd, {args.repeats} rounds", times)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    report(f"{args.workload}, N = {n}, {where}, fwd+bwd, {args.repeats} rounds", times)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,27 @@ def test_auto_picks_an_available_backend():
 
     assert resolve_backend("auto") in gk.available_backends()
     assert resolve_backend("auto") != "reference"
+
+
+def test_backends_are_matched_to_the_tensors_device():
+    from gpaco_kernels.ops import resolve_backend
+
+    assert "cpu" not in gk.available_backends("cuda")
+    assert resolve_backend("auto", "cuda") == ("triton" if gk.HAS_TRITON else "torch")
+    with pytest.raises(ValueError, match="backend='cpu' cannot run on cuda tensors.*'triton' or 'torch'"):
+        resolve_backend("cpu", "cuda")
+
+
+@pytest.mark.skipif(not gk.HAS_TRITON, reason="triton is not installed")
+def test_triton_on_cpu_tensors_without_the_interpreter_says_it_needs_cuda():
+    code = (
+        "import torch, gpaco_kernels as g\n"
+        "assert 'triton' not in g.available_backends('cpu'), g.available_backends('cpu')\n"
+        "try:\n"
+        "    g.fused_paco_loss(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), backend='triton')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert "backend='triton' cannot run on cpu tensors" in out and "TRITON_INTERPRET=1" in out

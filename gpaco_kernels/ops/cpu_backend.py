@@ -32,6 +32,12 @@ def availability():
     return None
 
 
+def device_unsupported(device_type: str):
+    if device_type != "cpu":
+        return f"the C++ kernels take CPU tensors; on {device_type} use backend='triton' or 'torch'"
+    return None
+
+
 def _op_args(x: ContrastInputs, cfg: LossConfig):
     """Positional arguments shared by both ops (their schema's common part)."""
     return (

@@ -2,6 +2,7 @@
 
     NAME                   its name
     availability()         None when usable here, else a sentence saying why not and what to install
+    device_unsupported(t)  optional: None when it runs on tensors of device type t ("cpu", "cuda"), else why not
     forward(x, cfg)        -> (loss, lse, pos), each (A,) in the compute dtype
     backward(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_centers)
                            -> (grad_features, grad_center_logits, grad_centers), None where not needed
@@ -59,12 +60,24 @@ def backend_unavailable_reason(name: str):
     return module.availability()
 
 
+def device_unsupported_reason(name: str, device_type: str):
+    """None when the (available) backend runs on tensors of device_type, else why not."""
+    check = getattr(_LOADED[name], "device_unsupported", None)
+    return None if check is None else check(device_type)
+
+
 def is_available(name: str) -> bool:
     return name in _BACKEND_MODULES and backend_unavailable_reason(name) is None
 
 
-def available_backends():
-    return tuple(name for name in _BACKEND_MODULES if backend_unavailable_reason(name) is None)
+def available_backends(device_type: str | None = None):
+    """Backends usable here; with device_type, only those that run on tensors of that device type."""
+    return tuple(
+        name
+        for name in _BACKEND_MODULES
+        if backend_unavailable_reason(name) is None
+        and (device_type is None or device_unsupported_reason(name, device_type) is None)
+    )
 
 
 def resolve_backend(name: str, device_type: str = "cpu") -> str:
@@ -74,10 +87,14 @@ def resolve_backend(name: str, device_type: str = "cpu") -> str:
         raise ValueError(f"backend must be one of {list(BACKEND_NAMES)}, got {name!r}")
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
-            if backend_unavailable_reason(candidate) is None:
+            usable = backend_unavailable_reason(candidate) is None
+            if usable and device_unsupported_reason(candidate, device_type) is None:
                 return candidate
         raise RuntimeError("no backend is available; the 'torch' backend should always be")  # unreachable by design
     reason = backend_unavailable_reason(name)
     if reason is not None:
         raise ValueError(f"backend={name!r} is not available here: {reason}")
+    reason = device_unsupported_reason(name, device_type)
+    if reason is not None:
+        raise ValueError(f"backend={name!r} cannot run on {device_type} tensors: {reason}")
     return name

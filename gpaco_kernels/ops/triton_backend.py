@@ -27,17 +27,21 @@ def availability():
     return None
 
 
-def _check_device(x: ContrastInputs):
-    dtype, device = x.features.dtype, x.features.device
-    if dtype == torch.float64:
+def device_unsupported(device_type: str):
+    if device_type != "cuda" and not _kernels.INTERPRET:
+        return (
+            "the kernels need CUDA tensors; on a machine without a GPU they run only under the interpreter "
+            "(TRITON_INTERPRET=1 set before gpaco_kernels is imported)"
+        )
+    return None
+
+
+def _check_inputs(x: ContrastInputs):
+    # The device was checked when the backend was resolved (device_unsupported).
+    if x.features.dtype == torch.float64:
         raise ValueError(
             "backend='triton' takes float32, bfloat16 or float16 features, got float64; "
             "use backend='cpu' or 'torch' for float64"
-        )
-    if device.type != "cuda" and not _kernels.INTERPRET:
-        raise ValueError(
-            f"backend='triton' needs CUDA tensors, features is on {device}; on a machine without a "
-            "GPU the kernels run only under the interpreter (TRITON_INTERPRET=1 set before import)"
         )
     dim = x.features.shape[1]
     if dim > _kernels.MAX_DIM:
@@ -45,7 +49,7 @@ def _check_device(x: ContrastInputs):
 
 
 def forward(x: ContrastInputs, cfg: LossConfig):
-    _check_device(x)
+    _check_inputs(x)
     return _kernels.paco_fwd(x, cfg)
 
 

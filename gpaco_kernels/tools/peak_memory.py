@@ -1,10 +1,12 @@
 """Peak resident-memory growth and time of one forward+backward step, measured in a fresh process.
 
-    python -m gpaco_kernels.tools.peak_memory --workload pixel --backend torch [--batch N] [--threads T]
+    python -m gpaco_kernels.tools.peak_memory --workload pixel --backend torch [--batch N] [--threads T] [--device D]
 
-prints one JSON line: workload, backend, batch, peak_growth_mb (peak RSS during the step minus RSS before it),
-seconds, loss. A fresh process per measurement keeps one provider's freed-but-cached memory out of the next one's
-figure; on Linux the peak is reset right before the step through /proc/self/clear_refs.
+prints one JSON line: workload, backend, device, batch, peak_growth_mb, seconds, loss. On CPU the growth is the peak
+resident memory during the step minus the resident memory before it (on Linux the peak is reset right before the
+step through /proc/self/clear_refs); on CUDA it is torch.cuda.max_memory_allocated during the step minus the memory
+allocated before it. A fresh process per measurement keeps one provider's freed-but-cached memory out of the next
+one's figure.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_here(workload: str, backend: str, batch=None, threads=None) -> dict:
+def measure_here(workload: str, backend: str, batch=None, threads=None, device="cpu") -> dict:
     """Run one step in this process; meaningful only in a process that has not run a step before."""
     import torch
 
@@ -44,18 +46,27 @@ def measure_here(workload: str, backend: str, batch=None, threads=None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    inputs, options = workload_inputs(workload, batch=batch)
-    if _reset_peak():
+    inputs, options = workload_inputs(workload, batch=batch, device=device)
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / 1024
+    elif _reset_peak():
         before = _status_kb("VmRSS")
     else:  # no resettable peak: the high-water mark so far is the best baseline there is
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    loss = step(inputs, options, backend)
+    loss = step(inputs, options, backend)  # .item() inside waits for the GPU
     seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if on_cuda:
+        peak = torch.cuda.max_memory_allocated(device) / 1024
+    else:
+        peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return dict(
         workload=workload,
         backend=backend,
+        device=str(device),
         batch=inputs["features"].shape[0],
         peak_growth_mb=round((peak - before) / 1024, 1),
         seconds=round(seconds, 4),
@@ -63,8 +74,9 @@ def measure_here(workload: str, backend: str, batch=None, threads=None) -> dict:
     )
 
 
-def measure_in_subprocess(workload: str, backend: str, batch=None, threads=None, timeout=600) -> dict:
+def measure_in_subprocess(workload: str, backend: str, batch=None, threads=None, timeout=600, device="cpu") -> dict:
     cmd = [sys.executable, "-m", "gpaco_kernels.tools.peak_memory", "--workload", workload, "--backend", backend]
+    cmd += ["--device", str(device)]
     if batch:
         cmd += ["--batch", str(batch)]
     if threads:
@@ -83,8 +95,9 @@ def main(argv=None):
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--batch", type=int, default=None, help="N (pixels for 'pixel'); default: the workload's")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     args = parser.parse_args(argv)
-    print(json.dumps(measure_here(args.workload, args.backend, args.batch, args.threads)))
+    print(json.dumps(measure_here(args.workload, args.backend, args.batch, args.threads, args.device)))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ OPTIONS = {
 }
 
 
-def make_inputs(anchors, batch, queue, classes, dim, *, seed=0, dtype=torch.float32, ignore_fraction=0.0):
+def make_inputs(anchors, batch, queue, classes, dim, *, seed=0, dtype=torch.float32, ignore_fraction=0.0, device="cpu"):
     """Keyword arguments of fused_paco_loss for one step: normalized embeddings, long-tailed labels, a queue,
-    classifier logits and class counts. Leaves requiring grad: features and center_logits."""
+    classifier logits and class counts, drawn on the CPU (the same numbers on every device) and moved to device.
+    Leaves requiring grad: features and center_logits."""
     gen = torch.Generator().manual_seed(seed)
     # A long-tailed label draw (class c has weight 0.99^c), as in the datasets these losses are used on.
     weights = 0.99 ** torch.arange(classes, dtype=torch.float64)
@@ -43,10 +44,12 @@ def make_inputs(anchors, batch, queue, classes, dim, *, seed=0, dtype=torch.floa
         inputs.update(queue=q.to(dtype), queue_labels=torch.multinomial(weights, queue, True, generator=gen))
     if not ignore_fraction:
         inputs["class_counts"] = torch.bincount(labels, minlength=classes) + 1
-    return inputs
+    return {
+        k: v.detach().to(device).requires_grad_(v.requires_grad) if torch.is_tensor(v) else v for k, v in inputs.items()
+    }
 
 
-def workload_inputs(name, *, batch=None, dtype=torch.float32, seed=0):
+def workload_inputs(name, *, batch=None, dtype=torch.float32, seed=0, device="cpu"):
     """Inputs and loss options of a named workload; batch overrides N (and the anchors of the pixel loss)."""
     sizes = dict(WORKLOADS[name])
     if batch is not None:
@@ -54,7 +57,8 @@ def workload_inputs(name, *, batch=None, dtype=torch.float32, seed=0):
         if name == "pixel":
             sizes["anchors"] = batch
     ignore = 0.1 if name == "pixel" else 0.0
-    return make_inputs(**sizes, seed=seed, dtype=dtype, ignore_fraction=ignore), dict(OPTIONS[name])
+    inputs = make_inputs(**sizes, seed=seed, dtype=dtype, ignore_fraction=ignore, device=device)
+    return inputs, dict(OPTIONS[name])
 
 
 def step(inputs, options, backend):

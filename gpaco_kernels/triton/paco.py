@@ -25,16 +25,18 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Launch configurations per kernel and input kind, the largest that compile without register spills for sm_80 and
-# sm_90 at D = 128 (checked by `python -m gpaco_kernels.tools.compile_report`). Float32 dots (IEEE or TF32) take
-# more registers than half-precision ones, hence smaller tiles; the column kernel needs a single pipeline stage.
+# Launch configurations per kernel and input kind, the largest found that compile without register spills for
+# sm_80 and sm_90 at every BLOCK_D <= 128 and every flag variant (`python -m gpaco_kernels.tools.compile_report`
+# checks them; CI runs it). Float32 dots (IEEE or TF32) take more registers than half-precision ones, hence smaller
+# tiles. With 8 warps, ptxas caps float32 backward kernels at 80 or 128 registers and spills a few bytes; 4 warps
+# do not spill.
 CONFIGS = {
     ("fwd", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3),
     ("bwd_rows", "half"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
     ("bwd_cols", "half"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
     ("fwd", "fp32"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
-    ("bwd_rows", "fp32"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
-    ("bwd_cols", "fp32"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1),
+    ("bwd_rows", "fp32"): dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+    ("bwd_cols", "fp32"): dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1),
 }
 SPLIT_TARGET_PROGRAMS = 264  # about two waves of an H100's 132 SMs; split columns until the grid reaches this
 MAX_DIM = 128  # the backward keeps a BLOCK x D accumulator in registers; the configs above are sized for D <= 128

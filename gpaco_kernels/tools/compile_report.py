@@ -1,0 +1,277 @@
+"""Compile every Triton kernel ahead of time for A100 (sm_80) and H100 (sm_90) and report its resources.
+
+    python -m gpaco_kernels.tools.compile_report [--arch 80 90] [--dims 16 32 64 128] [--jobs 2] [--only fwd]
+
+No GPU is needed: triton lowers each kernel to PTX and a cubin for the target, and the cuobjdump shipped with
+triton reads registers and local memory (STACK, i.e. spills) from the cubin; shared memory comes from the compile
+metadata. One line per kernel x variant x precision x BLOCK_D x arch. Exits 1 when a kernel fails to compile,
+spills, or needs more shared memory than the arch has.
+
+What is compiled is what the launchers in gpaco_kernels/triton/paco.py can launch: each kernel with its launch
+configuration for that input dtype (CONFIGS), the constexpr flags of the workloads users run (VARIANTS), every
+BLOCK_D for the variant with the most live tiles, and D = 128 for the others; pointers and strides carry the
+16-byte divisibility the JIT would specialize on for contiguous tensors with D a multiple of 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+# Per-block shared memory limits (bytes) and the register file limit per thread.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+MAX_REGISTERS = 255
+
+PRECISIONS = {  # name -> (input dtype, tl.dot input_precision for float32 operands)
+    "fp32-ieee": ("fp32", "ieee"),
+    "fp32-tf32": ("fp32", "tf32"),
+    "bf16": ("bf16", "tf32"),
+    "fp16": ("fp16", "tf32"),
+}
+
+_ROW_FLAGS = ("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "EXCLUDE", "HAS_BATCH", "HAS_QUEUE")
+
+
+def _flags(*on: str) -> dict:
+    return {name: name in on for name in _ROW_FLAGS}
+
+
+# The constexpr flag sets the losses launch. The first variant of each kernel has the most live tiles (it is
+# compiled at every BLOCK_D); the others at D = 128 only.
+VARIANTS = {
+    "fwd": {
+        "paco-centers": _flags("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"),
+        "gpaco-logits": _flags("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"),
+        "pixel": _flags("HAS_CLASSES", "HAS_BATCH"),
+        "psc": _flags("HAS_CLASSES", "EXCLUDE"),
+        "supcon": _flags("HAS_BATCH"),
+    },
+    "bwd_rows": {
+        "paco-centers": dict(_flags("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"), NEED_LOGITS=False),
+        "gpaco-logits": dict(
+            _flags("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"), NEED_LOGITS=True
+        ),
+        "pixel": dict(_flags("HAS_CLASSES", "HAS_BATCH"), NEED_LOGITS=False),
+        "psc": dict(_flags("HAS_CLASSES", "EXCLUDE"), NEED_LOGITS=False),
+        "supcon": dict(_flags("HAS_BATCH"), NEED_LOGITS=False),
+    },
+    "bwd_cols": {
+        "centers-bias": dict(SEGMENT=0, HAS_BIAS=True, EXCLUDE=False),
+        "batch": dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False),
+        "psc-centers": dict(SEGMENT=0, HAS_BIAS=False, EXCLUDE=True),
+    },
+}
+
+# Pointer arguments that are not of the input dtype.
+_INDEX_POINTERS = {"label_ptr", "queue_label_ptr"}
+_FLOAT32_POINTERS = {"part_ptr", "bias_ptr", "lse_ptr", "coef_ptr", "coef_pos_ptr", "grad_anchor_ptr", "grad_cols_ptr"}
+_FLOAT_SCALARS = {"t_scale", "c_scale", "scale", "alpha", "beta_on", "beta_off", "gamma"}
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str  # fwd | bwd_rows | bwd_cols
+    variant: str
+    precision: str
+    block_d: int
+    arch: int
+
+
+@dataclass
+class Result:
+    case: Case
+    config: str = ""
+    registers: int = -1
+    stack: int = -1
+    hot_spills: int = -1  # local loads/stores inside loops
+    cold_spills: int = -1  # outside every loop
+    shared: int = -1
+    seconds: float = 0.0
+    error: str = ""
+
+    def problems(self) -> list[str]:
+        if self.error:
+            return [f"compile failed: {self.error}"]
+        found = []
+        if self.stack > 0:
+            found.append(
+                f"spills ({self.stack} B of local memory per thread; {self.hot_spills} spill loads/stores in loops, "
+                f"{self.cold_spills} outside)"
+            )
+        if self.registers > MAX_REGISTERS:
+            found.append(f"{self.registers} registers > {MAX_REGISTERS}")
+        if self.shared > SHARED_LIMIT[self.case.arch]:
+            found.append(f"shared memory {self.shared} B > {SHARED_LIMIT[self.case.arch]} B on sm_{self.case.arch}")
+        return found
+
+
+def cases(archs, dims, only=None) -> list[Case]:
+    out = []
+    for kind, variants in VARIANTS.items():
+        if only and kind not in only:
+            continue
+        for i, variant in enumerate(variants):
+            for precision in PRECISIONS:
+                for block_d in dims if i == 0 else [max(dims)]:
+                    out.extend(Case(kind, variant, precision, block_d, arch) for arch in archs)
+    return out
+
+
+def kernel_arguments(fn) -> list[tuple[str, bool]]:
+    """(name, is constexpr) of each argument of a @triton.jit kernel, read from the Python function's annotations
+    (so it works on the interpreter's wrapper too)."""
+    import inspect
+
+    import triton.language as tl
+
+    params = inspect.signature(getattr(fn, "fn", fn)).parameters.values()
+    return [(p.name, p.annotation is tl.constexpr or str(p.annotation).endswith("constexpr")) for p in params]
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
+    """Triton signature and divisibility attributes for the kernel's arguments, as the JIT would derive them."""
+    signature, attrs = {}, {}
+    for index, (name, is_constexpr) in enumerate(kernel_arguments(fn)):
+        if is_constexpr:
+            if name not in constexprs:
+                raise KeyError(f"no value for the constexpr argument {name} of {fn.__name__}")
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            if name in _INDEX_POINTERS:
+                signature[name] = "*i64"
+            elif name in _FLOAT32_POINTERS:
+                signature[name] = "*fp32"
+            else:
+                signature[name] = f"*{dtype}"
+            attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif name in _FLOAT_SCALARS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride") or name == "D":
+                attrs[(index,)] = [["tt.divisibility", 16]]  # contiguous rows of D, D a multiple of 16
+    return signature, attrs
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack bytes per thread) of the cubin's kernel."""
+    text = _cuobjdump(cubin, "--dump-resource-usage")
+    registers = re.search(r"REG:(\d+)", text)
+    stack = re.search(r"STACK:(\d+)", text)
+    if registers is None or stack is None:
+        raise RuntimeError(f"cannot read the resource usage from cuobjdump output: {text!r}")
+    return int(registers.group(1)), int(stack.group(1))
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def spill_instructions(sass: str) -> tuple[int, int]:
+    """(local loads/stores inside a loop, outside every loop) in a kernel's SASS. A loop is the address range from a
+    backward branch's target to the branch; a spill there costs on every iteration, one outside costs once."""
+    loops, spills = [], []
+    for addr_hex, text in _SASS_LINE.findall(sass):
+        addr = int(addr_hex, 16)
+        op = text.split()
+        op = op[1] if op and op[0].startswith("@") and len(op) > 1 else (op[0] if op else "")
+        if op.startswith(("STL", "LDL")):
+            spills.append(addr)
+        branch = re.match(r"(?:@!?U?P\w+\s+)?BRA\s+(?:\w+\s+)?0x([0-9a-f]+)", text)
+        if branch and int(branch.group(1), 16) < addr:  # a branch to itself is the trap after EXIT, not a loop
+            loops.append((int(branch.group(1), 16), addr))
+    hot = sum(any(lo <= a <= hi for lo, hi in loops) for a in spills)
+    return hot, len(spills) - hot
+
+
+def compile_case(case: Case) -> Result:
+    """Compile one case (in a worker process, with the interpreter off) and measure it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from gpaco_kernels.triton import paco
+
+    fn = getattr(paco, f"_paco_{case.kind}_kernel")
+    dtype, input_precision = PRECISIONS[case.precision]
+    conf = paco.CONFIGS[(case.kind, "fp32" if dtype == "fp32" else "half")]
+    tiles = dict(BLOCK_M=conf["BLOCK_M"], BLOCK_N=conf["BLOCK_N"], BLOCK_D=case.block_d)
+    constexprs = dict(VARIANTS[case.kind][case.variant], **tiles, UPCAST=False, PRECISION=input_precision)
+    result = Result(case, config=f"{conf['BLOCK_M']}x{conf['BLOCK_N']} w{conf['num_warps']} s{conf['num_stages']}")
+    start = time.perf_counter()
+    try:
+        signature, attrs = _signature(fn, dtype, constexprs)
+        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        options = dict(num_warps=conf["num_warps"], num_stages=conf["num_stages"])
+        kernel = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
+        result.registers, result.stack = _resource_usage(kernel.asm["cubin"])
+        result.hot_spills, result.cold_spills = spill_instructions(_cuobjdump(kernel.asm["cubin"], "-sass"))
+        result.shared = kernel.metadata.shared
+    except Exception as exc:  # reported as a failed line, not raised: the report covers every case
+        result.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def format_line(r: Result) -> str:
+    c = r.case
+    head = f"{c.kind:<9} {c.variant:<13} {c.precision:<10} D{c.block_d:<4} sm_{c.arch}  {r.config:<15}"
+    if r.error:
+        return f"{head} FAILED  {r.error}"
+    status = "ok" if not r.problems() else "FAIL: " + "; ".join(r.problems())
+    return f"{head} regs {r.registers:>3}  spill {r.stack:>3} B  shared {r.shared / 1024:5.1f} KB  {status}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
+    parser.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128], help="BLOCK_D values (powers of 2)")
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="restrict to these kernels")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
+    args = parser.parse_args(argv)
+    bad_dims = [d for d in args.dims if d < 16 or d & (d - 1) or d > 128]
+    if bad_dims:
+        parser.error(f"--dims must be powers of two in [16, 128] (the launchers' BLOCK_D); got {bad_dims}")
+
+    # The kernels must be real JIT functions, not the interpreter's: compile in fresh processes without it.
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    todo = cases(args.arch, sorted(args.dims), args.only)
+    targets = ", ".join(f"sm_{arch}" for arch in args.arch)
+    print(f"compiling {len(todo)} kernel configurations for {targets} with {args.jobs} jobs")
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
+        results = []
+        for result in pool.map(compile_case, todo):
+            print(format_line(result), flush=True)
+            results.append(result)
+    failed = [r for r in results if r.problems()]
+    print(
+        f"{len(results)} compiled in {time.perf_counter() - start:.0f} s; "
+        f"max registers {max((r.registers for r in results), default=0)}, "
+        f"max shared {max((r.shared for r in results), default=0) / 1024:.1f} KB; {len(failed)} failing"
+    )
+    for r in failed:
+        print("FAILING:", format_line(r), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
