@@ -17,7 +17,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(torch_backend, "TILE_ELEMENTS", 35)
     # The cpu backend's row blocks: the smallest (8 rows), so that 19 anchors take three blocks.
     monkeypatch.setenv("GPACO_CPU_BLOCK_BYTES", "64")
-    # Triton: 16 x 16 tiles, and the forward split into column ranges of 16 merged afterwards.
+    # Triton: 16 x 16 tiles, and the columns split into ranges of 16 (forward and row backward), merged afterwards.
     from gpaco_kernels.triton import paco
 
     for conf in paco.CONFIGS.values():

@@ -259,13 +259,14 @@ def _paco_bwd_rows_kernel(
     coef_ptr,
     coef_pos_ptr,  # (A,) each: lse, a = g (-t/tb) [valid], a / P
     grad_anchor_ptr,
-    grad_logits_ptr,  # (A, D) float32 out, (A, C) out
+    grad_logits_ptr,  # (SPLITS, A, D) float32 out: each split's part of dAnchors, (A, C) out
     # shapes and strides
     A,
     N,
     K,
     C,
     D,
+    cols_per_split,
     stride_f,
     stride_q,
     stride_s,
@@ -292,10 +293,15 @@ def _paco_bwd_rows_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(A, BLOCK_M),). One program: BLOCK_M anchors against every column; recomputes each tile's logits,
-    forms G = (a w / P - a d exp(l - lse)) * scale and accumulates dAnchors = sum G X over batch, queue and centers,
-    and writes dS = G for given class logits. Saves nothing."""
+    """Grid (cdiv(A, BLOCK_M), SPLITS), the forward's split of the columns. One program: BLOCK_M anchors against
+    the columns [pid_s * cols_per_split, (pid_s + 1) * cols_per_split); recomputes each tile's logits, forms
+    G = (a w / P - a d exp(l - lse)) * scale, accumulates its split's part of dAnchors = sum G X over batch, queue
+    and centers, and writes dS = G for given class logits (disjoint columns). Saves nothing; the launcher sums the
+    splits' parts in a fixed order."""
     pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    c_start = pid_s * cols_per_split
+    c_end = c_start + cols_per_split
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < A
     offs_d = tl.arange(0, BLOCK_D)
@@ -306,14 +312,17 @@ def _paco_bwd_rows_kernel(
     coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
     coef_pos = tl.load(coef_pos_ptr + rows, mask=row_mask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    offset = 0
     for seg in tl.static_range(3):
         present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
         if present:
             size = C if seg == 0 else (N if seg == 1 else K)
             scale = c_scale if seg == 0 else t_scale
-            for c0 in range(0, size, BLOCK_N):
+            lo = tl.maximum(c_start - offset, 0)
+            hi = tl.minimum(c_end - offset, size)
+            for c0 in range(lo, hi, BLOCK_N):
                 cols = c0 + offs_n
-                col_mask = cols < size
+                col_mask = cols < hi
                 # fmt: off
                 l, w, d = _column_tile(
                     seg, anchors, rows, row_mask, row_labels, cols, col_mask,
@@ -339,8 +348,9 @@ def _paco_bwd_rows_kernel(
                 else:
                     x = _load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
                     acc += tl.dot(g.to(x.dtype), x, input_precision=PRECISION)
+            offset += size
     tl.store(
-        grad_anchor_ptr + rows[:, None] * stride_ga + offs_d[None, :],
+        grad_anchor_ptr + pid_s * A * stride_ga + rows[:, None] * stride_ga + offs_d[None, :],
         acc,
         mask=row_mask[:, None] & (offs_d[None, :] < D),
     )
@@ -456,12 +466,22 @@ def _common(x, cfg):
 
 def _column_split(num_anchors: int, total_cols: int, block_m: int, block_n: int) -> int:
     """Columns per split: all of them unless the anchor blocks alone cannot fill the GPU (few anchors, a long
-    queue), then enough splits to reach SPLIT_TARGET_PROGRAMS, each at least 8 column tiles long."""
+    queue), then enough splits to reach SPLIT_TARGET_PROGRAMS, each at least 4 column tiles long (shorter ones would
+    spend more on writing and merging their partial results than on their columns)."""
     row_programs = triton.cdiv(num_anchors, block_m)
     if row_programs >= SPLIT_TARGET_PROGRAMS:
         return max(total_cols, 1)
-    splits = min(triton.cdiv(SPLIT_TARGET_PROGRAMS, row_programs), max(1, total_cols // (8 * block_n)))
+    splits = min(triton.cdiv(SPLIT_TARGET_PROGRAMS, row_programs), max(1, total_cols // (4 * block_n)))
     return triton.cdiv(max(total_cols, 1), splits * block_n) * block_n
+
+
+def _split_grid(conf: dict, num_anchors: int, total_cols: int, cols_per_split=None):
+    """(grid, cols_per_split, splits) of a row kernel that may split the columns; cols_per_split overrides."""
+    cols_per_split = cols_per_split or FORCE_COLS_PER_SPLIT
+    if cols_per_split is None:
+        cols_per_split = _column_split(num_anchors, total_cols, conf["BLOCK_M"], conf["BLOCK_N"])
+    splits = triton.cdiv(max(total_cols, 1), cols_per_split)
+    return (triton.cdiv(num_anchors, conf["BLOCK_M"]), splits), cols_per_split, splits
 
 
 def _tiles(conf: dict, block_d: int, dtype: torch.dtype) -> dict:
@@ -501,13 +521,10 @@ def paco_fwd(x, cfg, cols_per_split=None):
     o = _operands(x, cfg)
     A, total = o["A"], o["C"] + o["N"] + o["K"]
     conf = config("fwd", o["feats"].dtype)
-    cols_per_split = cols_per_split or FORCE_COLS_PER_SPLIT
-    if cols_per_split is None:
-        cols_per_split = _column_split(A, total, conf["BLOCK_M"], conf["BLOCK_N"])
-    splits = triton.cdiv(max(total, 1), cols_per_split)
+    grid, cols_per_split, splits = _split_grid(conf, A, total, cols_per_split)
     part = torch.empty((4, splits, A), device=o["feats"].device, dtype=torch.float32)
     # fmt: off
-    _paco_fwd_kernel[(triton.cdiv(A, conf["BLOCK_M"]), splits)](
+    _paco_fwd_kernel[grid](
         # data pointers
         o["feats"], x.labels, o["queue"], o["queue_labels"], o["logits"], o["centers"], o["bias"], part,
         # shapes and strides
@@ -544,18 +561,21 @@ def paco_bwd(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_cente
     coef_pos = torch.where(valid, coef / torch.where(valid, pos, torch.ones_like(pos)), torch.zeros_like(pos))
     common, block_d = _common(x, cfg), _block_d(D)
     rows_conf, cols_conf = config("bwd_rows", feats.dtype), config("bwd_cols", feats.dtype)
-    grad_anchors = torch.empty((A, D), device=feats.device, dtype=torch.float32)
+    # Few anchors against many columns: split the columns as the forward does; each split writes its own part of
+    # dAnchors (bounded by SPLIT_TARGET_PROGRAMS x BLOCK_M rows), summed below in a fixed order (deterministic).
+    grid, cols_per_split, splits = _split_grid(rows_conf, A, o["C"] + o["N"] + o["K"])
+    anchor_parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)
     grad_logits = torch.empty_like(o["logits"]) if need_logits else o["logits"]
     # fmt: off
-    _paco_bwd_rows_kernel[(triton.cdiv(A, rows_conf["BLOCK_M"]),)](
+    _paco_bwd_rows_kernel[grid](
         # data pointers
         feats, x.labels, o["queue"], o["queue_labels"], o["logits"], o["centers"], o["bias"],
         lse, coef, coef_pos,
-        grad_anchors, grad_logits,
+        anchor_parts, grad_logits,
         # shapes and strides
-        A, o["N"], o["K"], o["C"], D,
+        A, o["N"], o["K"], o["C"], D, cols_per_split,
         feats.stride(0), o["queue"].stride(0), o["logits"].stride(0), o["centers"].stride(0),
-        grad_anchors.stride(0), grad_logits.stride(0),
+        anchor_parts.stride(1), grad_logits.stride(0),
         # constants
         **common,
         HAS_CLASSES=o["C"] > 0, FROM_LOGITS=x.center_logits is not None, HAS_BIAS=x.center_bias is not None,
@@ -578,6 +598,7 @@ def paco_bwd(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_cente
         return out
     # fmt: on
 
+    grad_anchors = anchor_parts[0] if splits == 1 else anchor_parts.sum(dim=0)
     grad_features = None
     if need_features:
         if o["N"]:
