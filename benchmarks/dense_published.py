@@ -1,6 +1,6 @@
 """The published losses computed the way their official code computes them: the whole anchors x columns matrix and
 its masks, exps and log-probabilities as separate dense tensors ("dense eager"). Written here from the formulas of
-GPaCo/LT/losses.py and GPaCo/Seg paco.py, step for step, as the baseline of the benchmarks."""
+GPaCo/LT/losses.py, GPaCo/Seg paco.py and SupContrast/losses.py, step for step, as the baseline of the benchmarks."""
 
 from __future__ import annotations
 
@@ -76,3 +76,22 @@ def dense_call(inputs, options):
         num_classes=inputs["center_logits"].shape[1],
         ignore_label=options.get("ignore_index"),
     )
+
+
+def supcon_dense(features, labels, *, temperature=0.07, base_temperature=0.07):
+    """SupCon, contrast_mode 'all': features (bsz, n_views, D), views stacked view-major; every row an anchor."""
+    bsz, n_views = features.shape[0], features.shape[1]
+    labels = labels.contiguous().view(-1, 1)
+    mask = torch.eq(labels, labels.T).float()
+    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
+    logits = torch.div(torch.matmul(contrast, contrast.T), temperature)
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    mask = mask.repeat(n_views, n_views)
+    rows = bsz * n_views
+    not_self = torch.scatter(torch.ones_like(mask), 1, torch.arange(rows).view(-1, 1), 0)
+    mask = mask * not_self
+    exp_logits = torch.exp(logits) * not_self
+    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True))
+    pos = mask.sum(1)
+    mean_log_prob_pos = (mask * log_prob).sum(1) / torch.where(pos < 1e-6, torch.ones_like(pos), pos)
+    return (-(temperature / base_temperature) * mean_log_prob_pos).mean()

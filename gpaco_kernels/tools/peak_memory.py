@@ -38,15 +38,10 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_here(workload: str, backend: str, batch=None, threads=None, device="cpu") -> dict:
-    """Run one step in this process; meaningful only in a process that has not run a step before."""
+def peak_growth(fn, device="cpu"):
+    """(peak memory growth in MB, seconds, fn's result) of one call of fn; meaningful in a fresh process."""
     import torch
 
-    from .workloads import step, workload_inputs
-
-    if threads:
-        torch.set_num_threads(threads)
-    inputs, options = workload_inputs(workload, batch=batch, device=device)
     on_cuda = torch.device(device).type == "cuda"
     if on_cuda:
         torch.cuda.synchronize(device)
@@ -57,19 +52,34 @@ def measure_here(workload: str, backend: str, batch=None, threads=None, device="
     else:  # no resettable peak: the high-water mark so far is the best baseline there is
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    loss = step(inputs, options, backend)  # .item() inside waits for the GPU
+    result = fn()
+    if on_cuda:
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     if on_cuda:
         peak = torch.cuda.max_memory_allocated(device) / 1024
     else:
         peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round((peak - before) / 1024, 1), round(seconds, 4), result
+
+
+def measure_here(workload: str, backend: str, batch=None, threads=None, device="cpu") -> dict:
+    """Run one step in this process; meaningful only in a process that has not run a step before."""
+    import torch
+
+    from .workloads import step, workload_inputs
+
+    if threads:
+        torch.set_num_threads(threads)
+    inputs, options = workload_inputs(workload, batch=batch, device=device)
+    growth, seconds, loss = peak_growth(lambda: step(inputs, options, backend), device)
     return dict(
         workload=workload,
         backend=backend,
         device=str(device),
         batch=inputs["features"].shape[0],
-        peak_growth_mb=round((peak - before) / 1024, 1),
-        seconds=round(seconds, 4),
+        peak_growth_mb=growth,
+        seconds=seconds,
         loss=loss,
     )
 

@@ -1,0 +1,112 @@
+"""The benchmark sweeps and the inputs of one point of a sweep.
+
+lt-queue   the GPaCo ImageNet-LT step (256 anchors, 1000 classes, D 128) over the queue size
+pixel      the GPaCo pixel loss (150 classes, D 128, every pixel an anchor) over the number of pixels N
+supcon     SupCon with two views (labels of 100 classes, D 128) over the batch size; 2 x batch anchors and columns
+dim        the LT step with a queue of 8192 over the embedding dimension
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gpaco_kernels.tools.workloads import OPTIONS, make_inputs
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    title: str
+    axis: str  # what the size is
+    full: tuple
+    quick: tuple
+
+
+SWEEPS = {
+    s.name: s
+    for s in (
+        Sweep(
+            "lt-queue",
+            "GPaCo ImageNet-LT step (256 anchors, C 1000, D 128)",
+            "queue size K",
+            (1024, 2048, 4096, 8192, 16384, 32768, 65536),
+            (1024, 4096),
+        ),  # fmt: skip
+        Sweep(
+            "pixel",
+            "GPaCo pixel loss (C 150, D 128)",
+            "pixels N",
+            (1024, 2048, 4096, 8192, 16384, 32768, 65536),
+            (1024, 2048),
+        ),  # fmt: skip
+        Sweep(
+            "supcon",
+            "SupCon, two views (D 128)",
+            "batch size",
+            (256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+            (256, 512),
+        ),  # fmt: skip
+        Sweep(
+            "dim", "GPaCo ImageNet-LT step, queue 8192", "embedding dim D", (32, 64, 128, 256, 512), (32, 128)
+        ),  # fmt: skip
+    )
+}
+
+
+@dataclass
+class Case:
+    """One point of a sweep: the loss kind, its inputs and options, and its sizes for the floor and the dense model."""
+
+    sweep: str
+    size: int
+    kind: str  # "paco" (fused_paco_loss) or "supcon" (fused_supcon_loss)
+    inputs: dict
+    options: dict
+    anchors: int
+    columns: int  # contrast columns, class block included
+    gemm_columns: int  # columns that come from a product with the anchors (batch + queue)
+    dim: int
+    leaves: list = field(default_factory=list)
+
+    def zero_grad(self):
+        for leaf in self.leaves:
+            leaf.grad = None
+
+
+def make_case(sweep: str, size: int, *, device="cpu", dtype=torch.float32, seed=0) -> Case:
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep must be one of {sorted(SWEEPS)}, got {sweep!r}")
+    if sweep == "supcon":
+        gen = torch.Generator().manual_seed(seed)
+        feats = torch.nn.functional.normalize(torch.randn(size, 2, 128, generator=gen), dim=-1)
+        feats = feats.to(device=device, dtype=dtype).requires_grad_()
+        labels = torch.randint(0, 100, (size,), generator=gen).to(device)
+        options = dict(temperature=0.1, base_temperature=0.07)
+        inputs = dict(features=feats, labels=labels)
+        return Case(sweep, size, "supcon", inputs, options, 2 * size, 2 * size, 2 * size, 128, [feats])
+    if sweep == "pixel":
+        sizes = dict(anchors=size, batch=size, queue=0, classes=150, dim=128)
+        workload = "pixel"
+    else:
+        sizes = dict(anchors=256, batch=256, queue=size if sweep == "lt-queue" else 8192, classes=1000, dim=128)
+        if sweep == "dim":
+            sizes["dim"] = size
+        workload = "gpaco-lt"
+    inputs = make_inputs(
+        **sizes, seed=seed, dtype=dtype, device=device, ignore_fraction=0.1 if workload == "pixel" else 0.0
+    )
+    gemm_columns = sizes["batch"] + sizes["queue"]
+    return Case(
+        sweep,
+        size,
+        "paco",
+        inputs,
+        dict(OPTIONS[workload]),
+        sizes["anchors"],
+        gemm_columns + sizes["classes"],
+        gemm_columns,
+        sizes["dim"],
+        [inputs["features"], inputs["center_logits"]],
+    )
