@@ -10,6 +10,7 @@ from .functional import fused_paco_loss, fused_psc_loss, fused_supcon_loss
 from .modules import FusedPaCoLoss, PSCLoss, SupConLoss
 from .ops import available_backends
 from .ops.dispatch import is_available
+from .queue import MomentumQueue
 
 # Whether the compiled backends can run here; False until they are registered and built. Never raises.
 HAS_CPU_EXT = is_available("cpu")
@@ -19,6 +20,7 @@ __all__ = [
     "FusedPaCoLoss",
     "HAS_CPU_EXT",
     "HAS_TRITON",
+    "MomentumQueue",
     "PSCLoss",
     "SupConLoss",
     "__version__",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as nnf
 
 from . import _checks as check
+from .distributed import ddp_scale, gather_columns, gather_rows
 from .ops import BACKEND_NAMES, ContrastInputs, LossConfig, per_anchor_loss, resolve_backend
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -38,6 +39,7 @@ def fused_paco_loss(
     normalize: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """Parametric contrastive loss over [class block | batch | queue] without the anchors x columns matrix.
 
@@ -60,6 +62,11 @@ def fused_paco_loss(
         reduction: 'mean' (over counted anchors; anchors without positives count and add 0), 'sum' or 'none'
             (the (A,) per-anchor losses, 0 for ignored anchors).
         backend: 'auto', 'reference', 'torch' (and compiled backends when installed).
+        process_group: a torch.distributed group (e.g. ``torch.distributed.group.WORLD``): the batch rows and labels
+            of every rank in it become contrast columns (anchors stay local; gradients reach each rank's own rows).
+            A collective: every rank must call it. 'mean' and 'sum' then return this rank's share, scaled so that
+            averaging over ranks (as DDP does with gradients) gives the loss of one process over the global batch;
+            'none' returns this rank's per-anchor losses.
 
     The per-anchor loss matches the official PaCo/GPaCo code to rounding, including its 1e-12 inside the log and
     its max over every column (masked ones too); where the published code divides 0 by 0 (an anchor with no
@@ -86,6 +93,7 @@ def fused_paco_loss(
         normalize=normalize,
         reduction=reduction,
         backend=backend,
+        process_group=process_group,
     )
 
 
@@ -100,13 +108,15 @@ def fused_supcon_loss(
     normalize: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """SupCon (Khosla et al. 2020) on features of shape (bsz, n_views, ...), flattened to (bsz, n_views, D).
 
     The views are stacked view-major (all of view 0, then view 1, ...), as in the published code; with
     contrast_mode='all' every row is an anchor, with 'one' only view 0. labels=None is SimCLR (each sample its own
     class). Like the published code there is no 1e-12 inside the log, and anchors without positives add 0 to the
-    mean. reduction='none' returns the per-anchor losses in the stacked order.
+    mean. reduction='none' returns the per-anchor losses in the stacked order. process_group: as in
+    fused_paco_loss (with labels=None, the SimCLR labels are numbered across ranks).
     """
     check.tensor("features", features, floating=True)
     if features.dim() < 3:
@@ -116,7 +126,11 @@ def fused_supcon_loss(
     check.choice("contrast_mode", contrast_mode, ("all", "one"))
     bsz, n_views = features.shape[0], features.shape[1]
     if labels is None:
-        labels = torch.arange(bsz, device=features.device)
+        offset = 0
+        if process_group is not None:  # each sample its own class across all ranks
+            sizes = gather_rows(torch.tensor([bsz], device=features.device), process_group)
+            offset = int(sizes[: torch.distributed.get_rank(process_group)].sum())
+        labels = torch.arange(offset, offset + bsz, device=features.device)
     else:
         check.tensor("labels", labels, floating=False)
         check.shape("labels", labels, (bsz,), f"(bsz,) = ({bsz},)")
@@ -132,6 +146,7 @@ def fused_supcon_loss(
         reduction=reduction,
         backend=backend,
         lse_eps=0.0,
+        process_group=process_group,
     )
 
 
@@ -181,9 +196,29 @@ def fused_psc_loss(
     )
 
 
-def _paco_loss(features, labels, *, normalize=False, reduction="mean", lse_eps=1e-12, batch_columns=True, **options):
+def _paco_loss(
+    features,
+    labels,
+    *,
+    normalize=False,
+    reduction="mean",
+    lse_eps=1e-12,
+    batch_columns=True,
+    process_group=None,
+    **options,
+):
     """fused_paco_loss plus the two choices only the other wrappers make: lse_eps (SupCon and PSC have no 1e-12
     inside the log) and batch_columns (PSC contrasts with prototypes only)."""
+    if process_group is not None:
+        # Checked here, on this rank's tensors: after the gather the shapes in an error would be the global ones.
+        check.tensor("features", features, floating=True)
+        check.shape("features", features, (None, None), "(N, D)")
+        check.tensor("labels", labels, floating=False)
+        check.shape("labels", labels, (features.shape[0],), f"(N,) = ({features.shape[0]},) to match features")
+        options.setdefault("num_anchors", None)
+        if options["num_anchors"] is None:
+            options["num_anchors"] = features.shape[0]
+        features, labels = gather_columns(features, labels, process_group)
     x, cfg, backend_name = canonicalize(
         features, labels, reduction=reduction, lse_eps=lse_eps, batch_columns=batch_columns, **options
     )
@@ -198,7 +233,11 @@ def _paco_loss(features, labels, *, normalize=False, reduction="mean", lse_eps=1
             x.center_bias,
         )
     losses = per_anchor_loss(x, cfg, backend_name)
-    return reduce(losses, x.labels[: cfg.num_anchors], cfg.ignore_index, reduction).to(features.dtype)
+    anchor_labels = x.labels[: cfg.num_anchors]
+    if process_group is not None and reduction != "none":
+        counted = (anchor_labels != cfg.ignore_index).sum()
+        return ddp_scale(losses.sum(), counted, reduction, process_group).to(features.dtype)
+    return reduce(losses, anchor_labels, cfg.ignore_index, reduction).to(features.dtype)
 
 
 def reduce(losses: torch.Tensor, anchor_labels: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
@@ -255,6 +294,9 @@ def canonicalize(
     if (queue is None) != (queue_labels is None):
         given, missing = ("queue", "queue_labels") if queue is not None else ("queue_labels", "queue")
         raise ValueError(f"{given} was given without {missing}; pass both or neither")
+    if queue is not None and queue_labels is not None and queue.dim() == 2 and queue.shape[0] == 0:
+        check.shape("queue_labels", queue_labels, (0,), "(K,) = (0,) to match queue")
+        queue = queue_labels = None  # an empty queue (a MomentumQueue before its first enqueue) adds no columns
     if queue is not None:
         check.tensor("queue", queue, floating=True)
         check.shape("queue", queue, (None, dim), f"(K, D) with D = {dim} as in features")

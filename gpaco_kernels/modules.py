@@ -31,8 +31,10 @@ class FusedPaCoLoss(nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
         class_counts=None,
+        process_group=None,
     ):
         super().__init__()
+        self.process_group = process_group  # see fused_paco_loss: other ranks' batch rows become contrast columns
         self.options = dict(
             alpha=alpha,
             beta=beta,
@@ -66,6 +68,7 @@ class FusedPaCoLoss(nn.Module):
             center_logits=center_logits,
             centers=centers,
             class_counts=self.class_counts,
+            process_group=self.process_group,
             **self.options,
         )
 
@@ -86,8 +89,10 @@ class SupConLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         backend: str = "auto",
+        process_group=None,
     ):
         super().__init__()
+        self.process_group = process_group  # see fused_supcon_loss
         self.options = dict(
             temperature=temperature,
             base_temperature=base_temperature,
@@ -99,7 +104,7 @@ class SupConLoss(nn.Module):
         )
 
     def forward(self, features, labels=None):
-        return fused_supcon_loss(features, labels, **self.options)
+        return fused_supcon_loss(features, labels, process_group=self.process_group, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
