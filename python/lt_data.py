@@ -62,7 +62,9 @@ def digits_lt(imbalance_factor: float = 50.0, test_per_class: int = 50, seed: in
     images = (data.images / 16.0).astype(np.float32)[:, None]  # (n, 1, 8, 8)
     labels = data.target.astype(np.int64)
     rng = np.random.default_rng(1234)  # the split is part of the dataset, not of the run's seed
-    test_idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), test_per_class, replace=False) for c in range(10)])
+    test_idx = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), test_per_class, replace=False) for c in range(10)]
+    )
     rest = np.setdiff1d(np.arange(len(labels)), test_idx)
     max_per_class = min(int((labels[rest] == c).sum()) for c in range(10))
     counts = long_tail_counts(max_per_class, 10, imbalance_factor)
@@ -70,7 +72,9 @@ def digits_lt(imbalance_factor: float = 50.0, test_per_class: int = 50, seed: in
     # Thresholds of the published split (many > 100, few < 20 of a 500-image head class) scaled to this head.
     scale = max_per_class / 500.0
     many, few = round(100 * scale), round(20 * scale)
-    note = f"digits-lt: head class {max_per_class} images, so many > {many} and few < {few} (CIFAR's 100/20 x {scale:.2f})"
+    note = (
+        f"digits-lt: head class {max_per_class} images, so many > {many} and few < {few} (CIFAR's 100/20 x {scale:.2f})"
+    )
     return LongTailed(
         "digits-lt",
         _split(train_images, train_labels),
