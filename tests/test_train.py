@@ -1,0 +1,117 @@
+"""python/train.py end to end on tiny runs: every loss, resume equivalence, the CIFAR pickle loader on a fake
+dataset, clear errors for a missing data dir and a corrupt checkpoint, and torchrun with 2 gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+pytest.importorskip("sklearn")
+
+import lt_data  # noqa: E402
+import train  # noqa: E402
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--queue-size", "48", "--warmup-epochs", "1", "--quiet"]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    yield ["--threads", "1"]
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("loss", train.LOSSES)
+def test_every_loss_trains_and_writes_metrics(tmp_path, loss, one_thread):
+    train.main(["--loss", loss, "--out", str(tmp_path), *TINY, *one_thread])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["loss"] == loss and metrics["epochs"] == 2
+    assert all(np.isfinite(h["loss"]) for h in metrics["history"])
+    test = metrics["test"]
+    assert 0 <= test["overall"] <= 100 and len(test["per_class"]) == 10
+    assert sum(test["classes"].values()) == 10  # every class in exactly one of many / medium / few
+    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("loss", ["gpaco", "paco", "psc-hybrid"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, loss, one_thread):
+    args = ["--loss", loss, "--epochs", "3", "--batch-size", "32", "--queue-size", "48", "--quiet", *one_thread]
+    train.main([*args, "--out", str(tmp_path / "straight")])
+    train.main([*args, "--out", str(tmp_path / "resumed"), "--stop-after-epoch", "1"])
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    train.main([*args, "--out", str(tmp_path / "resumed"), "--resume"])
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for part in ("model", "key_model", "queue", "psc"):
+        if a[part] is not None:
+            for name, tensor in a[part].items():
+                assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
+    assert a["history"] == b["history"]
+
+
+def _fake_cifar10(folder: Path, per_class_per_file: int = 3):
+    rng = np.random.default_rng(0)
+    base = folder / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", per_class_per_file * 10) for i in range(1, 6)), ("test_batch", 30)]:
+        labels = [int(x) for x in np.arange(n) % 10]
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": labels}
+        with open(base / name, "wb") as fh:
+            pickle.dump(batch, fh)
+
+
+def test_fake_cifar_loads_long_tailed_and_trains(tmp_path, one_thread):
+    _fake_cifar10(tmp_path / "data")
+    data = lt_data.load("cifar10-lt", str(tmp_path / "data"), 10.0)
+    assert data.train.images.shape[1:] == (3, 32, 32) and data.test.images.shape[0] == 30
+    # 15 images per class in the five batches: the head keeps 15, the tail 15 / 10.
+    assert data.counts.tolist() == lt_data.long_tail_counts(15, 10, 10.0) and data.counts.tolist()[::9] == [15, 1]
+    train.main(["--loss", "ce", "--dataset", "cifar10-lt", "--data-dir", str(tmp_path / "data"),
+                "--imbalance-factor", "10", "--out", str(tmp_path / "run"), *TINY, *one_thread])  # fmt: skip
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["dataset"] == "cifar10-lt"
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar100-lt needs the CIFAR python-pickle files.*no --data-dir"):
+        lt_data.load("cifar100-lt", None, 100.0)
+    with pytest.raises(FileNotFoundError, match=r"missing: .*cifar-10-batches-py/data_batch_1"):
+        lt_data.load("cifar10-lt", str(tmp_path), 100.0)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_not_overwritten(tmp_path, one_thread):
+    args = ["--loss", "ce", "--out", str(tmp_path), *TINY, *one_thread]
+    train.main([*args, "--stop-after-epoch", "1"])
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # truncated
+    truncated = checkpoint.read_bytes()
+    with pytest.raises(RuntimeError, match="corrupt or truncated"):
+        train.main([*args, "--resume"])
+    assert checkpoint.read_bytes() == truncated
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.main(["--loss", "ce", "--out", str(tmp_path / "empty"), "--resume", *TINY])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")  # fmt: skip
+def test_torchrun_two_gloo_processes(tmp_path):
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(ROOT / "python" / "train.py"),
+           "--loss", "gpaco", "--out", str(tmp_path), "--threads", "1", *TINY]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["epochs"] == 2
