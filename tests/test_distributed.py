@@ -60,6 +60,10 @@ def _worker(rank, world, init_file, out_dir, backend):
             dist.all_reduce(value)  # averaged over ranks below, as DDP averages gradients
             dist.all_reduce(grad_w)
             results[name] = dict(loss=value / world, grad_weight=grad_w / world, grad_rows=x.grad * 1.0)
+        # The queue with gather=True: every rank enqueues all ranks' rows (rank order), so the queues agree.
+        queue = gk.MomentumQueue(10, D, dtype=torch.float64, gather=True)
+        queue.enqueue(inputs[lo:hi], labels[lo:hi])
+        results["queue"] = queue.get()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -72,6 +76,10 @@ def test_two_processes_equal_one_process_over_the_global_batch(tmp_path, backend
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
     inputs, weight, labels, head, queue, queue_labels = _data()
+    # 13 gathered rows (rank 0's 5, then rank 1's 8) into 10 empty slots: the newest 10, rows 3..12, in order.
+    q_feats, q_labels = per_rank[0]["queue"]
+    assert torch.equal(q_feats, per_rank[1]["queue"][0]) and torch.equal(q_labels, per_rank[1]["queue"][1])
+    assert torch.equal(q_feats, inputs[3:]) and torch.equal(q_labels, labels[3:])
     for name in ("paco", "supcon", "simclr"):
         w = weight.clone().requires_grad_()
         x = inputs.clone().requires_grad_()
