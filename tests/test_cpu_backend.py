@@ -146,3 +146,20 @@ def test_missing_extension_falls_back_and_explains():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "backend='cpu' is not available here" in out
     assert "pip install --no-build-isolation -e ." in out
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_masked_column_holding_the_max_does_not_cancel_the_denominator(exclude):
+    """Regression (found by the property tests): the self column (or the excluded own class) is masked out of the
+    denominator but holds the row's max; with the true denominator ~1e-8 of it, subtracting it after summing left
+    float32 noise (loss -0.23 instead of -0.69). Now it is left out of the sum."""
+    feats = torch.tensor([[0.9793, 0.3953], [0.0602, 0.6065]], dtype=torch.float64)
+    labels = torch.tensor([0, 0])
+    kw = dict(num_anchors=1, alpha=0.05, gamma=0.5, temperature=0.0498, reduction="none")
+    if exclude:  # the own class is the max and is excluded; the other class is far below it
+        kw.update(center_logits=torch.tensor([[20.0, 2.0]], dtype=torch.float64), exclude_positive_class=True)
+    want = gk.fused_paco_loss(feats, labels, backend="reference", **kw)
+    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5)]:
+        args = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in kw.items()}
+        got = gk.fused_paco_loss(feats.to(dtype), labels, backend="cpu", **args)
+        assert_close(got, want, atol=tol, rtol=tol, name=f"{dtype}")

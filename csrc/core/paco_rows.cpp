@@ -176,6 +176,18 @@ void gather_add(const LabelIndex* index, int64_t label, T* seg, int64_t skip, T 
   }
 }
 
+// x = exp(x - shift) for all n columns; returns the sum without column `skip` (when 0 <= skip < n). Leaving the
+// column out of the sum, instead of subtracting it afterwards, matters: a masked self column often holds the row's
+// max (exp = 1) next to a true denominator of 1e-8, which a subtraction would cancel to noise.
+template <typename T>
+T exp_shift_sum_except(T* x, int64_t n, T shift, int64_t skip) {
+  if (skip < 0 || skip >= n) return static_cast<T>(exp_shift_sum(x, n, shift));
+  const double before = exp_shift_sum(x, skip, shift);
+  const double after = exp_shift_sum(x + skip + 1, n - skip - 1, shift);
+  exp_shift_sum(x + skip, 1, shift);  // still exponentiated: the gradient pass reads it
+  return static_cast<T>(before + after);
+}
+
 }  // namespace
 
 void exp_shift_inplace(float* x, int64_t n, float shift) { exp_shift_sum(x, n, shift); }
@@ -210,11 +222,10 @@ RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t
   if (K > 0 && cfg.alpha != 0) wl += cfg.alpha * gather_sum(cfg.queue_index, label, queue, int64_t{-1}, &queue_pos);
   pos += cfg.alpha * static_cast<T>(batch_pos + queue_pos);
 
-  // exp(l - m) in place, summed per segment; the denominator removes the columns whose weight d is 0.
-  const T z_cls = C > 0 ? static_cast<T>(exp_shift_sum(cls, C, m)) : T(0);
-  const T z_smp = static_cast<T>(exp_shift_sum(batch, N + K, m));
-  T z = z_cls + cfg.gamma * (z_smp - (has_self ? batch[self_col] : T(0)));
-  if (cfg.exclude_positive_class && own_class) z -= cls[label];
+  // exp(l - m) in place, summed per segment over the columns whose weight d is not 0.
+  const int64_t excluded_class = cfg.exclude_positive_class && own_class ? label : int64_t{-1};
+  const T z_cls = C > 0 ? exp_shift_sum_except(cls, C, m, excluded_class) : T(0);
+  const T z = z_cls + cfg.gamma * exp_shift_sum_except(batch, N + K, m, skip);
 
   RowResult<T> out;
   out.pos = pos;
