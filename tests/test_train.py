@@ -115,3 +115,19 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs"] == 2
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(3)}})
+    good = path.read_bytes()
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")  # a few bytes, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
+    assert path.read_bytes() == good
+    assert train.load_checkpoint(path)["epoch"] == 1
