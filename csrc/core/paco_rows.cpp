@@ -48,9 +48,12 @@ const int64_t* LabelIndex::end(int64_t label) const {
 
 template <typename V, typename I>
 GPACO_INLINE V exp_lanes(V x) {
-  const V lo = x - x - 87.0f;  // x - x: a V of zeros, so the constants broadcast for vectors and scalars alike
+  const V zero{};  // zero lanes, so the constants broadcast for vectors and scalars alike (not x - x: NaN for inf)
+  const V lo = zero - 87.0f;
   const V hi = lo + 175.0f;
-  const V xc = x < lo ? lo : (x > hi ? hi : x);
+  // NaN takes the exponent path as 0 (converting NaN to an integer and shifting it is undefined behaviour) and is
+  // returned as NaN at the end: a NaN logit must reach the loss.
+  const V xc = x < lo ? lo : (x > hi ? hi : (x == x ? x : zero));
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
   const V n = (xc * 1.44269504088896341f + magic) - magic;
   const V r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-06f;  // ln2 split in two for accuracy
@@ -68,7 +71,7 @@ GPACO_INLINE V exp_lanes(V x) {
   }
   V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < lo ? lo - lo : p * scale;
+  return x < lo ? zero : (x == x ? p * scale : x);
 }
 
 typedef float f8 __attribute__((vector_size(32)));
@@ -244,12 +247,11 @@ RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t
   const T inv_pos = T(1) / pos;
   if (C > 0) {
     const T sc = a * cfg.class_scale;
-    const T own_e = own_class ? cls[label] : T(0);
+    // The excluded own class has d = 0: zero its exp before the affine pass rather than adding the term back
+    // afterwards (when it holds the max, that term is e / (Z + eps) with Z tiny, and the difference cancels).
+    if (excluded_class >= 0) cls[excluded_class] = T(0);
     affine_inplace(cls, C, -sc * inv_z, sc * cfg.beta_off * inv_pos);
-    if (own_class) {
-      cls[label] += sc * (cfg.beta_on - cfg.beta_off) * inv_pos;
-      if (cfg.exclude_positive_class) cls[label] += sc * own_e * inv_z;
-    }
+    if (own_class) cls[label] += sc * (cfg.beta_on - cfg.beta_off) * inv_pos;
   }
   if (N + K > 0) {
     const T ss = a * cfg.sample_scale;

@@ -4,6 +4,7 @@
 // AddressSanitizer and UndefinedBehaviorSanitizer.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -25,6 +26,7 @@ struct Case {
   double alpha, beta, gamma, smooth;
   bool exclude;
   double lse_eps;
+  double masked_boost = 0.0;  // added to the masked columns (self, excluded own class): they then hold the max
 };
 
 // Naive: per column weights w, d from the labels, then the formulas of loss-spec.md.
@@ -57,6 +59,8 @@ void check_case(const Case& cs, std::mt19937& gen, double tol) {
     const int64_t label = row_id == 5 ? -100 : (cs.N > 0 ? batch_labels[self] : pick(gen));
     std::vector<double> l(M), w(M, 0.0), d(M, 0.0);
     for (auto& v : l) v = normal(gen);
+    if (self >= 0) l[cs.C + self] += cs.masked_boost;
+    if (cs.exclude && label >= 0 && label < cs.C) l[label] += cs.masked_boost;
     for (int64_t c = 0; c < cs.C; ++c) {
       const bool own = c == label;
       w[c] = own ? double(cfg.beta_on) : double(cfg.beta_off);
@@ -91,7 +95,46 @@ void check_case(const Case& cs, std::mt19937& gen, double tol) {
     for (int64_t j = 0; j < M; ++j) {
       const double scale = j < cs.C ? 1.25 : 2.5;
       const double g = valid ? upstream * -0.7 * (w[j] / P - d[j] * std::exp(l[j] - lse)) * scale : 0.0;
-      expect_close(buf[j], g, tol, "gradient", row_id);
+      expect_close(buf[j], g, tol, j < cs.C ? "gradient (class)" : (j < cs.C + cs.N ? "gradient (batch)" : "gradient (queue)"), row_id * 1000 + int(j));
+    }
+  }
+}
+
+// A NaN logit (from NaN features, queue rows or class logits) must reach the loss, lse and gradient, never crash or
+// read out of bounds (this test also runs under ASan and UBSan).
+template <typename T>
+void check_nan_propagates() {
+  std::vector<int64_t> labels = {0, 1, 0, 2, 1};
+  gpaco::LabelIndex index(labels.data(), 5);
+  gpaco::RowConfig<T> cfg;
+  cfg.num_classes = 3;
+  cfg.batch_cols = 5;
+  cfg.class_scale = T(1);
+  cfg.sample_scale = T(1);
+  cfg.alpha = T(1);
+  cfg.gamma = T(1);
+  cfg.beta_on = T(1);
+  cfg.lse_eps = T(1e-12);
+  cfg.loss_scale = T(-1);
+  cfg.batch_index = &index;
+  cfg.queue_index = &index;
+  for (int where = 0; where < 8; ++where) {
+    // Not the self column alone (index 4): NaN features make the anchor's whole row NaN, never that entry only.
+    if (where == 4) continue;
+    std::vector<T> row(8, T(0.5));
+    row[where] = std::numeric_limits<T>::quiet_NaN();
+    const T up = T(1);
+    auto res = gpaco::paco_row<T>(cfg, row.data(), 1, 0, &up);
+    if (!std::isnan(double(res.loss)) || !std::isnan(double(res.lse))) {
+      std::printf("FAIL NaN at column %d did not reach the loss (loss %g, lse %g)\n", where, double(res.loss),
+                  double(res.lse));
+      ++failures;
+    }
+    bool any_nan = false;
+    for (T g : row) any_nan |= std::isnan(double(g));
+    if (!any_nan) {
+      std::printf("FAIL NaN at column %d did not reach the gradient\n", where);
+      ++failures;
     }
   }
 }
@@ -123,11 +166,17 @@ int main() {
       {5, 0, 0, 0.0, 1.0, 0.0, 0.0, true, 0.0},      // PSC: classes only
       {1, 9, 17, 0.3, 2.0, 0.0, 0.0, false, 1e-12},  // one class, gamma 0
       {4, 1, 3, 1.0, 1.0, 1.0, 0.2, false, 1e-12},   // a single batch column (the anchor itself)
+      // The masked self column / excluded own class hold the max, 25 above the rest: the denominator must not be
+      // formed by subtracting them (float cancellation), and the 1e-12 inside the log is then felt.
+      {3, 13, 5, 0.7, 1.0, 0.5, 0.0, false, 1e-12, 25.0},
+      {6, 9, 0, 0.5, 1.0, 1.0, 0.1, true, 0.0, 25.0},
   };
   for (const auto& cs : cases) {
     check_case<double>(cs, gen, 1e-10);
     check_case<float>(cs, gen, 2e-5);
   }
+  check_nan_propagates<float>();
+  check_nan_propagates<double>();
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
