@@ -186,3 +186,18 @@ def test_module_checks():
         gk.FusedPaCoLoss(class_counts=[0, 0])
     with pytest.raises(ValueError, match="reduction must be one of"):
         gk.SupConLoss(reduction="avg")(torch.randn(3, 2, 4))
+
+
+FORWARD_ARGS = ("features", "labels", "num_anchors", "queue", "queue_labels", "center_logits", "centers")
+
+
+@pytest.mark.parametrize("over,exc,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_argument_through_the_module_raises_the_same(over, exc, words):
+    """The same checks reached through FusedPaCoLoss: tensors in forward, options in the constructor."""
+    kw = base(**over)
+    forward = {k: v for k, v in kw.items() if k in FORWARD_ARGS}
+    options = {k: v for k, v in kw.items() if k not in FORWARD_ARGS}
+    with pytest.raises(exc) as info:
+        gk.FusedPaCoLoss(**options)(**forward)
+    for word in words:
+        assert word in str(info.value), f"{word!r} missing from: {info.value}"
