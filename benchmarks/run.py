@@ -8,11 +8,13 @@ Time: at each point every provider runs once to warm up (twice for torch.compile
 the providers take turns for R rounds so that drift on a shared machine hits all alike; recorded are the median and
 the 20th/80th percentiles of a forward+backward. Memory: the peak growth of one forward+backward, each provider in a
 fresh process (benchmarks/memory.py). A provider that errors, runs out of memory or exceeds the time limit is recorded
-with that status and not run at larger sizes of the sweep; dense points whose matrices cannot fit (estimated from
-the published code's live copies) are recorded as 'oom-predicted' instead of being run into the OOM killer.
+with that status, not measured for memory, and not run at larger sizes of the sweep; dense points whose matrices
+cannot fit (estimated from the published code's live copies) are recorded as 'oom-predicted' instead of being run
+into the OOM killer.
 
-Writes <out>/<machine>/results.json, results.md and <sweep>-time.png, <sweep>-memory.png. Exits 1 if a provider
-errored (slow or out of memory is a result, not a failure).
+Writes <out>/<machine>/results.json (after every point, so an interrupted run keeps what it measured), results.md
+and <sweep>-time.png, <sweep>-memory.png. Exits 1 if a provider errored (slow or out of memory is a result, not a
+failure).
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ def machine_facts(device: torch.device) -> dict:
     return facts
 
 
-def run(args) -> dict:
+def run(args, on_point=None) -> dict:
+    """All points of the chosen sweeps; on_point(partial results) after each point (the runner saves them, so an
+    interrupted full run keeps what it measured)."""
     from tqdm import tqdm
 
     device = torch.device(args.device)
@@ -173,6 +177,12 @@ def run(args) -> dict:
     for name, why in skipped.items():
         print(f"skipping provider {name}: {why}", file=sys.stderr)
     memory_bytes = int(available_memory_bytes(device) * 0.8)
+    facts = machine_facts(device)
+    fused = "triton" if device.type == "cuda" else "cpu"
+
+    def results(records, partial):
+        return dict(machine=facts, quick=args.quick, fused=fused, partial=partial, skipped=skipped, records=records)
+
     records = []
     points = [(s, size) for s in args.sweeps for size in (SWEEPS[s].quick if args.quick else SWEEPS[s].full)]
     stopped = {}  # (sweep, provider) -> the record that stopped it at a smaller size
@@ -201,7 +211,7 @@ def run(args) -> dict:
             else:
                 rec = dict(time=timing[provider])
                 measure = not args.no_memory and (not args.quick or (largest_quick and provider != "compiled"))
-                if measure and rec["time"]["status"] in ("ok", "timeout", "oom-predicted"):
+                if measure and rec["time"]["status"] in ("ok", "oom-predicted"):
                     rec["memory"] = memory_point(
                         sweep,
                         size,
@@ -214,8 +224,9 @@ def run(args) -> dict:
                 if rec["time"]["status"] != "ok":
                     stopped[(sweep, provider)] = dict(status=rec["time"]["status"], size=size)
             records.append(dict(sweep=sweep, size=size, provider=provider, **rec))
-    fused = "triton" if device.type == "cuda" else "cpu"
-    return dict(machine=machine_facts(device), quick=args.quick, fused=fused, skipped=skipped, records=records)
+        if on_point is not None:
+            on_point(results(records, partial=True))
+    return results(records, partial=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,10 +360,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
 
-    results = run(args)
     folder = args.out / (args.machine or machine_name(torch.device(args.device)))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=1))
+
+    def save(partial_results):
+        (folder / "results.json").write_text(json.dumps(partial_results, indent=1))
+
+    results = run(args, on_point=save)
+    save(results)
     (folder / "results.md").write_text(markdown(results))
     written = [] if args.no_plots else plots(results, folder)
     print(markdown(results))
