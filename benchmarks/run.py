@@ -252,6 +252,10 @@ def _cell_memory(rec):
     return f"{m['peak_mb']:.0f}" if m["status"] == "ok" else m["status"]
 
 
+def _faster(ratio: float, what: str) -> str:
+    return f"{ratio:.1f}x faster than {what}" if ratio >= 1 else f"{1 / ratio:.1f}x slower than {what}"
+
+
 def headline(results) -> list[str]:
     """Per sweep: at the largest size dense eager ran, the fused backend's time ratios and memory."""
     fused, lines = results["fused"], []
@@ -264,9 +268,9 @@ def headline(results) -> list[str]:
         t = {k: v["time"]["median_s"] for k, v in p.items() if v["time"]["status"] == "ok"}
         if fused not in t:
             continue
-        parts = [f"{t['dense'] / t[fused]:.1f}x faster than dense eager"]
+        parts = [_faster(t["dense"] / t[fused], "dense eager")]
         if "compiled" in t:
-            parts.append(f"{t['compiled'] / t[fused]:.1f}x faster than torch.compile")
+            parts.append(_faster(t["compiled"] / t[fused], "torch.compile"))
         if "floor" in t:
             parts.append(f"{t[fused] / t['floor']:.2f}x the floor's time")
         mem = {k: v.get("memory", {}) for k, v in p.items()}
@@ -300,7 +304,7 @@ def markdown(results) -> str:
         for size, p in sorted(points.items()):
             row = [_cell_time(p[k]) for k in providers]
             ok = {k: v["time"]["median_s"] for k, v in p.items() if v["time"]["status"] == "ok"}
-            vs_dense = f"{ok['dense'] / ok[fused]:.1f}x faster" if "dense" in ok and fused in ok else "-"
+            vs_dense = _faster(ok["dense"] / ok[fused], "dense") if "dense" in ok and fused in ok else "-"
             vs_floor = f"{ok[fused] / ok['floor']:.2f}x" if "floor" in ok and fused in ok else "-"
             out.append(f"| {size} | " + " | ".join(row) + f" | {vs_dense} | {vs_floor} |")
         out += ["", f"Peak memory growth (MB), {SWEEPS[sweep].axis}:", ""]
@@ -358,7 +362,15 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per point (full mode)")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--report", type=Path, help="only rewrite results.md and the plots from this results.json")
     args = parser.parse_args(argv)
+
+    if args.report:
+        results = json.loads(args.report.read_text())
+        (args.report.parent / "results.md").write_text(markdown(results))
+        plots(results, args.report.parent)
+        print(markdown(results))
+        return 0
 
     folder = args.out / (args.machine or machine_name(torch.device(args.device)))
     folder.mkdir(parents=True, exist_ok=True)
