@@ -185,6 +185,8 @@ def run(args, on_point=None) -> dict:
 
     records = []
     points = [(s, size) for s in args.sweeps for size in (SWEEPS[s].quick if args.quick else SWEEPS[s].full)]
+    if args.sizes:
+        points = [(s, size) for s, size in points if size in args.sizes]
     stopped = {}  # (sweep, provider) -> the record that stopped it at a smaller size
     bar = tqdm(points, desc="benchmarks", unit="point", file=sys.stderr)
     for sweep, size in bar:
@@ -360,6 +362,7 @@ def main(argv=None) -> int:
     parser.add_argument("--machine", help="results folder name (default: derived from the device)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds one step may take")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per point (full mode)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="only these sizes of the chosen sweeps (a partial rerun)")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--report", type=Path, help="only rewrite results.md and the plots from this results.json")
