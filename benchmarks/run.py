@@ -296,6 +296,8 @@ def markdown(results) -> str:
     ]
     for name, why in results.get("skipped", {}).items():
         out.append(f"- provider `{name}` not run here: {why}")
+    for note in results.get("notes", []):
+        out.append(f"- {note}")
     out += ["", "## Headline", ""] + [f"- {line}" for line in headline(results)] + [""]
     for sweep, points in _by_point(results).items():
         providers = list(next(iter(points.values())))
