@@ -63,31 +63,28 @@ def schedule(sizes: dict, dtype: str) -> list[Launch]:
     total = N + K + C
     class_bytes = C * block_d * b if fused_centers else A * C * b  # centers W, or the given logits S
     inputs = (N + K) * D * b + class_bytes + (N + K) * 8
-    launches = []
 
-    (row_blocks, splits), _, _ = paco._split_grid(fwd, A, total)
-    bm = fwd["BLOCK_M"]
-    launches.append(
-        Launch(
-            "fwd",
+    def row_launch(name, conf, products, extra_bytes):
+        """A row kernel on its launcher's grid (anchor blocks x column splits): each program runs `products` tile
+        products over its share of the columns; extra_bytes(splits) is what it writes beyond reading the inputs."""
+        (row_blocks, splits), _, _ = paco._split_grid(conf, A, total)
+        bm = conf["BLOCK_M"]
+        return Launch(
+            name,
             row_blocks * splits,
-            flops=2 * bm * block_d * dot_cols / splits,
+            flops=products * 2 * bm * block_d * dot_cols / splits,
             exps=bm * total / splits,
-            unique_bytes=inputs + 4 * splits * A * 4,  # + the splits' partial (m, z, sum w l, P)
+            unique_bytes=inputs + extra_bytes(splits),
         )
-    )
-    (row_blocks, splits), _, _ = paco._split_grid(rows, A, total)
-    bm = rows["BLOCK_M"]
-    launches.append(
-        Launch(
-            "bwd_rows",
-            row_blocks * splits,
-            flops=2 * 2 * bm * block_d * dot_cols / splits,  # logits recomputed, then G X
-            exps=bm * total / splits,
-            # + saved (lse, a, a / P), the splits' parts of dAnchors, dS
-            unique_bytes=inputs + 3 * A * 4 + splits * A * D * 4 + (0 if fused_centers else A * C * b),
-        )
-    )
+
+    launches = [
+        # + the splits' partial (m, z, sum w l, P)
+        row_launch("fwd", fwd, 1, lambda splits: 4 * splits * A * 4),
+        # logits recomputed, then G X; + saved (lse, a, a / P), the splits' parts of dAnchors, dS
+        row_launch(
+            "bwd_rows", rows, 2, lambda splits: 3 * A * 4 + splits * A * D * 4 + (0 if fused_centers else A * C * b)
+        ),
+    ]
     bn = cols["BLOCK_N"]
     for name, ncols in (("bwd_cols batch", N), ("bwd_cols centers", C if fused_centers else 0)):
         if ncols:
