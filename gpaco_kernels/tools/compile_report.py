@@ -161,19 +161,20 @@ def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
     return signature, attrs
 
 
-def _cuobjdump(cubin: bytes, flag: str) -> str:
+def _cuobjdump(cubin: bytes) -> str:
+    """Resource usage and SASS of a cubin, in one run of the cuobjdump shipped with triton."""
     import triton
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+        cmd = [tool, "--dump-resource-usage", "-sass", f.name]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def _resource_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers, stack bytes per thread) of the cubin's kernel."""
-    text = _cuobjdump(cubin, "--dump-resource-usage")
+def _resource_usage(text: str) -> tuple[int, int]:
+    """(registers, stack bytes per thread) from cuobjdump's resource usage line."""
     registers = re.search(r"REG:(\d+)", text)
     stack = re.search(r"STACK:(\d+)", text)
     if registers is None or stack is None:
@@ -220,8 +221,9 @@ def compile_case(case: Case) -> Result:
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         options = dict(num_warps=conf["num_warps"], num_stages=conf["num_stages"])
         kernel = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
-        result.registers, result.stack = _resource_usage(kernel.asm["cubin"])
-        result.hot_spills, result.cold_spills = spill_instructions(_cuobjdump(kernel.asm["cubin"], "-sass"))
+        dump = _cuobjdump(kernel.asm["cubin"])
+        result.registers, result.stack = _resource_usage(dump)
+        result.hot_spills, result.cold_spills = spill_instructions(dump)
         result.shared = kernel.metadata.shared
     except Exception as exc:  # reported as a failed line, not raised: the report covers every case
         result.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
