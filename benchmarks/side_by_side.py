@@ -26,6 +26,10 @@ from benchmarks.run import available_memory_bytes, memory_point, time_point  # n
 DEFAULT_SIZES = {"lt-queue": 8192, "pixel": 16384, "supcon": 1024, "dim": 128}
 
 
+def _where(device):
+    return f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+
+
 def report(title, records):
     print(title)
     ok = {k: r["median_s"] for k, r in records.items() if r["status"] == "ok"}
@@ -50,7 +54,7 @@ def point(sweep, size, providers, repeats, device):
 
 def headline(repeats, device):
     fused = "cpu" if device.type == "cpu" else "triton"
-    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    where = _where(device)
     lt = point("lt-queue", 8192, ["floor", "dense", "compiled", fused], repeats, device)
     report(f"GPaCo ImageNet-LT step (256 x [1000 | 256 | 8192], D 128), {where}, fwd+bwd, float32", lt)
     px = point("pixel", 16384, ["floor", "dense", fused], max(3, repeats // 3), device)
@@ -77,7 +81,7 @@ def main():
         return
     providers = args.providers or [p for p in PROVIDERS if unavailable(p, device.type) is None]
     size = args.size or DEFAULT_SIZES[args.sweep]
-    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    where = _where(device)
     records = point(args.sweep, size, providers, args.repeats, device)
     report(f"{SWEEPS[args.sweep].title}, {SWEEPS[args.sweep].axis} = {size}, {where}, fwd+bwd", records)
 
