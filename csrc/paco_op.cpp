@@ -1,19 +1,21 @@
-// CPU backend of the fused loss: ATen/BLAS products into a row-block buffer, the per-row core of core/paco_rows.h,
-// registered as the custom ops gpaco::paco_forward and gpaco::paco_backward.
+// CPU kernels of the fused loss: ATen/BLAS products into a row-block buffer and the per-row core of
+// core/paco_rows.h. Exposed to Python as one function, `sweep`, which the cpu backend's implementation of the op
+// (gpaco::cpu_forward / cpu_backward, registered with its schema, fake and autograd formula in
+// gpaco_kernels/ops/op.py) calls; the loss itself is formed from the sums returned here, in Python, as for every
+// backend.
 //
 // Sweep: anchors are processed in blocks of R rows. For each block, one buffer of R x M (M = C + N + K columns)
 // receives the logits (class block copied from S or computed from W; batch and queue from GEMMs with alpha = 1/t);
-// the core turns each row into (loss, lse, P) and, when gradients are wanted, into G in place; G then feeds
+// the core turns each row into (sum w l, lse, P) and, when gradients are wanted, into G in place; G then feeds
 // dAnchors = G C, dContrast += G^T A, dW += G_cls^T A and dS = G_cls. Nothing of size A x M is ever allocated: the
 // buffer is sized to stay within a few MB (L3), and the only saved state is per anchor or O((N + C) x D).
 //
-// Forward with unit_gradients=true also returns the gradients for an upstream gradient of 1 on every anchor;
-// paco_backward reuses them (times the scalar) when the upstream gradient really is one value on every anchor
-// ('mean' or 'sum'), and otherwise sweeps again with the per-anchor upstream gradient ('none').
+// With `coef` (a per anchor: upstream gradient x loss scale) the sweep also produces the gradients. The forward
+// passes a for an upstream gradient of 1 and lets each row use its own 1/P (known once the row is seen), so that
+// with 'mean' or 'sum' the backward only scales them; the backward passes a and 1/P from the saved P.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -29,10 +31,10 @@ using OptTensor = c10::optional<Tensor>;
 struct Problem {
   Tensor features, labels, queue, queue_labels, center_logits, centers, center_bias;  // undefined when absent
   int64_t num_anchors = 0;
-  double temperature = 1, center_temperature = 1, base_temperature = 1;
-  double alpha = 1, beta = 1, gamma = 1, label_smoothing = 0, lse_eps = 1e-12;
+  double temperature = 1, center_temperature = 1;
+  double alpha = 1, beta_on = 1, beta_off = 0, gamma = 1, lse_eps = 1e-12;
   bool exclude_positive_class = false, batch_columns = true;
-  int64_t ignore_index = -100;
+  int64_t ignore_index = -100;  // only for the label check: ignored anchors arrive with a = 0
 
   int64_t num_classes() const {
     if (center_logits.defined()) return center_logits.size(1);
@@ -109,10 +111,14 @@ struct Grads {
   Tensor features, center_logits, centers;  // undefined when not computed
 };
 
-// One sweep over all anchor blocks. upstream: (A,) per-anchor upstream gradient, or undefined for no gradient;
-// `unit` true means an upstream gradient of 1 everywhere (upstream is then ignored).
+// Per-anchor gradient coefficients: a (upstream gradient x loss scale, 0 for ignored anchors) and optionally 1/P.
+struct Coefficients {
+  Tensor a, inv_pos;  // undefined a: no gradient; undefined inv_pos: each row uses its own 1/P
+};
+
+// One sweep over all anchor blocks: (sum w l, lse, P) of every anchor, and the gradients in g when k.a is defined.
 template <typename T>
-void sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Tensor& lse, Tensor& pos, Grads& g) {
+void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Tensor& pos, Grads& g) {
   const Tensor feats = p.features.contiguous();
   const Tensor labels = p.labels.contiguous();
   const int64_t A = p.num_anchors, N = feats.size(0);
@@ -121,7 +127,7 @@ void sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Te
   const Tensor queue = p.queue.defined() ? p.queue.contiguous() : Tensor();
   const int64_t K = queue.defined() ? queue.size(0) : 0;
   const int64_t M = C + NB + K;
-  const bool want_grad = unit || upstream.defined();
+  const bool want_grad = k.a.defined();
 
   gpaco::LabelIndex batch_index, queue_index;
   if (NB > 0) batch_index = gpaco::LabelIndex(labels.data_ptr<int64_t>(), N);
@@ -138,28 +144,27 @@ void sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Te
   cfg.sample_scale = T(1.0 / p.temperature);
   cfg.alpha = T(p.alpha);
   cfg.gamma = T(p.gamma);
-  cfg.beta_on = T(p.beta * (1.0 - p.label_smoothing));
-  cfg.beta_off = T(C > 1 ? p.beta * p.label_smoothing / double(C - 1) : 0.0);
+  cfg.beta_on = T(p.beta_on);
+  cfg.beta_off = T(p.beta_off);
   cfg.exclude_positive_class = p.exclude_positive_class;
-  cfg.ignore_index = p.ignore_index;
   cfg.lse_eps = T(p.lse_eps);
-  cfg.loss_scale = T(-(p.temperature / p.base_temperature));
   cfg.batch_index = &batch_index;
   cfg.queue_index = &queue_index;
 
   Tensor centers = p.centers.defined() ? p.centers.contiguous() : Tensor();
   Tensor bias_scaled;  // b / tc, added to the class block
   if (p.center_bias.defined()) bias_scaled = p.center_bias.contiguous() * (1.0 / p.center_temperature);
-  Tensor up = upstream.defined() ? upstream.contiguous() : Tensor();
-  const T one = T(1);
+  const Tensor coef = want_grad ? k.a.to(feats.scalar_type()).contiguous() : Tensor();
+  const Tensor inv_pos = k.inv_pos.defined() ? k.inv_pos.to(feats.scalar_type()).contiguous() : Tensor();
 
   const int64_t R = rows_per_block(M, A, sizeof(T));
   Tensor buffer = at::empty({R, std::max<int64_t>(M, 1)}, feats.options());
-  T* loss_ptr = loss.data_ptr<T>();
+  T* wl_ptr = wl.data_ptr<T>();
   T* lse_ptr = lse.data_ptr<T>();
   T* pos_ptr = pos.data_ptr<T>();
   const int64_t* label_ptr = labels.data_ptr<int64_t>();
-  const T* up_ptr = up.defined() ? up.data_ptr<T>() : nullptr;
+  const T* coef_ptr = want_grad ? coef.data_ptr<T>() : nullptr;
+  const T* inv_pos_ptr = inv_pos.defined() ? inv_pos.data_ptr<T>() : nullptr;
 
   for (int64_t r0 = 0; r0 < A; r0 += R) {
     const int64_t rows = std::min(R, A - r0);
@@ -183,9 +188,10 @@ void sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Te
     at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t a = r0 + i;
-        const T* u = !want_grad ? nullptr : (unit ? &one : up_ptr + a);
-        auto res = gpaco::paco_row<T>(cfg, base + i * ld, p.batch_columns ? a : -1, label_ptr[a], u);
-        loss_ptr[a] = res.loss;
+        const T* c = want_grad ? coef_ptr + a : nullptr;
+        const T* ip = inv_pos_ptr != nullptr ? inv_pos_ptr + a : nullptr;
+        auto res = gpaco::paco_row<T>(cfg, base + i * ld, p.batch_columns ? a : -1, label_ptr[a], c, ip);
+        wl_ptr[a] = res.wl;
         lse_ptr[a] = res.lse;
         pos_ptr[a] = res.pos;
       }
@@ -205,11 +211,20 @@ void sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Te
   }
 }
 
-Problem make_problem(const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
-                     const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias,
-                     int64_t num_anchors, double temperature, double center_temperature, double base_temperature,
-                     double alpha, double beta, double gamma, double label_smoothing, bool exclude_positive_class,
-                     int64_t ignore_index, bool batch_columns, double lse_eps) {
+Tensor zeros_or_undefined(const Tensor& like, bool wanted) {
+  return wanted && like.defined() ? at::zeros_like(like, at::MemoryFormat::Contiguous) : Tensor();
+}
+
+Tensor or_empty(const Tensor& t, const Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
+
+// The whole CPU kernel: returns (sum w l, lse, P, grad_features, grad_center_logits, grad_centers), the gradients
+// (0,)-shaped where not wanted. Inputs float32 or float64 on the CPU; the caller has checked shapes.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
+    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
+    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
+    double temperature, double center_temperature, double alpha, double beta_on, double beta_off, double gamma,
+    bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps, const OptTensor& coef,
+    const OptTensor& inv_pos, bool need_features, bool need_center_logits, bool need_centers) {
   Problem p;
   p.features = features;
   p.labels = labels;
@@ -221,109 +236,38 @@ Problem make_problem(const Tensor& features, const Tensor& labels, const OptTens
   p.num_anchors = num_anchors;
   p.temperature = temperature;
   p.center_temperature = center_temperature;
-  p.base_temperature = base_temperature;
   p.alpha = alpha;
-  p.beta = beta;
+  p.beta_on = beta_on;
+  p.beta_off = beta_off;
   p.gamma = gamma;
-  p.label_smoothing = label_smoothing;
   p.exclude_positive_class = exclude_positive_class;
   p.ignore_index = ignore_index;
   p.batch_columns = batch_columns;
   p.lse_eps = lse_eps;
   check_problem(p);
-  return p;
-}
-
-Tensor empty_like_or_none(const Tensor& like, bool wanted) {
-  return wanted && like.defined() ? at::zeros_like(like, at::MemoryFormat::Contiguous) : Tensor();
-}
-
-Tensor or_empty(const Tensor& t, const Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
-
-void run_sweep(const Problem& p, const Tensor& upstream, bool unit, Tensor& loss, Tensor& lse, Tensor& pos, Grads& g) {
-  AT_DISPATCH_FLOATING_TYPES(p.features.scalar_type(), "gpaco_paco_sweep",
-                             [&] { sweep<scalar_t>(p, upstream, unit, loss, lse, pos, g); });
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> paco_forward(
-    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
-    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
-    double temperature, double center_temperature, double base_temperature, double alpha, double beta, double gamma,
-    double label_smoothing, bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps,
-    bool unit_gradients) {
-  Problem p = make_problem(features, labels, queue, queue_labels, center_logits, centers, center_bias, num_anchors,
-                           temperature, center_temperature, base_temperature, alpha, beta, gamma, label_smoothing,
-                           exclude_positive_class, ignore_index, batch_columns, lse_eps);
+  Coefficients k;
+  k.a = defined_or_empty(coef);
+  k.inv_pos = defined_or_empty(inv_pos);
+  if (k.a.defined())
+    TORCH_CHECK(k.a.dim() == 1 && k.a.size(0) == num_anchors, "coef must have shape (", num_anchors, ")");
+  if (k.inv_pos.defined())
+    TORCH_CHECK(k.inv_pos.dim() == 1 && k.inv_pos.size(0) == num_anchors, "inv_pos must have shape (", num_anchors,
+                ")");
   auto opts = features.options();
-  Tensor loss = at::empty({num_anchors}, opts), lse = at::empty({num_anchors}, opts), pos = at::empty({num_anchors}, opts);
+  Tensor wl = at::empty({num_anchors}, opts), lse = at::empty({num_anchors}, opts), pos = at::empty({num_anchors}, opts);
   Grads g;
-  g.features = empty_like_or_none(features, unit_gradients);
-  g.center_logits = empty_like_or_none(p.center_logits, unit_gradients);
-  g.centers = empty_like_or_none(p.centers, unit_gradients);
-  run_sweep(p, Tensor(), unit_gradients, loss, lse, pos, g);
-  return {loss, lse, pos, or_empty(g.features, features), or_empty(g.center_logits, features),
-          or_empty(g.centers, features)};
-}
-
-std::tuple<Tensor, Tensor, Tensor> paco_backward(
-    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
-    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
-    double temperature, double center_temperature, double base_temperature, double alpha, double beta, double gamma,
-    double label_smoothing, bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps,
-    const Tensor& grad_loss, const Tensor& unit_grad_features, const Tensor& unit_grad_center_logits,
-    const Tensor& unit_grad_centers, bool need_features, bool need_center_logits, bool need_centers) {
-  Problem p = make_problem(features, labels, queue, queue_labels, center_logits, centers, center_bias, num_anchors,
-                           temperature, center_temperature, base_temperature, alpha, beta, gamma, label_smoothing,
-                           exclude_positive_class, ignore_index, batch_columns, lse_eps);
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == num_anchors, "grad_loss must have shape (", num_anchors,
-              "), got ", grad_loss.sizes());
-  Tensor up = grad_loss.to(features.scalar_type()).contiguous();
-  need_center_logits = need_center_logits && p.center_logits.defined();
-  need_centers = need_centers && p.centers.defined();
-  // The forward's gradients for an upstream gradient of 1 are exact here only if every anchor receives the same
-  // upstream gradient; 'none' with a per-anchor gradient takes a second sweep.
-  const bool have_unit = unit_grad_features.numel() > 0 || unit_grad_center_logits.numel() > 0 ||
-                         unit_grad_centers.numel() > 0;
-  if (have_unit && num_anchors > 0 && at::equal(up, up.narrow(0, 0, 1).expand_as(up))) {
-    const Tensor g0 = up.narrow(0, 0, 1);
-    auto scaled = [&](const Tensor& unit, bool need) {
-      return need && unit.numel() > 0 ? (unit * g0).contiguous() : at::empty({0}, features.options());
-    };
-    return {scaled(unit_grad_features, need_features), scaled(unit_grad_center_logits, need_center_logits),
-            scaled(unit_grad_centers, need_centers)};
-  }
-  Grads g;
-  g.features = empty_like_or_none(features, need_features);
-  g.center_logits = empty_like_or_none(p.center_logits, need_center_logits);
-  g.centers = empty_like_or_none(p.centers, need_centers);
-  Tensor loss = at::empty({num_anchors}, features.options()), lse = at::empty_like(loss), pos = at::empty_like(loss);
-  run_sweep(p, up, false, loss, lse, pos, g);
-  return {or_empty(g.features, features), or_empty(g.center_logits, features), or_empty(g.centers, features)};
+  const bool grads = k.a.defined();
+  g.features = zeros_or_undefined(features, grads && need_features);
+  g.center_logits = zeros_or_undefined(p.center_logits, grads && need_center_logits);
+  g.centers = zeros_or_undefined(p.centers, grads && need_centers);
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "gpaco_sweep", [&] { sweep<scalar_t>(p, k, wl, lse, pos, g); });
+  return {wl, lse, pos, or_empty(g.features, features), or_empty(g.center_logits, features), or_empty(g.centers, features)};
 }
 
 }  // namespace
 
-TORCH_LIBRARY(gpaco, m) {
-  const char* common =
-      "Tensor features, Tensor labels, Tensor? queue, Tensor? queue_labels, Tensor? center_logits, Tensor? centers, "
-      "Tensor? center_bias, int num_anchors, float temperature, float center_temperature, float base_temperature, "
-      "float alpha, float beta, float gamma, float label_smoothing, bool exclude_positive_class, int ignore_index, "
-      "bool batch_columns, float lse_eps";
-  const std::string forward = std::string("paco_forward(") + common +
-                              ", bool unit_gradients) -> (Tensor loss, Tensor lse, Tensor pos, "
-                              "Tensor unit_grad_features, Tensor unit_grad_center_logits, Tensor unit_grad_centers)";
-  const std::string backward = std::string("paco_backward(") + common +
-                               ", Tensor grad_loss, Tensor unit_grad_features, Tensor unit_grad_center_logits, "
-                               "Tensor unit_grad_centers, bool need_features, bool need_center_logits, "
-                               "bool need_centers) -> (Tensor, Tensor, Tensor)";
-  m.def(forward.c_str());
-  m.def(backward.c_str());
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "gpaco_kernels CPU kernels, called by the cpu backend of the op (gpaco_kernels/ops/cpu_backend.py)";
+  module.def("sweep", &sweep_op, "(sum w l, lse, P) of every anchor and, with coef, the gradients",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
 }
-
-TORCH_LIBRARY_IMPL(gpaco, CPU, m) {
-  m.impl("paco_forward", &paco_forward);
-  m.impl("paco_backward", &paco_backward);
-}
-
-// The module exists only so that `import gpaco_kernels._C` loads the library and runs the registrations above.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) { module.doc() = "gpaco_kernels CPU kernels (ops in torch.ops.gpaco)"; }

@@ -1,4 +1,4 @@
-"""Functional losses. Each checks its arguments, maps them to the one op of loss-spec.md and reduces.
+"""Functional losses. Each checks its arguments, maps them to the one op (ops/) and reduces.
 
 fused_paco_loss    the general form: PaCo, GPaCo, the GPaCo pixel loss, and anything between
 fused_supcon_loss  SupCon / SimCLR in the (bsz, n_views, D) layout of Khosla et al.
@@ -369,6 +369,7 @@ def canonicalize(
         label_smoothing=label_smoothing,
         exclude_positive_class=exclude_positive_class,
         ignore_index=ignore_index,
+        num_classes=num_classes,
         batch_columns=batch_columns,
         lse_eps=lse_eps,
         reduced=reduction != "none",

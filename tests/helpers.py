@@ -1,15 +1,49 @@
-"""Shared test helpers: a comparison that explains its failures, tolerances per dtype, and small tiles."""
+"""Shared test helpers: a comparison that explains its failures, the backends CI must have, and the dtypes and
+tolerances of each backend (gpaco_kernels.tolerances, the one table)."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
-# (dtype, atol, rtol) against a float64 ground truth, on values and gradients of O(1) size.
-DTYPE_TOLERANCES = [
-    (torch.float64, 1e-10, 1e-10),
-    (torch.float32, 2e-5, 2e-5),
-    (torch.bfloat16, 2e-2, 2e-2),
-]
+from gpaco_kernels.ops.dispatch import backend_unavailable_reason, device_unsupported_reason
+from gpaco_kernels.tolerances import DTYPES, HALF, VS_FLOAT64, within  # noqa: F401  (re-exported for the tests)
+
+# Every backend but the oracle, whether or not it loaded here: a missing one fails the tests that need it (see
+# need_backend) instead of shrinking the suite.
+BACKENDS = ("torch", "cpu", "triton")
+# The backends the suite must be able to run. The README's install builds the C++ extension and installs triton, and
+# conftest.py turns the Triton interpreter on, so by default all of them; set GPACO_EXPECT_BACKENDS (comma list) to
+# run on a machine that deliberately lacks one (its tests are then skipped, saying why).
+EXPECTED = tuple(b for b in os.environ.get("GPACO_EXPECT_BACKENDS", ",".join(BACKENDS)).split(",") if b)
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def need_backend(backend: str, device: str = "cpu") -> None:
+    """Fail when a backend this suite must have is missing (a broken install, not a reason to skip); skip, saying
+    why, when it was deliberately left out (GPACO_EXPECT_BACKENDS) or cannot run on this device type."""
+    reason = backend_unavailable_reason(backend)
+    if reason is not None:
+        if backend in EXPECTED:
+            pytest.fail(f"backend {backend!r} is expected here but unavailable: {reason}")
+        pytest.skip(f"backend {backend!r} left out by GPACO_EXPECT_BACKENDS: {reason}")
+    reason = device_unsupported_reason(backend, device)
+    if reason is not None:
+        if device == "cpu" and backend in EXPECTED:
+            pytest.fail(f"backend {backend!r} is expected to run on CPU tensors here: {reason}")
+        pytest.skip(f"backend {backend!r} does not run on {device} tensors here: {reason}")
+
+
+def backend_dtypes(backends=BACKENDS, half=True):
+    """(backend, dtype) pairs: every dtype each backend accepts."""
+    return [(b, d) for b in backends for d in DTYPES[b] if half or d not in HALF]
+
+
+def dtype_id(pair) -> str:
+    backend, dtype = pair
+    return f"{backend}-{str(dtype)[6:]}"
 
 
 def assert_close(actual, expected, *, atol, rtol, name="tensor"):
@@ -32,6 +66,12 @@ def assert_close(actual, expected, *, atol, rtol, name="tensor"):
             f"NaN mismatches {int(nan_mismatch.sum())}, inf mismatches {int(inf_mismatch.sum())}; "
             f"first (index, actual, expected): {worst}"
         )
+
+
+def assert_within(got, truth, same_dtype_ref, backend, dtype, name="tensor"):
+    """The tolerance table's two checks (vs float64, and vs the reference on the same half inputs)."""
+    problems = within(got, truth, same_dtype_ref, backend, dtype)
+    assert not problems, f"{name} ({backend}, {dtype}): " + "; ".join(problems)
 
 
 def max_abs_err(actual, expected) -> float:

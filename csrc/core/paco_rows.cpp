@@ -196,7 +196,8 @@ T exp_shift_sum_except(T* x, int64_t n, T shift, int64_t skip) {
 void exp_shift_inplace(float* x, int64_t n, float shift) { exp_shift_sum(x, n, shift); }
 
 template <typename T>
-RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t label, const T* upstream) {
+RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t label, const T* coef,
+                      const T* inv_pos) {
   const int64_t C = cfg.num_classes, N = cfg.batch_cols, K = cfg.queue_cols;
   T* cls = row;
   T* batch = row + C;
@@ -231,41 +232,43 @@ RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t
   const T z = z_cls + cfg.gamma * exp_shift_sum_except(batch, N + K, m, skip);
 
   RowResult<T> out;
+  out.wl = wl;
   out.pos = pos;
   out.lse = m + std::log(z + cfg.lse_eps);
-  const bool valid = pos > 0 && label != cfg.ignore_index;
-  out.loss = valid ? cfg.loss_scale * (wl - pos * out.lse) / pos : T(0);
-  if (upstream == nullptr) return out;
+  if (coef == nullptr) return out;
 
-  // G = a (w / P - d e / (Z + eps)) times the segment's 1/temperature, with a = upstream * loss_scale.
-  const T a = valid ? *upstream * cfg.loss_scale : T(0);
+  // G = a (w / P - d e / (Z + eps)) times the segment's 1/temperature. A row without positives adds no loss and
+  // takes no gradient (the caller's 1/P is 0 there; computed here, it is 0 for P = 0).
+  const T ip = inv_pos != nullptr ? *inv_pos : (pos > 0 ? T(1) / pos : T(0));
+  const T a = ip != 0 ? *coef : T(0);
   if (a == 0) {
     std::fill(row, row + cfg.width(), T(0));
     return out;
   }
   const T inv_z = T(1) / (z + cfg.lse_eps);
-  const T inv_pos = T(1) / pos;
   if (C > 0) {
     const T sc = a * cfg.class_scale;
     // The excluded own class has d = 0: zero its exp before the affine pass rather than adding the term back
     // afterwards (when it holds the max, that term is e / (Z + eps) with Z tiny, and the difference cancels).
     if (excluded_class >= 0) cls[excluded_class] = T(0);
-    affine_inplace(cls, C, -sc * inv_z, sc * cfg.beta_off * inv_pos);
-    if (own_class) cls[label] += sc * (cfg.beta_on - cfg.beta_off) * inv_pos;
+    affine_inplace(cls, C, -sc * inv_z, sc * cfg.beta_off * ip);
+    if (own_class) cls[label] += sc * (cfg.beta_on - cfg.beta_off) * ip;
   }
   if (N + K > 0) {
     const T ss = a * cfg.sample_scale;
     affine_inplace(batch, N + K, -ss * cfg.gamma * inv_z, T(0));
     if (has_self) batch[self_col] = 0;
     if (cfg.alpha != 0) {
-      if (N > 0) gather_add(cfg.batch_index, label, batch, skip, ss * cfg.alpha * inv_pos);
-      if (K > 0) gather_add(cfg.queue_index, label, queue, int64_t{-1}, ss * cfg.alpha * inv_pos);
+      if (N > 0) gather_add(cfg.batch_index, label, batch, skip, ss * cfg.alpha * ip);
+      if (K > 0) gather_add(cfg.queue_index, label, queue, int64_t{-1}, ss * cfg.alpha * ip);
     }
   }
   return out;
 }
 
-template RowResult<float> paco_row<float>(const RowConfig<float>&, float*, int64_t, int64_t, const float*);
-template RowResult<double> paco_row<double>(const RowConfig<double>&, double*, int64_t, int64_t, const double*);
+template RowResult<float> paco_row<float>(const RowConfig<float>&, float*, int64_t, int64_t, const float*,
+                                          const float*);
+template RowResult<double> paco_row<double>(const RowConfig<double>&, double*, int64_t, int64_t, const double*,
+                                            const double*);
 
 }  // namespace gpaco

@@ -38,9 +38,7 @@ struct RowConfig {
   T sample_scale = 1;       // 1 / t
   T alpha = 1, beta_on = 1, beta_off = 0, gamma = 1;  // beta_on/off: class weight of the own / another class
   bool exclude_positive_class = false;
-  int64_t ignore_index = -100;
   T lse_eps = T(1e-12);
-  T loss_scale = -1;  // -(t / tb)
   const LabelIndex* batch_index = nullptr;
   const LabelIndex* queue_index = nullptr;
 
@@ -49,16 +47,19 @@ struct RowConfig {
 
 template <typename T>
 struct RowResult {
-  T loss = 0;
-  T lse = 0;
-  T pos = 0;  // P
+  T wl = 0;   // sum of w l
+  T lse = 0;  // m + log(sum of d exp(l - m) + lse_eps)
+  T pos = 0;  // P, the sum of w
 };
 
-// One anchor row. `row` holds width() logits and is overwritten: with the gradient when `upstream` is not null
-// (G scaled by *upstream, the incoming gradient of this anchor's loss), otherwise with exp(l - max).
-// `self_col` is the anchor's own batch column (its row in features), `label` its label.
+// One anchor row. `row` holds width() logits and is overwritten: with the gradient G = a (w / P - d exp(l - lse))
+// (times each segment's 1/temperature) when `coef` is not null, otherwise with exp(l - max). *coef is a, the
+// anchor's upstream gradient times the loss scale (0 for an ignored anchor); *inv_pos is 1/P (0 for an anchor that
+// adds no loss), or, when inv_pos is null, the row's own 1/P (0 when P = 0). `self_col` is the anchor's own batch
+// column (its row in features), `label` its label.
 template <typename T>
-RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t label, const T* upstream);
+RowResult<T> paco_row(const RowConfig<T>& cfg, T* row, int64_t self_col, int64_t label, const T* coef,
+                      const T* inv_pos);
 
 // Vectorizable building blocks, exposed for the unit test.
 float exp_approx(float x);

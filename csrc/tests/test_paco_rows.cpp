@@ -1,5 +1,5 @@
-// Unit test of the kernel core: exp_approx against std::exp, and paco_row (loss, lse, P and the in-place gradient)
-// against a naive per-column evaluation of loss-spec.md, for float and double, on rows with and without a class
+// Unit test of the kernel core: exp_approx against std::exp, and paco_row (sum w l, lse, P and the in-place
+// gradient) against a naive per-column evaluation of the loss, for float and double, on rows with and without a class
 // block, queue, self column, ignored label, smoothing and exclusion. Built by CMake, run by ctest, also under
 // AddressSanitizer and UndefinedBehaviorSanitizer.
 #include <cmath>
@@ -29,7 +29,7 @@ struct Case {
   double masked_boost = 0.0;  // added to the masked columns (self, excluded own class): they then hold the max
 };
 
-// Naive: per column weights w, d from the labels, then the formulas of loss-spec.md.
+// Naive: per column weights w, d from the labels, then the formulas of the loss.
 template <typename T>
 void check_case(const Case& cs, std::mt19937& gen, double tol) {
   std::normal_distribution<double> normal(0.0, 2.0);
@@ -51,7 +51,6 @@ void check_case(const Case& cs, std::mt19937& gen, double tol) {
   cfg.beta_off = T(cs.C > 1 ? cs.beta * cs.smooth / (cs.C - 1) : 0.0);
   cfg.exclude_positive_class = cs.exclude;
   cfg.lse_eps = T(cs.lse_eps);
-  cfg.loss_scale = T(-0.7);
   cfg.batch_index = &bi;
   cfg.queue_index = &qi;
   for (int row_id = 0; row_id < 6; ++row_id) {
@@ -83,18 +82,19 @@ void check_case(const Case& cs, std::mt19937& gen, double tol) {
     }
     const double lse = m + std::log(z + cs.lse_eps);
     const bool valid = P > 0 && label != -100;
-    const double loss = valid ? -0.7 * (wl - P * lse) / P : 0.0;
-    const double upstream = 1.7;
+    // The caller's coefficients: a = upstream x loss scale (0 when ignored), and 1/P passed in (even rows) or left
+    // to the row to compute from its own P (odd rows, as the forward with gradients does).
+    const double a = label != -100 ? 1.7 * -0.7 : 0.0;
+    const T coef = T(a), inv_pos = T(valid ? 1.0 / P : 0.0);
     std::vector<T> buf(M);
     for (int64_t j = 0; j < M; ++j) buf[j] = T(l[j]);
-    const T up = T(upstream);
-    auto res = gpaco::paco_row<T>(cfg, buf.data(), self, label, &up);
-    expect_close(res.loss, loss, tol, "loss", row_id);
+    auto res = gpaco::paco_row<T>(cfg, buf.data(), self, label, &coef, row_id % 2 == 0 ? &inv_pos : nullptr);
+    expect_close(res.wl, wl, tol, "sum w l", row_id);
     expect_close(res.pos, P, tol, "P", row_id);
     if (valid) expect_close(res.lse, lse, tol, "lse", row_id);
     for (int64_t j = 0; j < M; ++j) {
       const double scale = j < cs.C ? 1.25 : 2.5;
-      const double g = valid ? upstream * -0.7 * (w[j] / P - d[j] * std::exp(l[j] - lse)) * scale : 0.0;
+      const double g = valid ? a * (w[j] / P - d[j] * std::exp(l[j] - lse)) * scale : 0.0;
       expect_close(buf[j], g, tol, "gradient", row_id);
     }
   }
@@ -115,7 +115,6 @@ void check_nan_propagates() {
   cfg.gamma = T(1);
   cfg.beta_on = T(1);
   cfg.lse_eps = T(1e-12);
-  cfg.loss_scale = T(-1);
   cfg.batch_index = &index;
   cfg.queue_index = &index;
   for (int where = 0; where < 8; ++where) {
@@ -123,10 +122,11 @@ void check_nan_propagates() {
     if (where == 4) continue;
     std::vector<T> row(8, T(0.5));
     row[where] = std::numeric_limits<T>::quiet_NaN();
-    const T up = T(1);
-    auto res = gpaco::paco_row<T>(cfg, row.data(), 1, 0, &up);
-    if (!std::isnan(double(res.loss)) || !std::isnan(double(res.lse))) {
-      std::printf("FAIL NaN at column %d did not reach the loss (loss %g, lse %g)\n", where, double(res.loss),
+    const T coef = T(-1);
+    auto res = gpaco::paco_row<T>(cfg, row.data(), 1, 0, &coef, nullptr);
+    // Every column but the masked self column is in the denominator: the NaN must reach lse (and so the loss).
+    if (!std::isnan(double(res.lse))) {
+      std::printf("FAIL NaN at column %d did not reach the sums (wl %g, lse %g)\n", where, double(res.wl),
                   double(res.lse));
       ++failures;
     }

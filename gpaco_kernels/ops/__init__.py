@@ -1,14 +1,14 @@
-"""The one op behind every loss: canonical inputs (spec), the autograd Function, the dispatcher, the backends."""
+"""The one op behind every loss: canonical inputs and shared algebra (spec), the op's registration (op), the
+dispatcher, and one file per backend."""
 
-from .dispatch import BACKEND_NAMES, available_backends, resolve_backend
-from .function import ParametricContrastiveFunction, per_anchor_loss
-from .spec import ContrastInputs, LossConfig
+from .dispatch import BACKEND_NAMES, available_backends, per_anchor_loss, resolve_backend
+from .spec import ContrastInputs, LossConfig, OpParams
 
 __all__ = [
     "BACKEND_NAMES",
     "ContrastInputs",
     "LossConfig",
-    "ParametricContrastiveFunction",
+    "OpParams",
     "available_backends",
     "per_anchor_loss",
     "resolve_backend",

@@ -1,24 +1,31 @@
-"""Backend "cpu": the C++ kernels of csrc/ (custom ops torch.ops.gpaco.paco_forward / paco_backward).
+"""Backend "cpu": the C++ kernels of csrc/ as the CPU implementation of the op (gpaco::cpu_forward / cpu_backward).
 
 Importing this module never fails: when the extension gpaco_kernels._C is missing or broken, availability() says
-why and how to build it, and "auto" falls back to the torch backend. The ops get a fake (meta) implementation and
-an autograd formula here, so they work under torch.compile and torch.library.opcheck.
+why and how to build it, and "auto" falls back to the torch backend. The kernels take float32 and float64; half
+inputs are computed in float32 inside the op (its outputs are in the compute dtype, its gradients in the input
+dtype, as for every backend).
+
+With 'mean' or 'sum' the forward is asked for the gradients of an upstream gradient of 1 (UNIT_GRADIENTS): a row's
+lse is known while its logits are still in cache, so they cost one product less than a second sweep; the backward
+then scales them when the upstream gradient is one value on every anchor, and sweeps again otherwise.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .spec import ContrastInputs, LossConfig
+from .op import define_backend_ops
+from .spec import ContrastInputs, OpParams, anchor_scale, compute_dtype, finalize_loss, gradient_coefficients
 
 NAME = "cpu"
+UNIT_GRADIENTS = True
 
 try:
-    from .. import _C  # noqa: F401  (loading it registers torch.ops.gpaco.*)
+    from .. import _C
 
     _IMPORT_ERROR = None
 except Exception as exc:  # missing, built for another torch, or broken: never break `import gpaco_kernels`
-    _IMPORT_ERROR = exc
+    _C, _IMPORT_ERROR = None, exc
 
 BUILD_HINT = (
     "build the C++ extension from a source checkout with `pip install --no-build-isolation -e .` "
@@ -38,107 +45,55 @@ def device_unsupported(device_type: str):
     return None
 
 
-def _op_args(x: ContrastInputs, cfg: LossConfig):
-    """Positional arguments shared by both ops (their schema's common part)."""
-    return (
-        x.features,
-        x.labels,
-        x.queue,
-        x.queue_labels,
-        x.center_logits,
-        x.centers,
-        x.center_bias,
-        cfg.num_anchors,
-        cfg.temperature,
-        cfg.center_temperature,
-        cfg.base_temperature,
-        cfg.alpha,
-        cfg.beta,
-        cfg.gamma,
-        cfg.label_smoothing,
-        cfg.exclude_positive_class,
-        cfg.ignore_index,
-        cfg.batch_columns,
-        cfg.lse_eps,
+def _in_kernel_dtype(x: ContrastInputs) -> ContrastInputs:
+    dtype = compute_dtype(x.features.dtype)
+    return ContrastInputs(*(t.to(dtype) if t is not None and t.is_floating_point() else t for t in x.tensors()))
+
+
+def _sweep(x: ContrastInputs, p: OpParams, coef=None, inv_pos=None, needs=(False, False, False)):
+    return _C.sweep(
+        *x.tensors(),
+        p.num_anchors,
+        p.temperature,
+        p.center_temperature,
+        p.alpha,
+        p.beta_on,
+        p.beta_off,
+        p.gamma,
+        p.exclude_positive_class,
+        p.ignore_index,
+        p.batch_columns,
+        p.lse_eps,
+        coef,
+        inv_pos,
+        *needs,
     )
 
 
-_N_TENSORS = 7  # _op_args starts with the 7 tensors of ContrastInputs (optional ones may be None)
-_N_COMMON = 19  # all _op_args entries; paco_forward takes one more (unit_gradients)
+def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
+    xk = _in_kernel_dtype(x)
+    anchor_labels = x.labels[: p.num_anchors]
+    coef = None
+    if unit_gradients:
+        coef = anchor_scale(torch.ones(p.num_anchors, dtype=xk.features.dtype), anchor_labels, p)
+    needs = (True, x.center_logits is not None, x.centers is not None)
+    wl, lse, pos, *units = _sweep(xk, p, coef, None, needs)
+    return (finalize_loss(wl, pos, lse, anchor_labels, p), lse, pos, *units)
 
 
-def per_anchor_loss(x: ContrastInputs, cfg: LossConfig) -> torch.Tensor:
-    """Per-anchor loss (A,). Half inputs run in float32 (the cast is differentiable, so gradients come back in the
-    input dtype)."""
-    if x.features.dtype in (torch.float16, torch.bfloat16):
-        x = ContrastInputs(
-            *(t.float() if t is not None and t.is_floating_point() else t for t in _fields(x)),
-        )
-    grads_wanted = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x.features, x.center_logits, x.centers)
-    )
-    # With 'mean' or 'sum' every anchor receives the same upstream gradient, so the forward sweep can produce the
-    # gradients for an upstream gradient of 1 at almost no extra cost (the row's lse is known while its logits are
-    # still in cache); the backward then only scales them. With 'none' the backward sweeps again.
-    unit = grads_wanted and cfg.reduced
-    return torch.ops.gpaco.paco_forward(*_op_args(x, cfg), unit)[0]
+def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
+    xk = _in_kernel_dtype(x)
+    like = (x.features, x.center_logits, x.centers)
+    needs = tuple(n and t is not None for n, t in zip(needs, like))
+    g = grad_loss.to(xk.features.dtype)
+    if units[0].numel() > 0 and bool((g == g[0]).all()):
+        # Every anchor got the same upstream gradient ('mean', 'sum'): the forward's gradients, scaled.
+        grads = tuple(u * g[0] if n else None for u, n in zip(units, needs))
+    else:
+        a, inv_pos = gradient_coefficients(g, pos, x.labels[: p.num_anchors], p)
+        grads = _sweep(xk, p, a, inv_pos, needs)[3:]
+        grads = tuple(gr if n else None for gr, n in zip(grads, needs))
+    return tuple(lse.new_empty((0,)) if gr is None else gr.to(t.dtype).contiguous() for gr, t in zip(grads, like))
 
 
-def _fields(x: ContrastInputs):
-    return (x.features, x.labels, x.queue, x.queue_labels, x.center_logits, x.centers, x.center_bias)
-
-
-def _register():
-    @torch.library.register_fake("gpaco::paco_forward")
-    def _(features, labels, queue, queue_labels, center_logits, centers, center_bias, num_anchors, *rest):
-        unit = rest[-1]
-        per_anchor = features.new_empty((num_anchors,))
-
-        def grad_like(t):
-            return features.new_empty(t.shape) if unit and t is not None else features.new_empty((0,))
-
-        return (
-            per_anchor,
-            per_anchor.new_empty((num_anchors,)),
-            per_anchor.new_empty((num_anchors,)),
-            grad_like(features),
-            grad_like(center_logits),
-            grad_like(centers),
-        )
-
-    @torch.library.register_fake("gpaco::paco_backward")
-    def _(features, labels, queue, queue_labels, center_logits, centers, center_bias, *rest):
-        need_features, need_logits, need_centers = rest[-3:]
-
-        def grad_like(t, need):
-            return features.new_empty(t.shape) if need and t is not None else features.new_empty((0,))
-
-        return (
-            grad_like(features, need_features),
-            grad_like(center_logits, need_logits),
-            grad_like(centers, need_centers),
-        )
-
-    def setup_context(ctx, inputs, output):
-        *_, unit_f, unit_s, unit_w = output
-        ctx.scalars = inputs[_N_TENSORS:_N_COMMON]
-        ctx.save_for_backward(*inputs[:_N_TENSORS], unit_f, unit_s, unit_w)
-
-    def backward(ctx, grad_loss, *_grads_of_saved_outputs):
-        *tensors, unit_f, unit_s, unit_w = ctx.saved_tensors
-        need = ctx.needs_input_grad  # features, center_logits and centers are inputs 0, 4 and 5
-        grad_f, grad_s, grad_w = torch.ops.gpaco.paco_backward(
-            *tensors, *ctx.scalars, grad_loss, unit_f, unit_s, unit_w, need[0], need[4], need[5]
-        )
-
-        def maybe(grad, wanted):
-            return grad if wanted and grad.numel() > 0 else None
-
-        tensor_grads = (maybe(grad_f, need[0]), None, None, None, maybe(grad_s, need[4]), maybe(grad_w, need[5]), None)
-        return tensor_grads + (None,) * (_N_COMMON + 1 - _N_TENSORS)
-
-    torch.library.register_autograd("gpaco::paco_forward", backward, setup_context=setup_context)
-
-
-if _IMPORT_ERROR is None:
-    _register()
+OPS = define_backend_ops(NAME, _forward, _backward, device_types="cpu") if _C is not None else None

@@ -3,17 +3,22 @@
     NAME                   its name
     availability()         None when usable here, else a sentence saying why not and what to install
     device_unsupported(t)  optional: None when it runs on tensors of device type t ("cpu", "cuda"), else why not
-    forward(x, cfg)        -> (loss, lse, pos), each (A,) in the compute dtype
-    backward(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_centers)
-                           -> (grad_features, grad_center_logits, grad_centers), None where not needed
+    OPS                    (forward op, backward op) made by ops.op.define_backend_ops: the one op's schema, fake and
+                           autograd formula around this backend's two implementations (absent when unavailable)
+    UNIT_GRADIENTS         optional: True when its forward can also return the gradients for an upstream gradient
+                           of 1 (worth asking for with 'mean' and 'sum')
 
-or, instead of forward/backward, per_anchor_loss(x, cfg) with its own autograd ("reference" lets autograd
-differentiate the dense formula; "cpu" registers a formula for its custom op).
+except "reference", which exposes per_anchor_loss(x, p) and is differentiated by plain autograd (the oracle).
 """
 
 from __future__ import annotations
 
 import importlib
+
+import torch
+
+from .op import call_forward
+from .spec import ContrastInputs, LossConfig
 
 # name -> module (relative to gpaco_kernels.ops). Later backends ("cpu", "triton") add one line here and a file.
 _BACKEND_MODULES = {
@@ -98,3 +103,16 @@ def resolve_backend(name: str, device_type: str = "cpu") -> str:
     if reason is not None:
         raise ValueError(f"backend={name!r} cannot run on {device_type} tensors: {reason}")
     return name
+
+
+def per_anchor_loss(x: ContrastInputs, cfg: LossConfig, backend_name: str) -> torch.Tensor:
+    """Loss of each anchor (A,) in the compute dtype, through the named (already resolved) backend."""
+    p = cfg.op_params()
+    backend = load_backend(backend_name)
+    if backend_name == "reference":
+        return backend.per_anchor_loss(x, p)
+    grads_wanted = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x.features, x.center_logits, x.centers)
+    )
+    unit = getattr(backend, "UNIT_GRADIENTS", False) and cfg.reduced and grads_wanted
+    return call_forward(backend.OPS[0], x, p, unit)[0]

@@ -1,36 +1,94 @@
-"""The canonical inputs of the one op (see loss-spec.md) and the per-column weights every backend shares.
+"""The canonical inputs of the one op and the loss algebra every backend shares, written once.
 
-Every public loss is turned into a `ContrastInputs` (tensors) plus a `LossConfig` (scalars) by the functional
-layer, after validation. Backends receive them already checked and canonical: labels int64, float tensors of
-one dtype on one device, optional pieces either None or present with consistent shapes.
+The functional layer turns every public loss into a `ContrastInputs` (tensors) and a `LossConfig` (the user's
+scalars), after validation. `LossConfig.op_params()` derives the op's scalar arguments (`OpParams`): the class weights
+(beta_on, beta_off) and the loss scale -(t / tb) are computed there and nowhere else. Below the op boundary every
+backend (reference, torch, cpu, triton) works from `OpParams` and the functions of this module:
+
+    finalize_loss          the per-anchor loss from (sum w l, P, lse)
+    gradient_coefficients  the per-anchor factors (a, 1/P) of G = a (w / P - d exp(l - lse))
+    anchor_scale           a alone, for a backend that learns P while it sweeps (the cpu forward with gradients)
+    class_block_weights, sample_weights   w and d of a tile of columns (the torch and reference backends; the
+                           compiled kernels compare labels inside their tiles with the same rules)
+
+See docs of fused_paco_loss for the formula: for anchor i and contrast columns J = [class block | batch | queue],
+lse_i = m_i + log(sum_J d exp(l - m_i) + lse_eps), L_i = -(t/tb) (sum_J w l - P_i lse_i) / P_i.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class OpParams:
+    """The op's scalar arguments, in the order of its schema (ops/op.py). Everything a kernel needs; nothing in it is
+    derived again below the op."""
+
     num_anchors: int  # A: rows 0..A-1 of features are the anchors
     temperature: float  # t, for batch and queue columns
     center_temperature: float  # tc, for the class block
-    base_temperature: float  # tb; the loss is scaled by t / tb
     alpha: float  # weight of sample positives (batch and queue)
-    beta: float  # weight of the class positive
+    beta_on: float  # positive weight of the anchor's own class
+    beta_off: float  # positive weight of each other class (label smoothing spread over C - 1 classes)
     gamma: float  # denominator weight of batch and queue columns
-    label_smoothing: float  # eps, spread over the C - 1 other classes
+    loss_scale: float  # -(t / tb)
     exclude_positive_class: bool  # own class out of the denominator (PSC)
     ignore_index: int  # anchors with this label add no loss and are not counted
-    batch_columns: bool = True  # False: batch rows are not contrast columns (PSC)
-    lse_eps: float = 1e-12  # lse = m + log(Z + lse_eps); the published PaCo code adds 1e-12, SupCon adds nothing
+    batch_columns: bool  # False: batch rows are not contrast columns (PSC)
+    lse_eps: float  # lse = m + log(Z + lse_eps); the published PaCo code adds 1e-12, SupCon adds nothing
+
+    def astuple(self) -> tuple:
+        return astuple(self)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The user's scalars after validation (functional.canonicalize)."""
+
+    num_anchors: int
+    temperature: float
+    center_temperature: float
+    base_temperature: float  # tb; the loss is scaled by t / tb
+    alpha: float
+    beta: float  # weight of the class positive
+    gamma: float
+    label_smoothing: float  # eps, spread over the C - 1 other classes
+    exclude_positive_class: bool
+    ignore_index: int
+    num_classes: int = 0  # C, 0 without a class block
+    batch_columns: bool = True
+    lse_eps: float = 1e-12
     reduced: bool = False  # the per-anchor losses will be summed or averaged: one upstream gradient for all anchors
 
     @property
     def loss_scale(self) -> float:
         return -(self.temperature / self.base_temperature)
+
+    def class_weights(self) -> tuple[float, float]:
+        """(beta_on, beta_off): the class block's positive weight of the anchor's own class and of every other."""
+        C = self.num_classes
+        off = self.label_smoothing / (C - 1) if C > 1 else 0.0
+        return self.beta * (1.0 - self.label_smoothing), self.beta * off
+
+    def op_params(self) -> OpParams:
+        beta_on, beta_off = self.class_weights()
+        return OpParams(
+            num_anchors=self.num_anchors,
+            temperature=self.temperature,
+            center_temperature=self.center_temperature,
+            alpha=self.alpha,
+            beta_on=beta_on,
+            beta_off=beta_off,
+            gamma=self.gamma,
+            loss_scale=self.loss_scale,
+            exclude_positive_class=self.exclude_positive_class,
+            ignore_index=self.ignore_index,
+            batch_columns=self.batch_columns,
+            lse_eps=self.lse_eps,
+        )
 
 
 @dataclass(frozen=True)
@@ -51,27 +109,37 @@ class ContrastInputs:
             return self.centers.shape[0]
         return 0
 
+    def tensors(self) -> tuple:
+        """The seven tensors in the order of the op's schema (absent ones None)."""
+        return (
+            self.features,
+            self.labels,
+            self.queue,
+            self.queue_labels,
+            self.center_logits,
+            self.centers,
+            self.center_bias,
+        )
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float32 for half inputs, the input dtype otherwise (float64 stays float64)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def class_block_weights(anchor_labels, class_ids, num_classes: int, cfg: LossConfig, dtype: torch.dtype):
+def class_block_weights(anchor_labels, class_ids, p: OpParams, dtype: torch.dtype):
     """Positive weight w and denominator weight d of anchors (R,) against classes (T,): two (R, T) tensors."""
     is_pos = anchor_labels[:, None] == class_ids[None, :]
-    off = cfg.label_smoothing / (num_classes - 1) if num_classes > 1 else 0.0
-    on = 1.0 - cfg.label_smoothing
     # Built in the compute dtype: torch.where on Python floats would round the weights to float32.
-    w = torch.full(is_pos.shape, cfg.beta * off, dtype=dtype, device=is_pos.device).masked_fill_(is_pos, cfg.beta * on)
-    d = (~is_pos).to(dtype) if cfg.exclude_positive_class else torch.ones_like(w)
+    w = torch.full(is_pos.shape, p.beta_off, dtype=dtype, device=is_pos.device).masked_fill_(is_pos, p.beta_on)
+    d = (~is_pos).to(dtype) if p.exclude_positive_class else torch.ones_like(w)
     return w, d
 
 
 def sample_weights(
     anchor_labels: torch.Tensor,
     col_labels: torch.Tensor,
-    cfg: LossConfig,
+    p: OpParams,
     anchor_rows: torch.Tensor | None = None,
     col_rows: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
@@ -80,15 +148,52 @@ def sample_weights(
     an anchor's own column (same row of features) gets w = d = 0."""
     same = anchor_labels[:, None] == col_labels[None, :]
     if anchor_rows is None:
-        w = same.to(dtype) * cfg.alpha
-        d = torch.full_like(w, cfg.gamma)
+        w = same.to(dtype) * p.alpha
+        d = torch.full_like(w, p.gamma)
         return w, d
     other = anchor_rows[:, None] != col_rows[None, :]
-    w = (same & other).to(dtype) * cfg.alpha
-    d = other.to(dtype) * cfg.gamma
+    w = (same & other).to(dtype) * p.alpha
+    d = other.to(dtype) * p.gamma
     return w, d
 
 
-def counted_anchors(anchor_labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def weighted_logits(w: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """w * l with the columns of weight 0 contributing exactly 0, also where l is -inf (a masked class logit).
+    The logit is selected before the product, so neither the value nor its gradient ever sees 0 * inf."""
+    return w * torch.where(w != 0, l, torch.zeros_like(l))
+
+
+def denominator_terms(d: torch.Tensor, l: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """d * exp(l - shift), exactly 0 on columns with d = 0 whatever l and shift are (exp(l - shift) is inf when the
+    shift is far below a masked logit, and 0 * inf would be NaN): the exponent is selected first."""
+    return d * torch.exp(torch.where(d > 0, l - shift, torch.full_like(l, float("-inf"))))
+
+
+def counted_anchors(anchor_labels: torch.Tensor, p: OpParams) -> torch.Tensor:
     """Bool (A,): anchors that are not ignored (they count in 'mean' even without positives, as in SupCon)."""
-    return anchor_labels != cfg.ignore_index
+    return anchor_labels != p.ignore_index
+
+
+def finalize_loss(wl, pos, lse, anchor_labels, p: OpParams) -> torch.Tensor:
+    """Per-anchor loss -(t/tb) (sum w l - P lse) / P from the sweep's sums; 0 for ignored anchors and anchors
+    without positives (where the published code divides 0 by 0)."""
+    valid = (pos > 0) & counted_anchors(anchor_labels, p)
+    loss = p.loss_scale * (wl - pos * lse) / torch.where(valid, pos, torch.ones_like(pos))
+    return torch.where(valid, loss, torch.zeros_like(loss))
+
+
+def anchor_scale(grad_loss, anchor_labels, p: OpParams) -> torch.Tensor:
+    """a = g (-(t/tb)) per anchor, 0 for ignored anchors. A kernel that learns P only while sweeping must still
+    zero the rows with P = 0 itself."""
+    a = grad_loss * p.loss_scale
+    return torch.where(counted_anchors(anchor_labels, p), a, torch.zeros_like(a)).contiguous()
+
+
+def gradient_coefficients(grad_loss, pos, anchor_labels, p: OpParams):
+    """(a, 1/P) per anchor, both 0 on anchors that add no loss, for G = a (w / P - d exp(l - lse)) times the
+    segment's 1/temperature. Kept apart so that half-precision kernels can keep the (often tiny) a out of their
+    half-precision products."""
+    valid = (pos > 0) & counted_anchors(anchor_labels, p)
+    a = torch.where(valid, grad_loss.to(pos.dtype) * p.loss_scale, torch.zeros_like(pos))
+    inv_pos = torch.where(valid, 1.0 / torch.where(valid, pos, torch.ones_like(pos)), torch.zeros_like(pos))
+    return a.contiguous(), inv_pos.contiguous()

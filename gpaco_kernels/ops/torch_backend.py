@@ -1,10 +1,10 @@
-"""Backend "torch": the streaming algorithm in plain PyTorch, on any device PyTorch runs on.
+"""Backend "torch": the streaming algorithm in plain PyTorch, on any device PyTorch runs on (the fallback).
 
 Anchors are processed in row chunks and the contrast columns [class block | batch | queue] in column tiles. Per
-anchor the forward keeps four running numbers over the tiles (kernels.md): the max m, the rescaled sum z of
-d * exp(l - m), the sum of w * l and the sum P of w; it saves (lse, P) per anchor and nothing of size A x M. The
-backward recomputes each tile's logits from the inputs and turns them into the three products of loss-spec.md.
-Peak extra memory is a few (BLOCK_ROWS x tile) buffers plus the (N + C) x D gradients.
+anchor the forward keeps four running numbers over the tiles: the max m, the rescaled sum z of d * exp(l - m), the
+sum of w * l and the sum P of w; it saves (lse, P) per anchor and nothing of size A x M. The backward recomputes each
+tile's logits from the inputs and turns them into the three products dAnchors = G X, dX = G^T A and dS = G. Peak
+extra memory is a few (BLOCK_ROWS x tile) buffers plus the (N + C) x D gradients.
 """
 
 from __future__ import annotations
@@ -13,7 +13,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .spec import ContrastInputs, LossConfig, class_block_weights, compute_dtype, counted_anchors, sample_weights
+from .op import define_backend_ops
+from .spec import (
+    ContrastInputs,
+    OpParams,
+    class_block_weights,
+    compute_dtype,
+    denominator_terms,
+    finalize_loss,
+    gradient_coefficients,
+    sample_weights,
+    weighted_logits,
+)
 
 NAME = "torch"
 
@@ -36,18 +47,18 @@ class _Segment:
     bias: torch.Tensor | None = None  # (size,) added before scaling (class block only)
 
 
-def _segments(x: ContrastInputs, cfg: LossConfig, feats: torch.Tensor, dtype: torch.dtype):
+def _segments(x: ContrastInputs, p: OpParams, feats: torch.Tensor, dtype: torch.dtype):
     segs = []
     C = x.num_classes
     bias = None if x.center_bias is None else x.center_bias.to(dtype)
     if C and x.center_logits is not None:
-        segs.append(_Segment("logits", C, 1.0 / cfg.center_temperature, None, bias))
+        segs.append(_Segment("logits", C, 1.0 / p.center_temperature, None, bias))
     elif C:
-        segs.append(_Segment("centers", C, 1.0 / cfg.center_temperature, x.centers.to(dtype), bias))
-    if cfg.batch_columns:
-        segs.append(_Segment("batch", feats.shape[0], 1.0 / cfg.temperature, feats))
+        segs.append(_Segment("centers", C, 1.0 / p.center_temperature, x.centers.to(dtype), bias))
+    if p.batch_columns:
+        segs.append(_Segment("batch", feats.shape[0], 1.0 / p.temperature, feats))
     if x.queue is not None and x.queue.shape[0] > 0:
-        segs.append(_Segment("queue", x.queue.shape[0], 1.0 / cfg.temperature, x.queue.to(dtype)))
+        segs.append(_Segment("queue", x.queue.shape[0], 1.0 / p.temperature, x.queue.to(dtype)))
     return segs
 
 
@@ -56,7 +67,7 @@ def _tile_sizes(num_anchors: int):
     return rows, max(1, TILE_ELEMENTS // rows)
 
 
-def _tiles(x: ContrastInputs, cfg: LossConfig, segs, anchors: torch.Tensor, r0: int, cols_per_tile: int):
+def _tiles(x: ContrastInputs, p: OpParams, segs, anchors: torch.Tensor, r0: int, cols_per_tile: int):
     """Yield (segment, c0, c1, l, w, d) for the anchor chunk starting at row r0: logits, positive and denominator
     weights of one column tile, each (rows, c1 - c0) in the compute dtype."""
     rows = anchors.shape[0]
@@ -75,69 +86,66 @@ def _tiles(x: ContrastInputs, cfg: LossConfig, segs, anchors: torch.Tensor, r0: 
             l = l * seg.scale
             cols = torch.arange(c0, c1, device=device)
             if seg.kind in ("logits", "centers"):
-                w, d = class_block_weights(anchor_labels, cols, seg.size, cfg, dtype)
+                w, d = class_block_weights(anchor_labels, cols, p, dtype)
             elif seg.kind == "batch":
-                w, d = sample_weights(anchor_labels, x.labels[c0:c1], cfg, anchor_rows, cols, dtype)
+                w, d = sample_weights(anchor_labels, x.labels[c0:c1], p, anchor_rows, cols, dtype)
             else:
-                w, d = sample_weights(anchor_labels, x.queue_labels[c0:c1], cfg, dtype=dtype)
+                w, d = sample_weights(anchor_labels, x.queue_labels[c0:c1], p, dtype=dtype)
             yield seg, c0, c1, l, w, d
 
 
-def forward(x: ContrastInputs, cfg: LossConfig):
+def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
+    # The shift of a row whose logits so far are all -inf: any finite value keeps exp(-inf - shift) = 0 (with the
+    # max itself it would be exp(-inf + inf) = NaN).
+    return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+
+
+def sweep_forward(x: ContrastInputs, p: OpParams):
     """Per-anchor loss, lse and P, each (A,) in the compute dtype."""
     dtype = compute_dtype(x.features.dtype)
     feats = x.features.to(dtype)
-    segs = _segments(x, cfg, feats, dtype)
-    A = cfg.num_anchors
+    segs = _segments(x, p, feats, dtype)
+    A = p.num_anchors
     rows_per_chunk, cols_per_tile = _tile_sizes(A)
-    loss = torch.zeros(A, dtype=dtype, device=feats.device)
-    lse = torch.zeros_like(loss)
-    pos = torch.zeros_like(loss)
+    wl = torch.zeros(A, dtype=dtype, device=feats.device)
+    lse, pos = torch.zeros_like(wl), torch.zeros_like(wl)
     for r0 in range(0, A, rows_per_chunk):
         anchors = feats[r0 : min(r0 + rows_per_chunk, A)]
-        m = z = wl = p = None
-        for _, _, _, l, w, d in _tiles(x, cfg, segs, anchors, r0, cols_per_tile):
-            tile_max = l.max(dim=1).values
-            if m is None:
-                m = tile_max
-                z = (d * torch.exp(l - m[:, None])).sum(dim=1)
-                wl, p = (w * l).sum(dim=1), w.sum(dim=1)
-                continue
-            m_new = torch.maximum(m, tile_max)
-            z = z * torch.exp(m - m_new) + (d * torch.exp(l - m_new[:, None])).sum(dim=1)
-            wl, p, m = wl + (w * l).sum(dim=1), p + w.sum(dim=1), m_new
         r1 = r0 + anchors.shape[0]
-        chunk_lse = m + torch.log(z + cfg.lse_eps)
-        valid = (p > 0) & counted_anchors(x.labels[r0:r1], cfg)
-        chunk_loss = cfg.loss_scale * (wl - p * chunk_lse) / torch.where(valid, p, torch.ones_like(p))
-        loss[r0:r1] = torch.where(valid, chunk_loss, torch.zeros_like(chunk_loss))
-        lse[r0:r1], pos[r0:r1] = chunk_lse, p
-    return loss, lse, pos
+        m = torch.full((anchors.shape[0],), float("-inf"), dtype=dtype, device=feats.device)
+        z = torch.zeros_like(m)
+        for _, _, _, l, w, d in _tiles(x, p, segs, anchors, r0, cols_per_tile):
+            m_new = torch.maximum(m, l.max(dim=1).values)
+            shift = _finite_or_zero(m_new)
+            z = z * torch.exp(m - shift) + denominator_terms(d, l, shift[:, None]).sum(dim=1)
+            wl[r0:r1] += weighted_logits(w, l).sum(dim=1)
+            pos[r0:r1] += w.sum(dim=1)
+            m = m_new
+        lse[r0:r1] = m + torch.log(z + p.lse_eps)
+    return finalize_loss(wl, pos, lse, x.labels[:A], p), lse, pos
 
 
-def backward(x: ContrastInputs, cfg: LossConfig, lse, pos, grad_loss, need_features, need_logits, need_centers):
-    """Gradients (features, center_logits, centers) from the saved per-anchor (lse, P) and the upstream gradient
-    of each anchor's loss; each None when not needed. Queue rows never get a gradient."""
+def sweep_backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, needs):
+    """Gradients (features, center_logits, centers) in the compute dtype from the saved per-anchor (lse, P) and the
+    upstream gradient of each anchor's loss; each None when not needed. Queue rows never get a gradient."""
+    need_features, need_logits, need_centers = needs
     dtype = compute_dtype(x.features.dtype)
     feats = x.features.to(dtype)
-    segs = _segments(x, cfg, feats, dtype)
-    A = cfg.num_anchors
+    segs = _segments(x, p, feats, dtype)
+    A = p.num_anchors
     grad_feats = torch.zeros_like(feats) if need_features else None
     grad_logits = torch.zeros_like(x.center_logits, dtype=dtype) if need_logits else None
     grad_centers = torch.zeros_like(segs[0].matrix) if need_centers else None
-    valid = (pos > 0) & counted_anchors(x.labels[:A], cfg)
-    # G = a * (w / P - p) with a = g * (-(t / tb)), zero on rows that add no loss.
-    a = torch.where(valid, grad_loss.to(dtype) * cfg.loss_scale, torch.zeros_like(pos))
-    inv_pos = torch.where(valid, 1.0 / torch.where(valid, pos, torch.ones_like(pos)), torch.zeros_like(pos))
+    a, inv_pos = gradient_coefficients(grad_loss.to(dtype), pos, x.labels[:A], p)
     rows_per_chunk, cols_per_tile = _tile_sizes(A)
     for r0 in range(0, A, rows_per_chunk):
         r1 = min(r0 + rows_per_chunk, A)
         anchors = feats[r0:r1]
         grad_anchors = torch.zeros_like(anchors) if need_features else None
         ra, rinv, rlse = a[r0:r1, None], inv_pos[r0:r1, None], lse[r0:r1, None]
-        for seg, c0, c1, l, w, d in _tiles(x, cfg, segs, anchors, r0, cols_per_tile):
-            # dL/dl scaled by the segment's 1/temperature: the gradient with respect to the raw dot products.
-            g = ra * (w * rinv - d * torch.exp(l - rlse)) * seg.scale
+        for seg, c0, c1, l, w, d in _tiles(x, p, segs, anchors, r0, cols_per_tile):
+            # dL/dl times the segment's 1/temperature: the gradient with respect to the raw dot products.
+            g = ra * (w * rinv - denominator_terms(d, l, rlse)) * seg.scale
             if seg.kind == "logits":
                 if need_logits:
                     grad_logits[r0:r1, c0:c1] = g
@@ -151,3 +159,21 @@ def backward(x: ContrastInputs, cfg: LossConfig, lse, pos, grad_loss, need_featu
         if need_features:
             grad_feats[r0:r1] += grad_anchors
     return grad_feats, grad_logits, grad_centers
+
+
+def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
+    if unit_gradients:
+        raise ValueError("the torch backend does not compute unit gradients in its forward")
+    loss, lse, pos = sweep_forward(x, p)
+    empty = loss.new_empty((0,))
+    return loss, lse, pos, empty, empty.clone(), empty.clone()
+
+
+def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
+    needs = (needs[0], needs[1] and x.center_logits is not None, needs[2] and x.centers is not None)
+    grads = sweep_backward(x, p, lse, pos, grad_loss, needs)
+    like = (x.features, x.center_logits, x.centers)
+    return tuple(lse.new_empty((0,)) if g is None else g.to(t.dtype).contiguous() for g, t in zip(grads, like))
+
+
+OPS = define_backend_ops(NAME, _forward, _backward)

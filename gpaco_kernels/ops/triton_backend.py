@@ -1,4 +1,5 @@
-"""Backend "triton": the GPU kernels of gpaco_kernels/triton/paco.py behind the op's autograd Function.
+"""Backend "triton": the GPU kernels of gpaco_kernels/triton/ as the op gpaco::triton_forward / triton_backward,
+registered with torch.library.triton_op so that torch.compile sees the kernels inside.
 
 Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before gpaco_kernels was imported (the
 same kernel source, interpreted: how this project tests the kernels on machines without a GPU). Inputs may be
@@ -7,18 +8,19 @@ float32, bfloat16 or float16 (accumulated in float32); float64 is left to the cp
 
 from __future__ import annotations
 
-import torch
-
-from .spec import ContrastInputs, LossConfig
+from .op import define_backend_ops
+from .spec import ContrastInputs, OpParams
 
 NAME = "triton"
 
 try:
-    from ..triton import paco as _kernels
+    from torch.library import triton_op
+
+    from ..triton import launch as _launch
 
     _IMPORT_ERROR = None
 except Exception as exc:  # no triton, or a triton that cannot load here
-    _kernels, _IMPORT_ERROR = None, exc
+    _launch, _IMPORT_ERROR = None, exc
 
 
 def availability():
@@ -28,7 +30,7 @@ def availability():
 
 
 def device_unsupported(device_type: str):
-    if device_type != "cuda" and not _kernels.INTERPRET:
+    if device_type != "cuda" and not _launch.INTERPRET:
         return (
             "the kernels need CUDA tensors; on a machine without a GPU they run only under the interpreter "
             "(TRITON_INTERPRET=1 set before gpaco_kernels is imported)"
@@ -36,22 +38,18 @@ def device_unsupported(device_type: str):
     return None
 
 
-def _check_inputs(x: ContrastInputs):
-    # The device was checked when the backend was resolved (device_unsupported).
-    if x.features.dtype == torch.float64:
-        raise ValueError(
-            "backend='triton' takes float32, bfloat16 or float16 features, got float64; "
-            "use backend='cpu' or 'torch' for float64"
-        )
-    dim = x.features.shape[1]
-    if dim > _kernels.MAX_DIM:
-        raise ValueError(f"backend='triton' supports feature dims up to {_kernels.MAX_DIM}, got D = {dim}")
+def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
+    if unit_gradients:
+        raise ValueError("the triton backend does not compute unit gradients in its forward")
+    loss, lse, pos = _launch.paco_fwd(x, p)
+    empty = loss.new_empty((0,))
+    return loss, lse, pos, empty, empty.clone(), empty.clone()
 
 
-def forward(x: ContrastInputs, cfg: LossConfig):
-    _check_inputs(x)
-    return _kernels.paco_fwd(x, cfg)
+def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
+    needs = (needs[0], needs[1] and x.center_logits is not None, needs[2] and x.centers is not None)
+    grads = _launch.paco_bwd(x, p, lse, pos, grad_loss, needs)
+    return tuple(lse.new_empty((0,)) if g is None else g for g in grads)
 
 
-def backward(x: ContrastInputs, cfg: LossConfig, lse, pos, grad_loss, need_features, need_logits, need_centers):
-    return _kernels.paco_bwd(x, cfg, lse, pos, grad_loss, need_features, need_logits, need_centers)
+OPS = define_backend_ops(NAME, _forward, _backward, factory=triton_op) if _launch is not None else None

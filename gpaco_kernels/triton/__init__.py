@@ -1,2 +1,2 @@
-"""Triton GPU kernels of the fused loss (paco.py) and their launchers. Nothing here queries a GPU at import time.
-On a machine without a GPU the same kernels run on CPU tensors under TRITON_INTERPRET=1 (set before import)."""
+"""Triton kernels of the fused loss: one file per kernel (paco_fwd, paco_bwd_rows, paco_bwd_cols), their shared
+tile helpers (tiles), the configurations autotune picks from (configs), and the launchers (launch)."""

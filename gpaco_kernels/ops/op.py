@@ -1,0 +1,191 @@
+"""The op, registered once with torch.library: one schema, one fake implementation, one autograd formula.
+
+Every compiled or streaming backend ("torch", "cpu", "triton") implements the same pair of operators
+
+    gpaco::<backend>_forward   inputs -> (loss, lse, pos, unit_grad_features, unit_grad_center_logits, unit_grad_centers)
+    gpaco::<backend>_backward  inputs, lse, pos, grad_loss, unit grads, needs -> (grad_features, grad_center_logits,
+                               grad_centers)
+
+with one schema, the fake implementation `_fake_forward` / `_fake_backward` and the autograd formula
+`_setup_context` / `_backward_formula`, all written once here and registered on each backend's pair by
+`define_backend_ops` (the schema is inferred from the one annotated signature of `_forward_signature` /
+`_backward_signature`). A backend supplies only its two implementations. Its forward returns the per-anchor loss
+(reductions happen outside, in autograd, so the backward always receives one upstream gradient per anchor) and saves
+(lse, P) per anchor, nothing of size A x M. The "unit" gradients are the gradients for an upstream gradient of 1 on
+every anchor, which a backend that learns each row's lse while the row is still in cache can produce in the forward
+for almost nothing (the cpu backend with 'mean' or 'sum'); other backends are never asked for them.
+
+Double backward is refused with a clear error on every backend but "reference" (plain autograd, the oracle).
+"""
+
+# No `from __future__ import annotations`: torch.library reads the schema from the real annotations below.
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.library import custom_op
+
+from .spec import ContrastInputs, OpParams, compute_dtype
+
+N_TENSORS = 7
+N_SCALARS = 12
+_GRAD_INPUTS = {"features": 0, "center_logits": 4, "centers": 5}  # inputs that take a gradient
+
+
+def check_inputs(x: ContrastInputs, p: OpParams) -> None:
+    """Shapes and dtypes the op requires, with torch._check so that it also holds for fake tensors. The public
+    functions check the user's arguments (naming them) before this; this guards direct calls of the op."""
+    f = x.features
+    torch._check(f.dim() == 2, lambda: f"features must be (N, D), got {tuple(f.shape)}")
+    N, D = f.shape
+    torch._check(x.labels.dim() == 1 and x.labels.shape[0] == N, lambda: f"labels must be ({N},)")
+    torch._check(x.labels.dtype == torch.int64, lambda: f"labels must be int64, got {x.labels.dtype}")
+    torch._check(1 <= p.num_anchors <= N, lambda: f"num_anchors must be in [1, {N}], got {p.num_anchors}")
+    torch._check((x.queue is None) == (x.queue_labels is None), lambda: "queue and queue_labels go together")
+    if x.queue is not None:
+        K = x.queue.shape[0]
+        torch._check(x.queue.dim() == 2 and x.queue.shape[1] == D, lambda: f"queue must be (K, {D})")
+        torch._check(x.queue_labels.shape == (K,), lambda: f"queue_labels must be ({K},)")
+        torch._check(x.queue_labels.dtype == torch.int64, lambda: "queue_labels must be int64")
+    torch._check(x.center_logits is None or x.centers is None, lambda: "center_logits or centers, not both")
+    C = x.num_classes
+    if x.center_logits is not None:
+        torch._check(
+            x.center_logits.dim() == 2 and x.center_logits.shape[0] == p.num_anchors,
+            lambda: f"center_logits must be (num_anchors={p.num_anchors}, C)",
+        )
+    if x.centers is not None:
+        torch._check(x.centers.dim() == 2 and x.centers.shape[1] == D, lambda: f"centers must be (C, {D})")
+    if x.center_bias is not None:
+        torch._check(x.center_bias.shape == (C,), lambda: f"center_bias must be ({C},)")
+    for name, t in (("queue", x.queue), ("center_logits", x.center_logits), ("centers", x.centers)):
+        if t is not None:
+            torch._check(t.dtype == f.dtype, lambda: f"{name} must have the dtype of features ({f.dtype})")
+
+
+def _empty(features: torch.Tensor) -> torch.Tensor:
+    # Schemas cannot return None: an absent gradient is a (0,) tensor.
+    return features.new_empty((0,), dtype=compute_dtype(features.dtype))
+
+
+def _fake_forward(x: ContrastInputs, p: OpParams, unit: bool):
+    stat = x.features.new_empty((p.num_anchors,), dtype=compute_dtype(x.features.dtype))
+
+    def unit_grad(t):
+        return t.new_empty(t.shape, dtype=compute_dtype(t.dtype)) if unit and t is not None else _empty(x.features)
+
+    return stat, stat.clone(), stat.clone(), unit_grad(x.features), unit_grad(x.center_logits), unit_grad(x.centers)
+
+
+def _fake_backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
+    torch._check(grad_loss.shape == (p.num_anchors,), lambda: f"grad_loss must be ({p.num_anchors},)")
+    empty = _empty(x.features)
+
+    def grad(t, need):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if need and t is not None else empty
+
+    return tuple(grad(t, need) for t, need in zip((x.features, x.center_logits, x.centers), needs))
+
+
+def _setup_context(ctx, inputs, output):
+    _, lse, pos, *units = output
+    ctx.scalars = inputs[N_TENSORS : N_TENSORS + N_SCALARS]
+    ctx.save_for_backward(*inputs[:N_TENSORS], lse, pos, *units)
+
+
+def _backward_formula(backward_op):
+    def backward(ctx, grad_loss, *_grads_of_statistics):
+        *tensors, lse, pos, unit_f, unit_s, unit_w = ctx.saved_tensors
+        need = [ctx.needs_input_grad[i] for i in _GRAD_INPUTS.values()]
+        grads = backward_op(
+            *tensors, *ctx.scalars, lse, pos, grad_loss.contiguous(), unit_f, unit_s, unit_w, *need
+        )
+        out = [None] * (N_TENSORS + N_SCALARS + 1)
+        for (_, index), wanted, g in zip(_GRAD_INPUTS.items(), need, grads):
+            out[index] = g if wanted else None
+        return tuple(out)
+
+    return backward
+
+
+def _refuse_double_backward(backend: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"gpaco_kernels: double backward is not supported by backend={backend!r} (its gradient was "
+            "differentiated again, e.g. torch.autograd.grad(..., create_graph=True) followed by a second grad). "
+            "backend='reference' supports it."
+        )
+
+    return backward
+
+
+def _no_context(ctx, inputs, output):
+    return None
+
+
+def _forward_signature(impl):
+    # The one signature of every backend's forward op: torch.library infers the schema from these annotations.
+    def forward(
+        features: Tensor, labels: Tensor, queue: Optional[Tensor], queue_labels: Optional[Tensor],
+        center_logits: Optional[Tensor], centers: Optional[Tensor], center_bias: Optional[Tensor],
+        num_anchors: int, temperature: float, center_temperature: float, alpha: float, beta_on: float,
+        beta_off: float, gamma: float, loss_scale: float, exclude_positive_class: bool, ignore_index: int,
+        batch_columns: bool, lse_eps: float,
+        unit_gradients: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        """-> (loss, lse, pos, unit_grad_features, unit_grad_center_logits, unit_grad_centers)"""
+        x = ContrastInputs(features, labels, queue, queue_labels, center_logits, centers, center_bias)
+        p = OpParams(
+            num_anchors, temperature, center_temperature, alpha, beta_on, beta_off, gamma, loss_scale,
+            exclude_positive_class, ignore_index, batch_columns, lse_eps,
+        )  # fmt: skip
+        check_inputs(x, p)
+        return impl(x, p, unit_gradients)
+
+    return forward
+
+
+def _backward_signature(impl):
+    def backward(
+        features: Tensor, labels: Tensor, queue: Optional[Tensor], queue_labels: Optional[Tensor],
+        center_logits: Optional[Tensor], centers: Optional[Tensor], center_bias: Optional[Tensor],
+        num_anchors: int, temperature: float, center_temperature: float, alpha: float, beta_on: float,
+        beta_off: float, gamma: float, loss_scale: float, exclude_positive_class: bool, ignore_index: int,
+        batch_columns: bool, lse_eps: float,
+        lse: Tensor, pos: Tensor, grad_loss: Tensor, unit_grad_features: Tensor, unit_grad_center_logits: Tensor,
+        unit_grad_centers: Tensor, need_features: bool, need_center_logits: bool, need_centers: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """-> (grad_features, grad_center_logits, grad_centers)"""
+        x = ContrastInputs(features, labels, queue, queue_labels, center_logits, centers, center_bias)
+        p = OpParams(
+            num_anchors, temperature, center_temperature, alpha, beta_on, beta_off, gamma, loss_scale,
+            exclude_positive_class, ignore_index, batch_columns, lse_eps,
+        )  # fmt: skip
+        check_inputs(x, p)
+        units = (unit_grad_features, unit_grad_center_logits, unit_grad_centers)
+        needs = (need_features, need_center_logits, need_centers)
+        return impl(x, p, lse, pos, grad_loss, units, needs)
+
+    return backward
+
+
+def define_backend_ops(backend: str, forward_impl, backward_impl, *, device_types=None, factory=None):
+    """Register gpaco::<backend>_forward / _backward with the shared schema, fake and autograd formula.
+
+    forward_impl(x, p, unit_gradients) -> the six outputs of the forward signature (contiguous, dtypes as _fake_forward);
+    backward_impl(x, p, lse, pos, grad_loss, unit_grads, needs) -> the three gradients (as _fake_backward).
+    factory: torch.library.custom_op (default; opaque to torch.compile) or torch.library.triton_op (torch.compile
+    sees the Triton kernels inside). Returns (forward op, backward op)."""
+    options = {} if factory is not None else {"device_types": device_types}
+    factory = factory or custom_op
+    forward_op = factory(f"gpaco::{backend}_forward", _forward_signature(forward_impl), mutates_args=(), **options)
+    backward_op = factory(f"gpaco::{backend}_backward", _backward_signature(backward_impl), mutates_args=(), **options)
+    forward_op.register_fake(_forward_signature(_fake_forward))
+    backward_op.register_fake(_backward_signature(_fake_backward))
+    forward_op.register_autograd(_backward_formula(backward_op), setup_context=_setup_context)
+    backward_op.register_autograd(_refuse_double_backward(backend), setup_context=_no_context)
+    return forward_op, backward_op
+
+
+def call_forward(forward_op, x: ContrastInputs, p: OpParams, unit_gradients: bool):
+    return forward_op(*x.tensors(), *p.astuple(), unit_gradients)

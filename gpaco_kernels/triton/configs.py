@@ -1,0 +1,84 @@
+"""Launch configurations autotune may pick, per kernel and input precision, and the autotune setup.
+
+Every configuration here is compiled for sm_80 and sm_90 at every BLOCK_D, for every flag variant, by
+`python -m gpaco_kernels.tools.compile_report` (CI runs it): none may spill or exceed shared memory. On a GPU,
+autotune times the candidates of the input's precision class once per key (shape bucket of anchors and columns,
+BLOCK_D, precision, dtypes) and keeps the fastest. Float32 dots (IEEE or TF32) take more registers than
+half-precision ones, hence smaller tiles; with 8 warps ptxas caps float32 backward kernels at 80 or 128 registers
+and spills, so they use 4.
+
+Under the interpreter (TRITON_INTERPRET=1, tests on machines without a GPU) there is nothing to time: each kernel
+gets the single INTERPRET configuration, which tests replace by smaller tiles.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# (kernel, precision class) -> candidates as (BLOCK_M, BLOCK_N, num_warps, num_stages). The first is the one the
+# previous, hand-picked schedule used.
+CANDIDATES = {
+    ("fwd", "half"): [(64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3)],
+    ("bwd_rows", "half"): [(64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+    ("bwd_cols", "half"): [(64, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
+    ("fwd", "fp32"): [(32, 32, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
+    ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
+    ("bwd_cols", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1), (16, 64, 4, 1)],
+}
+KERNELS = ("fwd", "bwd_rows", "bwd_cols")
+INTERPRET_CONFIG = (32, 32, 4, 1)
+SPLIT_UNIT = 128  # a column split is a multiple of this, and so of every BLOCK_N above
+AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
+
+
+def precision_class(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
+
+
+def candidates(kind: str, precision: str) -> list[tuple]:
+    return [INTERPRET_CONFIG] if INTERPRET else CANDIDATES[(kind, precision)]
+
+
+def autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
+    """The triton.Config list of one kernel (every precision class) and the class of each config."""
+    configs, classes = [], {}
+    for precision in ("half", "fp32"):
+        for entry in candidates(kind, precision):
+            if INTERPRET and configs:
+                break
+            config = _config(*entry)
+            configs.append(config)
+            classes[config] = precision
+    return configs, classes
+
+
+def pruner(classes: dict):
+    """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr)."""
+
+    def prune(configs, named_args, **kwargs):
+        if INTERPRET:
+            return configs
+        wanted = precision_class(named_args["feat_ptr"].dtype)
+        return [c for c in configs if classes.get(c) == wanted] or configs
+
+    return prune
+
+
+def autotune(kind: str):
+    """triton.autotune for kernel `kind`, keyed on the shape buckets, BLOCK_D and precision."""
+    configs, classes = autotune_configs(kind)
+    return triton.autotune(configs=configs, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": pruner(classes)})
+
+
+def bucket(n: int) -> int:
+    """Shape bucket for the autotune key: the next power of two (one tuning per doubling, not per size)."""
+    return triton.next_power_of_2(max(int(n), 1))

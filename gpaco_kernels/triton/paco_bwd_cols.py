@@ -1,0 +1,68 @@
+"""_paco_bwd_cols_kernel: the column-parallel backward, dContrast of batch columns and dW of centers.
+
+Grid (cdiv(NCOLS, BLOCK_N),). One program: BLOCK_N contrast columns of one segment (SEGMENT 1: batch rows of
+features, 0: centers W) against every anchor; recomputes the logits, forms a' H with H = w / P - d exp(l - lse) and
+a' = a / max|a| (so |a' H| <= 1 whatever the reduction: it is rounded to the input dtype for the product), and
+accumulates dX = sum_i a'_i H[i, col] A[i] / temperature; the launcher multiplies by max|a|. Each program owns its
+output rows: no atomics. Saves nothing.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .configs import autotune
+from .tiles import G_SCALE, gradient_factor, load_rows, segment_weights
+
+
+@autotune("bwd_cols")
+@triton.jit
+def _paco_bwd_cols_kernel(
+    # data pointers
+    feat_ptr, label_ptr,  # anchors (the first A rows of features) and their labels; labels of batch columns
+    cols_ptr, bias_ptr,  # (NCOLS, D) the column rows X (features or centers), (C,) float32 class bias
+    lse_ptr, coef_ptr, inv_pos_ptr,  # (A,) float32 each: lse, a / max|a|, 1/P
+    grad_cols_ptr,  # (NCOLS, D) float32 out
+    # shapes and strides
+    A, NCOLS, D, stride_f, stride_x, stride_g,
+    rows_bucket, cols_bucket,  # autotune key only
+    # constants
+    scale, alpha, beta_on, beta_off, gamma,
+    SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < NCOLS
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)
+    if SEGMENT == 1:
+        col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
+    else:
+        col_labels = cols
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for r0 in range(0, A, BLOCK_M):
+        rows = r0 + offs_m
+        row_mask = rows < A
+        anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST)
+        row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+        coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
+        inv_pos = tl.load(inv_pos_ptr + rows, mask=row_mask, other=0.0)
+        # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spills registers for float32.
+        x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+        if HAS_BIAS:
+            l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        l = tl.where(col_mask[None, :], l * scale, float("-inf"))
+        w, d = segment_weights(
+            SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE
+        )
+        h = gradient_factor(l, w, d, lse, inv_pos) * coef[:, None]
+        h = tl.where(row_mask[:, None], h, 0.0)
+        acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION)
+    acc = acc * (scale / G_SCALE)
+    out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]
+    tl.store(out, acc, mask=col_mask[:, None] & (offs_d[None, :] < D))

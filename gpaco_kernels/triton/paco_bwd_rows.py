@@ -1,0 +1,89 @@
+"""_paco_bwd_rows_kernel: the row-parallel backward, dAnchors and dS.
+
+Grid (cdiv(A, BLOCK_M), SPLITS), the forward's split of the columns. One program: BLOCK_M anchors against the
+columns [pid_s * cols_per_split, (pid_s + 1) * cols_per_split); recomputes each tile's logits, forms
+H = w / P - d exp(l - lse) and accumulates its split's part of sum_j H[:, j] X[j] / temperature over batch, queue and
+centers, times each anchor's a at the end (in float32: a is 1/A after a mean); writes dS = a H / tc for given class
+logits (disjoint columns). Saves nothing; the launcher sums the splits' parts in a fixed order (deterministic).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .configs import autotune
+from .tiles import G_SCALE, column_tile, gradient_factor, load_rows
+
+
+@autotune("bwd_rows")
+@triton.jit
+def _paco_bwd_rows_kernel(
+    # data pointers
+    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,  # as the forward
+    lse_ptr, coef_ptr, inv_pos_ptr,  # (A,) float32 each: lse, a = g (-t/tb) (0 if no loss), 1/P (0 if no loss)
+    grad_anchor_ptr,  # (SPLITS, A, D) float32 out: each split's part of dAnchors
+    grad_logits_ptr,  # (A, C) out, dtype of the class logits
+    # shapes and strides
+    A, N, K, C, D, cols_per_split, stride_f, stride_q, stride_s, stride_w, stride_ga, stride_gs,
+    rows_bucket, cols_bucket,  # autotune key only
+    # constants
+    t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+    HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NEED_LOGITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    c_start = pid_s * cols_per_split
+    c_end = c_start + cols_per_split
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < A
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST)
+    row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
+    inv_pos = tl.load(inv_pos_ptr + rows, mask=row_mask, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    offset = 0
+    for seg in tl.static_range(3):
+        present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
+        if present:
+            size = C if seg == 0 else (N if seg == 1 else K)
+            scale = c_scale if seg == 0 else t_scale
+            lo = tl.maximum(c_start - offset, 0)
+            hi = tl.minimum(c_end - offset, size)
+            for c0 in range(lo, hi, BLOCK_N):
+                cols = c0 + offs_n
+                col_mask = cols < hi
+                l, w, d = column_tile(
+                    seg, anchors, rows, row_mask, row_labels, cols, col_mask,
+                    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION,
+                )  # fmt: skip
+                h = gradient_factor(l, w, d, lse, inv_pos)
+                if seg == 0 and FROM_LOGITS:
+                    if NEED_LOGITS:
+                        offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]
+                        tl.store(
+                            grad_logits_ptr + offsets,
+                            (h * (coef * scale)[:, None]).to(grad_logits_ptr.dtype.element_ty),
+                            mask=row_mask[:, None] & col_mask[None, :],
+                        )
+                else:
+                    if seg == 0:
+                        x = load_rows(centers_ptr, cols, col_mask, stride_w, offs_d, D, UPCAST)
+                    elif seg == 1:
+                        x = load_rows(feat_ptr, cols, col_mask, stride_f, offs_d, D, UPCAST)
+                    else:
+                        x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST)
+                    part = tl.dot((h * G_SCALE).to(x.dtype), x, input_precision=PRECISION)
+                    acc += part * (scale / G_SCALE)
+            offset += size
+    acc = acc * coef[:, None]
+    out = grad_anchor_ptr + (pid_s.to(tl.int64) * A + rows.to(tl.int64))[:, None] * stride_ga + offs_d[None, :]
+    tl.store(out, acc, mask=row_mask[:, None] & (offs_d[None, :] < D))

@@ -1,0 +1,78 @@
+"""_paco_fwd_kernel: the forward sweep.
+
+Grid (cdiv(A, BLOCK_M), SPLITS). One program: BLOCK_M anchors against the columns
+[pid_s * cols_per_split, (pid_s + 1) * cols_per_split) of [class block | batch | queue], streamed in tiles of BLOCK_N
+with an online log-sum-exp. Saves, per anchor and split, the partial m (max), z = sum d exp(l - m), sum w l and
+P = sum w; the launcher merges the splits exactly and forms the loss (ops/spec.py).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .configs import autotune
+from .tiles import column_tile, load_rows, online_lse_step, weighted_logit_sum
+
+
+@autotune("fwd")
+@triton.jit
+def _paco_fwd_kernel(
+    # data pointers
+    feat_ptr, label_ptr,  # (N, D), (N,) int64
+    queue_ptr, queue_label_ptr,  # (K, D), (K,) int64
+    logits_ptr, centers_ptr, bias_ptr,  # (A, C) class logits S, (C, D) centers W, (C,) float32 log prior
+    part_ptr,  # (4, SPLITS, A) float32 out: m, z, sum w l, P of each split
+    # shapes and strides
+    A, N, K, C, D, cols_per_split, stride_f, stride_q, stride_s, stride_w,
+    rows_bucket, cols_bucket,  # autotune key only
+    # constants
+    t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+    HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < A
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST)
+    row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
+    c_start = pid_s * cols_per_split
+    c_end = c_start + cols_per_split
+
+    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    z = tl.zeros((BLOCK_M,), tl.float32)
+    wl = tl.zeros((BLOCK_M,), tl.float32)
+    pos = tl.zeros((BLOCK_M,), tl.float32)
+    offset = 0
+    for seg in tl.static_range(3):
+        present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
+        if present:
+            size = C if seg == 0 else (N if seg == 1 else K)
+            lo = tl.maximum(c_start - offset, 0)
+            hi = tl.minimum(c_end - offset, size)
+            for c0 in range(lo, hi, BLOCK_N):
+                cols = c0 + offs_n
+                col_mask = cols < hi
+                l, w, d = column_tile(
+                    seg, anchors, rows, row_mask, row_labels, cols, col_mask,
+                    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION,
+                )  # fmt: skip
+                m, z = online_lse_step(m, z, l, d)
+                wl += weighted_logit_sum(w, l)
+                pos += tl.sum(w, axis=1)
+            offset += size
+
+    stride_part = num_splits.to(tl.int64) * A
+    out = part_ptr + pid_s.to(tl.int64) * A + rows
+    tl.store(out, m, mask=row_mask)
+    tl.store(out + stride_part, z, mask=row_mask)
+    tl.store(out + 2 * stride_part, wl, mask=row_mask)
+    tl.store(out + 3 * stride_part, pos, mask=row_mask)

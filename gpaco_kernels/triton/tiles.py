@@ -1,0 +1,128 @@
+"""Tile helpers shared by the Triton kernels: loading rows, the logits and weights of a tile of contrast columns,
+one step of the online log-sum-exp, and the gradient factor of a tile.
+
+Conventions of every kernel: a tile is BLOCK_M anchor rows x BLOCK_N columns of one segment (0 class block,
+1 batch, 2 queue); columns past the segment's end are masked (col_mask) and get w = d = 0; row offsets are formed in
+int64 (rows x stride passes 2^31 once N x D does). Masked columns, and columns whose weight is 0, contribute exactly 0
+to every sum whatever the running max is: their exponent or logit is selected out with tl.where before any product, never multiplied
+by 0 afterwards (exp(l - m) is inf when m is far below l, and 0 * inf is NaN).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr):
+    """(len(rows), BLOCK_D) tile of a row-major (rows, D) matrix; 0 outside. UPCAST loads it as float32 (the
+    interpreter's bfloat16 dot is wrong; compiled code keeps half precision)."""
+    offsets = rows.to(tl.int64)[:, None] * stride + offs_d[None, :]
+    x = tl.load(ptr + offsets, mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def segment_weights(
+    SEGMENT: tl.constexpr, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma,
+    EXCLUDE: tl.constexpr,
+):  # fmt: skip
+    """Positive weight w and denominator weight d of a (rows x cols) tile; SEGMENT 0 class block, 1 batch, 2 queue.
+    Columns outside the segment get w = d = 0."""
+    if SEGMENT == 0:
+        own = row_labels[:, None] == cols[None, :]
+        w = tl.where(own, beta_on, beta_off)
+        if EXCLUDE:
+            d = tl.where(own, 0.0, 1.0)
+        else:
+            d = tl.where(own, 1.0, 1.0)
+    elif SEGMENT == 1:
+        other = rows[:, None] != cols[None, :]
+        same = (row_labels[:, None] == col_labels[None, :]) & other
+        w = tl.where(same, alpha, 0.0)
+        d = tl.where(other, gamma, 0.0)
+    else:
+        same = row_labels[:, None] == col_labels[None, :]
+        w = tl.where(same, alpha, 0.0)
+        d = tl.where(same, gamma, gamma)
+    w = tl.where(col_mask[None, :], w, 0.0)
+    d = tl.where(col_mask[None, :], d, 0.0)
+    return w, d
+
+
+@triton.jit
+def segment_logits(
+    FROM_LOGITS: tl.constexpr, anchors, rows, row_mask, cols, col_mask, x_ptr, stride_x, s_ptr, stride_s, bias_ptr,
+    scale, offs_d, D, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Logits of a (rows x cols) tile of one segment: given class logits S, or anchors . X^T; then bias and scale.
+    Masked columns hold -inf (they never win the max)."""
+    if FROM_LOGITS:
+        offsets = rows.to(tl.int64)[:, None] * stride_s + cols[None, :]
+        l = tl.load(s_ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+    else:
+        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+    if HAS_BIAS:
+        l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
+    return tl.where(col_mask[None, :], l * scale, float("-inf"))
+
+
+@triton.jit
+def column_tile(
+    SEGMENT: tl.constexpr, anchors, rows, row_mask, row_labels, cols, col_mask,
+    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+    offs_d, D, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Logits l and weights (w, d) of a (rows x cols) tile of segment SEGMENT: the one place the kernels that sweep
+    anchors over columns turn a tile of columns into numbers."""
+    if SEGMENT == 0:
+        l = segment_logits(FROM_LOGITS, anchors, rows, row_mask, cols, col_mask, centers_ptr, stride_w,
+                           logits_ptr, stride_s, bias_ptr, c_scale, offs_d, D, HAS_BIAS, UPCAST, PRECISION)
+        col_labels = cols
+    elif SEGMENT == 1:
+        l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, feat_ptr, stride_f,
+                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+        col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
+    else:
+        l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, queue_ptr, stride_q,
+                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+        col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
+    w, d = segment_weights(SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off,
+                           gamma, EXCLUDE)  # fmt: skip
+    return l, w, d
+
+
+@triton.jit
+def online_lse_step(m, z, l, d):
+    """Running max m and rescaled sum z = sum d exp(l - m) after one more tile. A row whose logits so far are all
+    -inf keeps m = -inf and z = 0: its shift is taken as 0 (exp(-inf - -inf) would be NaN)."""
+    m_new = tl.maximum(m, tl.max(l, axis=1))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    terms = d * tl.exp(tl.where(d > 0, l - shift[:, None], float("-inf")))
+    return m_new, z * tl.exp(m - shift) + tl.sum(terms, axis=1)
+
+
+@triton.jit
+def weighted_logit_sum(w, l):
+    """sum of w l over a tile's columns, the columns of weight 0 (masked, or a -inf class logit) adding exactly 0."""
+    return tl.sum(w * tl.where(w != 0, l, 0.0), axis=1)
+
+
+@triton.jit
+def gradient_factor(l, w, d, lse, inv_pos):
+    """H = w / P - d exp(l - lse) of a tile: G = a H times the segment's 1/temperature, with the per-anchor a kept
+    out (it is 1/A after a mean, below float16's range at A = 65536: the kernels apply it in float32). |H| <= 1."""
+    p = d * tl.exp(tl.where(d > 0, l - lse[:, None], float("-inf")))
+    return w * inv_pos[:, None] - p
+
+
+# H is scaled by G_SCALE (a power of two, exact) before it is rounded to the input dtype for a tensor-core product,
+# and the product is scaled back in float32: probabilities of order 1/M stay normal float16 numbers up to M ~ 2^29
+# (2^-14 / 2^15) instead of going subnormal past M = 2^14; |H| <= 1 keeps H * G_SCALE below float16's 65504.
+G_SCALE: tl.constexpr = tl.constexpr(32768.0)
