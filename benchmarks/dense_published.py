@@ -31,7 +31,8 @@ def gpaco_dense(
     cls = sup_logits if log_prior is None else sup_logits + log_prior
     logits = torch.cat([cls / supt, sims], dim=1)
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    not_self = torch.scatter(torch.ones_like(same), 1, torch.arange(n_anchors).view(-1, 1), 0)
+    device = features.device  # every tensor made here lives where the inputs do (the published code assumes .cuda())
+    not_self = torch.scatter(torch.ones_like(same), 1, torch.arange(n_anchors, device=device).view(-1, 1), 0)
     same = same * not_self
     if ignore_label is None:
         one_hot = torch.nn.functional.one_hot(anchor_labels.view(-1), num_classes).float()
@@ -39,7 +40,7 @@ def gpaco_dense(
         one_hot = torch.nn.functional.one_hot(anchor_labels.view(-1), num_classes + 1)[:, :-1].float()
     targets = smooth / (num_classes - 1) * (1 - one_hot) + (1 - smooth) * one_hot if smooth else one_hot
     pos_mask = torch.cat([targets * beta, same * alpha], dim=1)
-    denom_mask = torch.cat([torch.ones(n_anchors, num_classes), gamma * not_self], dim=1)
+    denom_mask = torch.cat([torch.ones(n_anchors, num_classes, device=device), gamma * not_self], dim=1)
     exp_logits = torch.exp(logits) * denom_mask
     log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True) + 1e-12)
     n_pos = pos_mask.sum(1) if ignore_label is None else pos_mask.sum(1) + 1e-12
@@ -88,7 +89,7 @@ def supcon_dense(features, labels, *, temperature=0.07, base_temperature=0.07):
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     mask = mask.repeat(n_views, n_views)
     rows = bsz * n_views
-    not_self = torch.scatter(torch.ones_like(mask), 1, torch.arange(rows).view(-1, 1), 0)
+    not_self = torch.scatter(torch.ones_like(mask), 1, torch.arange(rows, device=features.device).view(-1, 1), 0)
     mask = mask * not_self
     exp_logits = torch.exp(logits) * not_self
     log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from gpaco_kernels.tools.peak_memory import peak_growth
+import torch
+
+from gpaco_kernels._measure import peak_growth
 
 from .cases import SWEEPS, make_case
 from .providers import PROVIDERS, phases
@@ -23,8 +25,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--provider", choices=PROVIDERS, required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    case = make_case(args.sweep, args.size, device=args.device)
+    case = make_case(args.sweep, args.size, device=args.device, dtype=getattr(torch, args.dtype))
     step = phases(args.provider, case)["fwd+bwd"]
     growth, seconds, _ = peak_growth(step, args.device)
     print(json.dumps(dict(peak_growth_mb=growth, seconds=seconds)))

@@ -116,12 +116,12 @@ def time_point(case, providers, device, *, repeats, time_limit, budget_s, memory
     return records
 
 
-def memory_point(sweep, size, provider, device, *, timeout, dense_need, memory_bytes) -> dict:
+def memory_point(sweep, size, provider, device, *, timeout, dense_need, memory_bytes, dtype="float32") -> dict:
     """Peak memory growth of one fwd+bwd of the provider, in a fresh process."""
     if provider in ("dense", "compiled") and dense_need > memory_bytes:
         return dict(status="oom-predicted", note=f"needs ~{dense_need / 2**30:.0f} GiB")
     cmd = [sys.executable, "-m", "benchmarks.memory", "--sweep", sweep, "--size", str(size), "--provider", provider]
-    cmd += ["--device", str(device)]
+    cmd += ["--device", str(device), "--dtype", dtype]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -177,7 +177,8 @@ def run(args, on_point=None) -> dict:
     for name, why in skipped.items():
         print(f"skipping provider {name}: {why}", file=sys.stderr)
     memory_bytes = int(available_memory_bytes(device) * 0.8)
-    facts = machine_facts(device)
+    facts = dict(machine_facts(device), dtype=args.dtype)
+    dtype = getattr(torch, args.dtype)
     fused = "triton" if device.type == "cuda" else "cpu"
 
     def results(records, partial):
@@ -191,7 +192,7 @@ def run(args, on_point=None) -> dict:
     bar = tqdm(points, desc="benchmarks", unit="point", file=sys.stderr)
     for sweep, size in bar:
         bar.set_postfix_str(f"{sweep} {size}")
-        case = make_case(sweep, size, device=device)
+        case = make_case(sweep, size, device=device, dtype=dtype)
         active = [p for p in providers if (sweep, p) not in stopped]
         timing = time_point(
             case,
@@ -222,6 +223,7 @@ def run(args, on_point=None) -> dict:
                         timeout=args.time_limit * 4 + 120,
                         dense_need=dense_need,
                         memory_bytes=memory_bytes,
+                        dtype=args.dtype,
                     )
                 if rec["time"]["status"] != "ok":
                     stopped[(sweep, provider)] = dict(status=rec["time"]["status"], size=size)
@@ -360,6 +362,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sweeps", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--machine", help="results folder name (default: derived from the device)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds one step may take")

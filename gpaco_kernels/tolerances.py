@@ -1,7 +1,9 @@
 """How close each backend must come to the float64 reference, by backend and dtype: one table for the test suite
 and `python -m gpaco_kernels.selfcheck`.
 
-Two checks per result (values and every gradient), with scale = 1 + max |float64 result|:
+Two checks per result (values and every gradient), with scale = max |float64 result| (1 where that is 0), so that
+a gradient of size 1e-5 is held to the same relative accuracy as one of size 1, plus two steps of the dtype's
+subnormal spacing (a result that small cannot be more exact in that dtype):
 
 - against float64 (dtype-derived): |backend - truth| <= 2 |reference in the dtype - truth| + atol * scale
   + rtol * |truth|. The reference computed on the same rounded inputs shows what the dtype costs by itself; atol/rtol
@@ -54,16 +56,20 @@ def within(got: torch.Tensor, truth: torch.Tensor, same_dtype_ref: torch.Tensor,
     if not torch.isfinite(got).all():
         problems.append("non-finite values where the float64 reference is finite")
         return problems
-    scale = 1.0 + truth.abs().max().item() if truth.numel() else 1.0
+    scale = truth.abs().max().item() if truth.numel() else 0.0
+    scale = scale if scale > 0 else 1.0
+    floor = 2 * torch.finfo(dtype).eps * torch.finfo(dtype).tiny  # spacing of the dtype's subnormal numbers
     atol, rtol = VS_FLOAT64[dtype]
     own = (ref - truth).abs().max().item() if truth.numel() else 0.0
     err = (got - truth).abs() - rtol * truth.abs()
     worst = err.max().item() if truth.numel() else 0.0
-    if worst > 2 * own + atol * scale:
+    if worst > 2 * own + atol * scale + floor:
         problems.append(f"vs float64: off by {worst:.3g} > 2 x {own:.3g} (the dtype's own error) + {atol * scale:.3g}")
     if dtype in HALF:
         atol, rtol = VS_SAME_INPUTS[(backend, dtype)]
         err = ((got - ref).abs() - rtol * ref.abs()).max().item() if truth.numel() else 0.0
-        if err > atol * scale:
-            problems.append(f"vs the reference on the same {dtype} inputs: off by {err:.3g} > {atol * scale:.3g}")
+        if err > atol * scale + floor:
+            problems.append(
+                f"vs the reference on the same {dtype} inputs: off by {err:.3g} > {atol * scale + floor:.3g}"
+            )
     return problems

@@ -6,7 +6,7 @@ import pytest
 
 from gpaco_kernels.tools import compile_report as report
 
-paco = pytest.importorskip("gpaco_kernels.triton.paco")
+configs = pytest.importorskip("gpaco_kernels.triton.configs")
 
 # A loop from 0x0100 back-branching at 0x0300: one spill store inside it, one load after it.
 SASS = """
@@ -26,21 +26,32 @@ def test_spills_inside_loops_are_told_apart_from_cold_ones():
     assert report.spill_instructions(SASS.replace("STL [R1+0x4], R2", "FADD R2, R2, R2")) == (0, 2)
 
 
-def test_every_kernel_and_launch_config_is_covered():
-    kernels = {name[len("_paco_") : -len("_kernel")] for name in dir(paco) if name.endswith("_kernel")}
-    assert kernels == set(report.VARIANTS)
+def test_every_kernel_and_autotune_candidate_is_covered():
+    import pathlib
+
+    import gpaco_kernels.triton as package
+
+    files = {p.stem for p in pathlib.Path(package.__file__).parent.glob("paco_*.py")}
+    assert {f"paco_{kind}" for kind in report.VARIANTS} == files == {f"paco_{k}" for k in configs.KERNELS}
     todo = report.cases([80, 90], [16, 32, 64, 128])
-    for kind, precision_class in paco.CONFIGS:
+    for (kind, precision_class), candidates in configs.CANDIDATES.items():
         dtypes = ["fp32"] if precision_class == "fp32" else ["bf16", "fp16"]
         for dtype in dtypes:
-            mine = [c for c in todo if c.kind == kind and report.PRECISIONS[c.precision][0] == dtype]
-            covered = {(c.arch, c.block_d) for c in mine}
-            assert covered == {(a, d) for a in (80, 90) for d in (16, 32, 64, 128)}, (kind, dtype)
+            for candidate in candidates:  # every configuration autotune may pick, at every BLOCK_D, both archs
+                mine = [
+                    c
+                    for c in todo
+                    if c.kind == kind and report.PRECISIONS[c.precision][0] == dtype and c.config == candidate
+                ]
+                covered = {(c.arch, c.block_d) for c in mine}
+                assert covered == {(a, d) for a in (80, 90) for d in (16, 32, 64, 128)}, (kind, dtype, candidate)
+                variants = {c.variant for c in mine if c.block_d == 128}
+                assert variants == set(report.VARIANTS[kind]), (kind, candidate)
 
 
 @pytest.mark.parametrize("kind", sorted(report.VARIANTS))
 def test_signatures_name_every_argument(kind):
-    fn = getattr(paco, f"_paco_{kind}_kernel")
+    fn = report.kernel(kind)
     for flags in report.VARIANTS[kind].values():
         constexprs = dict(flags, BLOCK_M=16, BLOCK_N=16, BLOCK_D=32, UPCAST=False, PRECISION="ieee")
         signature, attrs = report._signature(fn, "bf16", constexprs)
@@ -50,8 +61,12 @@ def test_signatures_name_every_argument(kind):
 
 
 def test_a_spilling_or_oversized_kernel_fails_the_report():
-    ok = report.Result(report.Case("fwd", "pixel", "bf16", 128, 80), registers=200, stack=0, shared=64 * 1024)
+    case = report.Case("fwd", "pixel", "bf16", 128, 80, (64, 64, 8, 3))
+    ok = report.Result(case, registers=200, stack=0, hot_spills=0, cold_spills=0, shared=64 * 1024)
     assert ok.problems() == []
-    assert "spills" in report.Result(**{**ok.__dict__, "stack": 8, "hot_spills": 0, "cold_spills": 2}).problems()[0]
+    cold = report.Result(**{**ok.__dict__, "stack": 8, "hot_spills": 0, "cold_spills": 2})
+    assert cold.problems() == [] and "cold spill" in report.format_line(cold)
+    assert "spills" in report.Result(**{**ok.__dict__, "stack": 8, "hot_spills": 1, "cold_spills": 1}).problems()[0]
+    assert "spills" in report.Result(**{**ok.__dict__, "stack": 40, "hot_spills": 0, "cold_spills": 9}).problems()[0]
     assert "shared memory" in report.Result(**{**ok.__dict__, "shared": 200 * 1024}).problems()[0]
     assert "compile failed" in report.Result(ok.case, error="PTXASError: x").problems()[0]

@@ -1,5 +1,5 @@
-"""The C++ backend as a custom op: opcheck, torch.compile(fullgraph=True), indices past 2^31, thread counts, and a
-missing extension."""
+"""The C++ backend: its label check, indices past 2^31, thread counts, a missing extension, and a float cancellation
+regression. (opcheck and torch.compile of every backend's op: tests/test_op.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 
 import gpaco_kernels as gk
 from gpaco_kernels.functional import canonicalize
+from gpaco_kernels.ops import ContrastInputs, cpu_backend
+from gpaco_kernels.ops.op import call_forward
 
 from helpers import assert_close
 
@@ -38,49 +40,15 @@ def _problem(dtype=torch.float64, centers=False, seed=0):
     return feats, labels, kw
 
 
-@pytest.mark.parametrize("centers", [False, True])
-@pytest.mark.parametrize("unit_gradients", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_opcheck(centers, unit_gradients, dtype):
-    from gpaco_kernels.ops.cpu_backend import _op_args
-
-    feats, labels, kw = _problem(dtype, centers)
-    x, cfg, _ = canonicalize(feats, labels, backend="cpu", **kw)
-    torch.library.opcheck(torch.ops.gpaco.paco_forward.default, _op_args(x, cfg) + (unit_gradients,))
-
-
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_torch_compile_fullgraph(reduction):
-    torch._dynamo.reset()
-    feats, labels, kw = _problem(torch.float32)
-    logits = kw.pop("center_logits")
-
-    def loss_fn(f, s):
-        out = gk.fused_paco_loss(f, labels, center_logits=s, backend="cpu", reduction=reduction, **kw)
-        return out.sum() * 1.5 if reduction == "none" else out
-
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    got = compiled(feats, logits)
-    got_grads = torch.autograd.grad(got, [feats, logits])
-    want = loss_fn(feats, logits)
-    want_grads = torch.autograd.grad(want, [feats, logits])
-    assert_close(got, want, atol=1e-6, rtol=1e-6, name="compiled loss")
-    for g, w in zip(got_grads, want_grads):
-        assert_close(g, w, atol=1e-6, rtol=1e-6, name="compiled gradient")
-
-
 def test_kernel_checks_labels_itself():
-    """Under torch.compile the Python value checks are skipped; the kernel still refuses labels out of range."""
-    from gpaco_kernels.ops.cpu_backend import _op_args
-
+    """Under torch.compile the Python value checks are skipped; the C++ kernel still refuses labels out of range."""
     feats, labels, kw = _problem(torch.float32)
     x, cfg, _ = canonicalize(feats, labels, backend="cpu", **kw)
     bad = x.labels.clone()
     bad[2] = 3
-    args = list(_op_args(x, cfg))
-    args[1] = bad
+    x = ContrastInputs(x.features, bad, *x.tensors()[2:])
     with pytest.raises(RuntimeError, match=r"labels must be in \[0, 3\).*found 3"):
-        torch.ops.gpaco.paco_forward(*args, False)
+        call_forward(cpu_backend.OPS[0], x, cfg.op_params(), False)
 
 
 def test_thread_counts_agree():

@@ -1,5 +1,6 @@
-"""Triton launch schedule (under TRITON_INTERPRET=1): the column split chosen for few anchors x long queues, and
-split ranges that cut through tiles and segments, forward and row backward, against the reference."""
+"""Triton launch schedule (under TRITON_INTERPRET=1): the column split read from the device's SM count, split ranges
+that cut through tiles and segments (forward and row backward) against the reference, the autotune setup, and the
+device guard."""
 
 from __future__ import annotations
 
@@ -8,28 +9,41 @@ import torch
 
 import gpaco_kernels as gk
 
-from helpers import assert_close
+from helpers import assert_close, need_backend
 from test_backends import make_case
 
-paco = pytest.importorskip("gpaco_kernels.triton.paco")
-pytestmark = pytest.mark.skipif("triton" not in gk.available_backends("cpu"), reason="needs TRITON_INTERPRET=1")
+launch = pytest.importorskip("gpaco_kernels.triton.launch")
+configs = pytest.importorskip("gpaco_kernels.triton.configs")
 
 
-@pytest.mark.parametrize("kind", ["fwd", "bwd_rows"])
-def test_paco_shape_splits_columns_to_fill_the_gpu(kind):
+@pytest.mark.parametrize("precision", ["half", "fp32"])
+@pytest.mark.parametrize("sms", [132, 108, 78])  # H100 SXM, A100, a smaller part
+def test_lt_shape_splits_columns_to_fill_the_device(precision, sms):
     # GPaCo ImageNet-LT: 256 anchors against 1000 classes + 256 batch rows + 8192 queue rows.
-    for precision in ("half", "fp32"):
-        conf = paco.CONFIGS[(kind, precision)]
-        grid, per_split, splits = paco._split_grid(conf, 256, 1000 + 256 + 8192)
-        assert grid[0] * grid[1] >= 100 and splits > 1  # most of an H100's 132 SMs (4 anchor blocks without)
-        assert per_split % conf["BLOCK_N"] == 0 and per_split * (splits - 1) < 9448 <= per_split * splits
-    # Enough anchors to fill the GPU by themselves: no split.
-    assert paco._split_grid(paco.CONFIGS[(kind, "half")], 65536, 65686)[2] == 1
+    total = 1000 + 256 + 8192
+    per_split = launch.column_split(256, total, precision, sms)
+    splits = -(-total // per_split)
+    block_m = min(c[0] for c in configs.CANDIDATES[("fwd", precision)])
+    programs = -(-256 // block_m) * splits
+    assert programs >= sms and splits > 1  # at least one program per SM (4 to 16 anchor blocks without a split)
+    assert per_split % configs.SPLIT_UNIT == 0 and per_split >= launch.MIN_SPLIT_COLUMNS
+    # Every BLOCK_N autotune may pick divides the split, so no tile straddles two splits.
+    assert all(per_split % c[1] == 0 for kind in configs.KERNELS for c in configs.CANDIDATES[(kind, precision)])
+
+
+def test_enough_anchors_do_not_split():
+    assert launch.column_split(65536, 65686, "half", 132) == 65686
+
+
+def test_split_follows_the_devices_sm_count():
+    small, large = (launch.column_split(256, 9448, "half", sms) for sms in (20, 132))
+    assert small > large  # fewer SMs: fewer, longer splits
 
 
 @pytest.mark.parametrize("cols_per_split", [None, 24, 5])  # no split; splits cutting tiles and segments
 def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_split):
-    monkeypatch.setattr(paco, "FORCE_COLS_PER_SPLIT", cols_per_split)
+    need_backend("triton")
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
     kw, grad_args = make_case("logits+prior", seed=5)
     kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
     upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"])
@@ -42,6 +56,38 @@ def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_spl
     assert_close(results["triton"][0], results["reference"][0], atol=2e-5, rtol=2e-5, name="loss")
     for k in grad_args:
         assert_close(results["triton"][1][k], results["reference"][1][k], atol=2e-5, rtol=2e-5, name=f"d{k}")
+
+
+def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_and_dim():
+    for kind in configs.KERNELS:
+        for precision in ("half", "fp32"):
+            assert configs.CANDIDATES[(kind, precision)], (kind, precision)
+    assert configs.AUTOTUNE_KEY == ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
+    assert [configs.bucket(n) for n in (1, 17, 256, 257)] == [1, 32, 256, 512]
+    # The pruner keeps the candidates of the input's precision class (compiled path; the interpreter has one).
+    all_configs, classes = configs._full_autotune_configs("fwd")
+    prune = configs.pruner(classes, interpret=False)
+    half = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.bfloat16)})
+    fp32 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)})
+    assert len(half) == len(configs.CANDIDATES[("fwd", "half")]) and all(classes[c] == "half" for c in half)
+    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")]) and all(classes[c] == "fp32" for c in fp32)
+
+
+def test_only_bfloat16_is_upcast_under_the_interpreter():
+    need_backend("triton")
+    assert launch._upcast(torch.bfloat16) and not launch._upcast(torch.float16) and not launch._upcast(torch.float32)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (device guard)")
+def test_tensors_on_another_gpu_than_the_current_one():
+    torch.cuda.set_device(0)
+    kw, _ = make_case("base")
+    kw = {k: v.to("cuda:1").float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    kw = {k: v.to("cuda:1") if torch.is_tensor(v) else v for k, v in kw.items()}
+    got = gk.fused_paco_loss(**kw, backend="triton")
+    want = gk.fused_paco_loss(**{k: v.cpu() if torch.is_tensor(v) else v for k, v in kw.items()}, backend="reference")
+    assert got.device == torch.device("cuda:1")
+    assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4, name="loss on cuda:1")
 
 
 def test_gpu_model_counts_the_schedules_products():

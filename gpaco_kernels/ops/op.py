@@ -2,9 +2,10 @@
 
 Every compiled or streaming backend ("torch", "cpu", "triton") implements the same pair of operators
 
-    gpaco::<backend>_forward   inputs -> (loss, lse, pos, unit_grad_features, unit_grad_center_logits, unit_grad_centers)
-    gpaco::<backend>_backward  inputs, lse, pos, grad_loss, unit grads, needs -> (grad_features, grad_center_logits,
-                               grad_centers)
+    gpaco::<backend>_forward   inputs -> (loss, lse, pos, unit_grad_features, unit_grad_center_logits,
+                               unit_grad_centers)
+    gpaco::<backend>_backward  inputs, lse, pos, grad_loss, unit grads, needs -> (grad_features,
+                               grad_center_logits, grad_centers)
 
 with one schema, the fake implementation `_fake_forward` / `_fake_backward` and the autograd formula
 `_setup_context` / `_backward_formula`, all written once here and registered on each backend's pair by
@@ -60,7 +61,7 @@ def check_inputs(x: ContrastInputs, p: OpParams) -> None:
         torch._check(x.center_bias.shape == (C,), lambda: f"center_bias must be ({C},)")
     for name, t in (("queue", x.queue), ("center_logits", x.center_logits), ("centers", x.centers)):
         if t is not None:
-            torch._check(t.dtype == f.dtype, lambda: f"{name} must have the dtype of features ({f.dtype})")
+            torch._check(t.dtype == f.dtype, lambda name=name: f"{name} must have the dtype of features ({f.dtype})")
 
 
 def _empty(features: torch.Tensor) -> torch.Tensor:
@@ -97,9 +98,7 @@ def _backward_formula(backward_op):
     def backward(ctx, grad_loss, *_grads_of_statistics):
         *tensors, lse, pos, unit_f, unit_s, unit_w = ctx.saved_tensors
         need = [ctx.needs_input_grad[i] for i in _GRAD_INPUTS.values()]
-        grads = backward_op(
-            *tensors, *ctx.scalars, lse, pos, grad_loss.contiguous(), unit_f, unit_s, unit_w, *need
-        )
+        grads = backward_op(*tensors, *ctx.scalars, lse, pos, grad_loss.contiguous(), unit_f, unit_s, unit_w, *need)
         out = [None] * (N_TENSORS + N_SCALARS + 1)
         for (_, index), wanted, g in zip(_GRAD_INPUTS.items(), need, grads):
             out[index] = g if wanted else None
@@ -172,7 +171,8 @@ def _backward_signature(impl):
 def define_backend_ops(backend: str, forward_impl, backward_impl, *, device_types=None, factory=None):
     """Register gpaco::<backend>_forward / _backward with the shared schema, fake and autograd formula.
 
-    forward_impl(x, p, unit_gradients) -> the six outputs of the forward signature (contiguous, dtypes as _fake_forward);
+    forward_impl(x, p, unit_gradients) -> the six outputs of the forward signature (contiguous, dtypes as
+    _fake_forward);
     backward_impl(x, p, lse, pos, grad_loss, unit_grads, needs) -> the three gradients (as _fake_backward).
     factory: torch.library.custom_op (default; opaque to torch.compile) or torch.library.triton_op (torch.compile
     sees the Triton kernels inside). Returns (forward op, backward op)."""

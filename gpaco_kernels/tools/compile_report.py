@@ -4,13 +4,17 @@
 
 No GPU is needed: triton lowers each kernel to PTX and a cubin for the target, and the cuobjdump shipped with
 triton reads registers and local memory (STACK, i.e. spills) from the cubin; shared memory comes from the compile
-metadata. One line per kernel x variant x precision x BLOCK_D x arch. Exits 1 when a kernel fails to compile,
-spills, or needs more shared memory than the arch has.
+metadata. One line per kernel x variant x precision x autotune candidate x BLOCK_D x arch. Exits 1 when a kernel
+fails to compile, spills inside a loop, spills more than COLD_SPILL_LIMIT bytes outside loops, or needs more shared
+memory than the arch has. A few bytes spilled outside every loop (values computed before the column loop and read
+after it, which ptxas parks in local memory: one store and one load per program) are shown as "cold spill", not
+failed: they cost a handful of instructions per program against the thousands of the loop.
 
-What is compiled is what the launchers in gpaco_kernels/triton/paco.py can launch: each kernel with its launch
-configuration for that input dtype (CONFIGS), the constexpr flags of the workloads users run (VARIANTS), every
-BLOCK_D for the variant with the most live tiles, and D = 128 for the others; pointers and strides carry the
-16-byte divisibility the JIT would specialize on for contiguous tensors with D a multiple of 16.
+What is compiled is everything the launchers in gpaco_kernels/triton/launch.py can launch: each kernel with every
+configuration autotune may pick for that input dtype (gpaco_kernels/triton/configs.py, CANDIDATES), the constexpr
+flags of the workloads users run (VARIANTS), every BLOCK_D for the variant with the most live tiles, and D = 128 for
+the others; pointers and strides carry the 16-byte divisibility the JIT would specialize on for contiguous tensors
+with D a multiple of 16.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 # Per-block shared memory limits (bytes) and the register file limit per thread.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 MAX_REGISTERS = 255
+COLD_SPILL_LIMIT = 32  # bytes per thread spilled outside every loop that still pass
 
 PRECISIONS = {  # name -> (input dtype, tl.dot input_precision for float32 operands)
     "fp32-ieee": ("fp32", "ieee"),
@@ -72,7 +77,7 @@ VARIANTS = {
 
 # Pointer arguments that are not of the input dtype.
 _INDEX_POINTERS = {"label_ptr", "queue_label_ptr"}
-_FLOAT32_POINTERS = {"part_ptr", "bias_ptr", "lse_ptr", "coef_ptr", "coef_pos_ptr", "grad_anchor_ptr", "grad_cols_ptr"}
+_FLOAT32_POINTERS = {"part_ptr", "bias_ptr", "lse_ptr", "coef_ptr", "inv_pos_ptr", "grad_anchor_ptr", "grad_cols_ptr"}
 _FLOAT_SCALARS = {"t_scale", "c_scale", "scale", "alpha", "beta_on", "beta_off", "gamma"}
 
 
@@ -83,6 +88,7 @@ class Case:
     precision: str
     block_d: int
     arch: int
+    config: tuple = ()  # (BLOCK_M, BLOCK_N, num_warps, num_stages), one of the autotune candidates
 
 
 @dataclass
@@ -101,7 +107,7 @@ class Result:
         if self.error:
             return [f"compile failed: {self.error}"]
         found = []
-        if self.stack > 0:
+        if self.hot_spills > 0 or self.stack > COLD_SPILL_LIMIT:
             found.append(
                 f"spills ({self.stack} B of local memory per thread; {self.hot_spills} spill loads/stores in loops, "
                 f"{self.cold_spills} outside)"
@@ -114,14 +120,18 @@ class Result:
 
 
 def cases(archs, dims, only=None) -> list[Case]:
+    from gpaco_kernels.triton.configs import CANDIDATES
+
     out = []
     for kind, variants in VARIANTS.items():
         if only and kind not in only:
             continue
         for i, variant in enumerate(variants):
             for precision in PRECISIONS:
-                for block_d in dims if i == 0 else [max(dims)]:
-                    out.extend(Case(kind, variant, precision, block_d, arch) for arch in archs)
+                klass = "fp32" if PRECISIONS[precision][0] == "fp32" else "half"
+                for config in CANDIDATES[(kind, klass)]:
+                    for block_d in dims if i == 0 else [max(dims)]:
+                        out.extend(Case(kind, variant, precision, block_d, arch, config) for arch in archs)
     return out
 
 
@@ -154,6 +164,9 @@ def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
             attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
         elif name in _FLOAT_SCALARS:
             signature[name] = "fp32"
+        elif name.endswith("_bucket"):  # autotune key only: powers of two
+            signature[name] = "i32"
+            attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = "i32"
             if name.startswith("stride") or name == "D":
@@ -161,16 +174,15 @@ def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
     return signature, attrs
 
 
-def _cuobjdump(cubin: bytes) -> str:
-    """Resource usage and SASS of a cubin, in one run of the cuobjdump shipped with triton."""
+def _cuobjdump(cubin: bytes, *args: str) -> str:
+    """Output of the cuobjdump shipped with triton on a cubin (resource usage: ms; SASS: about a second)."""
     import triton
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        cmd = [tool, "--dump-resource-usage", "-sass", f.name]
-        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return subprocess.run([tool, *args, f.name], capture_output=True, text=True, check=True).stdout
 
 
 def _resource_usage(text: str) -> tuple[int, int]:
@@ -202,29 +214,40 @@ def spill_instructions(sass: str) -> tuple[int, int]:
     return hot, len(spills) - hot
 
 
+def kernel(kind: str):
+    """The @triton.jit function of kernel `kind` (fwd, bwd_rows, bwd_cols), unwrapped from its autotuner."""
+    import importlib
+
+    module = importlib.import_module(f"gpaco_kernels.triton.paco_{kind}")
+    fn = getattr(module, f"_paco_{kind}_kernel")
+    return getattr(fn, "fn", fn)
+
+
 def compile_case(case: Case) -> Result:
     """Compile one case (in a worker process, with the interpreter off) and measure it."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from gpaco_kernels.triton import paco
-
-    fn = getattr(paco, f"_paco_{case.kind}_kernel")
+    fn = kernel(case.kind)
     dtype, input_precision = PRECISIONS[case.precision]
-    conf = paco.CONFIGS[(case.kind, "fp32" if dtype == "fp32" else "half")]
-    tiles = dict(BLOCK_M=conf["BLOCK_M"], BLOCK_N=conf["BLOCK_N"], BLOCK_D=case.block_d)
+    block_m, block_n, num_warps, num_stages = case.config
+    tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=case.block_d)
     constexprs = dict(VARIANTS[case.kind][case.variant], **tiles, UPCAST=False, PRECISION=input_precision)
-    result = Result(case, config=f"{conf['BLOCK_M']}x{conf['BLOCK_N']} w{conf['num_warps']} s{conf['num_stages']}")
+    result = Result(case, config=f"{block_m}x{block_n} w{num_warps} s{num_stages}")
     start = time.perf_counter()
     try:
         signature, attrs = _signature(fn, dtype, constexprs)
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        options = dict(num_warps=conf["num_warps"], num_stages=conf["num_stages"])
-        kernel = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
-        dump = _cuobjdump(kernel.asm["cubin"])
-        result.registers, result.stack = _resource_usage(dump)
-        result.hot_spills, result.cold_spills = spill_instructions(dump)
-        result.shared = kernel.metadata.shared
+        options = dict(num_warps=num_warps, num_stages=num_stages)
+        compiled = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
+        cubin = compiled.asm["cubin"]
+        result.registers, result.stack = _resource_usage(_cuobjdump(cubin, "--dump-resource-usage"))
+        result.hot_spills = result.cold_spills = 0
+        if (
+            result.stack > 0
+        ):  # where the spills are (inside loops or not) is read from the SASS, only when there are some
+            result.hot_spills, result.cold_spills = spill_instructions(_cuobjdump(cubin, "-sass"))
+        result.shared = compiled.metadata.shared
     except Exception as exc:  # reported as a failed line, not raised: the report covers every case
         result.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     result.seconds = time.perf_counter() - start
@@ -237,6 +260,8 @@ def format_line(r: Result) -> str:
     if r.error:
         return f"{head} FAILED  {r.error}"
     status = "ok" if not r.problems() else "FAIL: " + "; ".join(r.problems())
+    if status == "ok" and r.stack > 0:
+        status = f"ok (cold spill: {r.cold_spills} local loads/stores outside loops)"
     return f"{head} regs {r.registers:>3}  spill {r.stack:>3} B  shared {r.shared / 1024:5.1f} KB  {status}"
 
 

@@ -2,7 +2,8 @@
 
     python -m gpaco_kernels.tools.gpu_model [--workload gpaco-lt pixel] [--batch N] [--dtype bf16 fp32-tf32]
 
-For each kernel launch the launchers would make (grid, tiles and column splits from gpaco_kernels/triton/paco.py),
+For each kernel launch the launchers would make (grid and column splits from gpaco_kernels/triton/launch.py, tiles
+of the first autotune candidate of gpaco_kernels/triton/configs.py),
 it counts per program the tensor-core FLOPs of its tl.dot calls (logits, and their recompute in the backward), the
 exps, and the bytes it reads; and for the launch the bytes every program needs from memory at least once (unique
 bytes: inputs, saved statistics, outputs). Programs are spread evenly over the SMs, so
@@ -48,17 +49,17 @@ class Launch:
         return max(waves * per_program, self.unique_bytes / gpu["hbm_bytes_per_s"])
 
 
-def schedule(sizes: dict, dtype: str) -> list[Launch]:
+def schedule(sizes: dict, dtype: str, gpu=H100) -> list[Launch]:
     """The kernel launches of one forward+backward of fused_paco_loss on these sizes (features and center logits
     requiring grad for 'gpaco-lt'; features and fused centers for 'pixel' when centers is set)."""
-    from gpaco_kernels.triton import paco
+    from gpaco_kernels.triton import configs, launch
 
     A, N, K, C, D = sizes["anchors"], sizes["batch"], sizes["queue"], sizes["classes"], sizes["dim"]
     fused_centers = sizes.get("centers", False)  # class logits from <f, w_c> (a dot) instead of given S
     b = ITEM_BYTES[dtype]
     kind = "fp32" if dtype.startswith("fp32") else "half"
-    fwd, rows, cols = (paco.CONFIGS[(k, kind)] for k in ("fwd", "bwd_rows", "bwd_cols"))
-    block_d = paco._block_d(D)
+    fwd, rows, cols = (configs.CANDIDATES[(k, kind)][0] for k in ("fwd", "bwd_rows", "bwd_cols"))
+    block_d = max(16, 1 << (D - 1).bit_length())
     dot_cols = N + K + (C if fused_centers else 0)  # columns whose logits come from a product with the anchors
     total = N + K + C
     class_bytes = C * block_d * b if fused_centers else A * C * b  # centers W, or the given logits S
@@ -67,8 +68,9 @@ def schedule(sizes: dict, dtype: str) -> list[Launch]:
     def row_launch(name, conf, products, extra_bytes):
         """A row kernel on its launcher's grid (anchor blocks x column splits): each program runs `products` tile
         products over its share of the columns; extra_bytes(splits) is what it writes beyond reading the inputs."""
-        (row_blocks, splits), _, _ = paco._split_grid(conf, A, total)
-        bm = conf["BLOCK_M"]
+        bm = conf[0]
+        splits = math.ceil(total / launch.column_split(A, total, kind, gpu["sms"]))
+        row_blocks = math.ceil(A / bm)
         return Launch(
             name,
             row_blocks * splits,
@@ -80,12 +82,12 @@ def schedule(sizes: dict, dtype: str) -> list[Launch]:
     launches = [
         # + the splits' partial (m, z, sum w l, P)
         row_launch("fwd", fwd, 1, lambda splits: 4 * splits * A * 4),
-        # logits recomputed, then G X; + saved (lse, a, a / P), the splits' parts of dAnchors, dS
+        # logits recomputed, then H X; + saved (lse, a, 1 / P), the splits' parts of dAnchors, dS
         row_launch(
             "bwd_rows", rows, 2, lambda splits: 3 * A * 4 + splits * A * D * 4 + (0 if fused_centers else A * C * b)
         ),
     ]
-    bn = cols["BLOCK_N"]
+    bn = cols[1]
     for name, ncols in (("bwd_cols batch", N), ("bwd_cols centers", C if fused_centers else 0)):
         if ncols:
             launches.append(

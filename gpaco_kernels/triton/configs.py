@@ -23,16 +23,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # (kernel, precision class) -> candidates as (BLOCK_M, BLOCK_N, num_warps, num_stages). The first is the one the
 # previous, hand-picked schedule used.
 CANDIDATES = {
-    ("fwd", "half"): [(64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3)],
-    ("bwd_rows", "half"): [(64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
-    ("bwd_cols", "half"): [(64, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
-    ("fwd", "fp32"): [(32, 32, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
-    ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
-    ("bwd_cols", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1), (16, 64, 4, 1)],
+    ("fwd", "half"): [(64, 64, 8, 3), (32, 64, 4, 3)],
+    ("bwd_rows", "half"): [(64, 64, 8, 2), (32, 64, 4, 2)],
+    ("bwd_cols", "half"): [(64, 32, 4, 2), (32, 64, 4, 2)],
+    ("fwd", "fp32"): [(32, 32, 4, 2), (16, 32, 4, 2)],
+    ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1)],
+    ("bwd_cols", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1)],
 }
 KERNELS = ("fwd", "bwd_rows", "bwd_cols")
 INTERPRET_CONFIG = (32, 32, 4, 1)
-SPLIT_UNIT = 128  # a column split is a multiple of this, and so of every BLOCK_N above
+SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
 AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
 
 
@@ -44,28 +44,22 @@ def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
-def candidates(kind: str, precision: str) -> list[tuple]:
-    return [INTERPRET_CONFIG] if INTERPRET else CANDIDATES[(kind, precision)]
-
-
-def autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
-    """The triton.Config list of one kernel (every precision class) and the class of each config."""
+def _full_autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
+    """Every candidate of one kernel as a triton.Config (every precision class), and the class of each."""
     configs, classes = [], {}
     for precision in ("half", "fp32"):
-        for entry in candidates(kind, precision):
-            if INTERPRET and configs:
-                break
+        for entry in CANDIDATES[(kind, precision)]:
             config = _config(*entry)
             configs.append(config)
             classes[config] = precision
     return configs, classes
 
 
-def pruner(classes: dict):
+def pruner(classes: dict, interpret: bool = INTERPRET):
     """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr)."""
 
     def prune(configs, named_args, **kwargs):
-        if INTERPRET:
+        if interpret:
             return configs
         wanted = precision_class(named_args["feat_ptr"].dtype)
         return [c for c in configs if classes.get(c) == wanted] or configs
@@ -74,8 +68,11 @@ def pruner(classes: dict):
 
 
 def autotune(kind: str):
-    """triton.autotune for kernel `kind`, keyed on the shape buckets, BLOCK_D and precision."""
-    configs, classes = autotune_configs(kind)
+    """triton.autotune for kernel `kind`, keyed on the shape buckets, BLOCK_D and precision; under the interpreter
+    the single INTERPRET_CONFIG (autotune then runs it without timing)."""
+    configs, classes = _full_autotune_configs(kind)
+    if INTERPRET:
+        configs, classes = [_config(*INTERPRET_CONFIG)], {}
     return triton.autotune(configs=configs, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": pruner(classes)})
 
 

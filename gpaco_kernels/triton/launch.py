@@ -34,7 +34,7 @@ INTERPRETER_SM_COUNT = 132  # the interpreter has no device: the split is comput
 FORCE_COLS_PER_SPLIT = None  # tests set it to exercise the split-columns variant on small shapes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count

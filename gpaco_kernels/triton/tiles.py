@@ -4,8 +4,8 @@ one step of the online log-sum-exp, and the gradient factor of a tile.
 Conventions of every kernel: a tile is BLOCK_M anchor rows x BLOCK_N columns of one segment (0 class block,
 1 batch, 2 queue); columns past the segment's end are masked (col_mask) and get w = d = 0; row offsets are formed in
 int64 (rows x stride passes 2^31 once N x D does). Masked columns, and columns whose weight is 0, contribute exactly 0
-to every sum whatever the running max is: their exponent or logit is selected out with tl.where before any product, never multiplied
-by 0 afterwards (exp(l - m) is inf when m is far below l, and 0 * inf is NaN).
+to every sum whatever the running max is: their exponent or logit is selected out with tl.where before any product,
+never multiplied by 0 afterwards (exp(l - m) is inf when m is far below l, and 0 * inf is NaN).
 """
 
 from __future__ import annotations
@@ -82,16 +82,67 @@ def column_tile(
     """Logits l and weights (w, d) of a (rows x cols) tile of segment SEGMENT: the one place the kernels that sweep
     anchors over columns turn a tile of columns into numbers."""
     if SEGMENT == 0:
-        l = segment_logits(FROM_LOGITS, anchors, rows, row_mask, cols, col_mask, centers_ptr, stride_w,
-                           logits_ptr, stride_s, bias_ptr, c_scale, offs_d, D, HAS_BIAS, UPCAST, PRECISION)
+        l = segment_logits(
+            FROM_LOGITS,
+            anchors,
+            rows,
+            row_mask,
+            cols,
+            col_mask,
+            centers_ptr,
+            stride_w,
+            logits_ptr,
+            stride_s,
+            bias_ptr,
+            c_scale,
+            offs_d,
+            D,
+            HAS_BIAS,
+            UPCAST,
+            PRECISION,
+        )
         col_labels = cols
     elif SEGMENT == 1:
-        l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, feat_ptr, stride_f,
-                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+        l = segment_logits(
+            False,
+            anchors,
+            rows,
+            row_mask,
+            cols,
+            col_mask,
+            feat_ptr,
+            stride_f,
+            logits_ptr,
+            stride_s,
+            bias_ptr,
+            t_scale,
+            offs_d,
+            D,
+            False,
+            UPCAST,
+            PRECISION,
+        )
         col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
     else:
-        l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, queue_ptr, stride_q,
-                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+        l = segment_logits(
+            False,
+            anchors,
+            rows,
+            row_mask,
+            cols,
+            col_mask,
+            queue_ptr,
+            stride_q,
+            logits_ptr,
+            stride_s,
+            bias_ptr,
+            t_scale,
+            offs_d,
+            D,
+            False,
+            UPCAST,
+            PRECISION,
+        )
         col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
     w, d = segment_weights(SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off,
                            gamma, EXCLUDE)  # fmt: skip

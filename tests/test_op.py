@@ -1,0 +1,139 @@
+"""The one op: every backend's pair of operators has the same schema, passes torch.library.opcheck (schema, fake
+implementation, autograd registration, AOT dispatch), and a training step compiles with torch.compile(fullgraph=True).
+Triton runs under the interpreter here; what the toolchain refuses there is asserted with the error it gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpaco_kernels as gk
+from gpaco_kernels.functional import canonicalize
+from gpaco_kernels.ops.dispatch import load_backend
+from gpaco_kernels.ops.op import call_forward
+
+from helpers import BACKENDS, assert_close, need_backend
+
+# What opcheck runs; the interpreter cannot run AOT dispatch of a triton_op (below).
+ALL_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+INTERPRETER_REFUSES = "data pointer"
+
+
+def _ops(backend):
+    need_backend(backend)
+    return load_backend(backend).OPS
+
+
+def _problem(variant, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(11, 5, generator=gen, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 3, (11,), generator=gen)
+    kw = dict(num_anchors=7, queue=torch.randn(6, 5, generator=gen).to(dtype), queue_labels=torch.randint(0, 3, (6,)))
+    if variant == "centers":
+        kw.update(centers=torch.randn(3, 5, generator=gen).to(dtype).requires_grad_(), label_smoothing=0.1)
+    elif variant == "logits":
+        kw.update(center_logits=torch.randn(7, 3, generator=gen).to(dtype).requires_grad_(), class_counts=[3, 2, 1])
+    return canonicalize(feats, labels, **kw)[:2]
+
+
+def _dtypes(backend):
+    return [torch.float32, torch.float16] if backend == "triton" else [torch.float64, torch.float32, torch.bfloat16]
+
+
+def _checks(backend):
+    return ALL_CHECKS[:3] if backend == "triton" else ALL_CHECKS
+
+
+def test_every_backend_has_the_same_schema():
+    schemas = {}
+    for backend in BACKENDS:
+        forward, backward = _ops(backend)
+        schemas[backend] = tuple(str(op._opoverload._schema).split("(", 1)[1] for op in (forward, backward))
+    assert len(set(schemas.values())) == 1, schemas
+
+
+@pytest.mark.parametrize("variant", ["logits", "centers", "none"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_forward(backend, variant):
+    forward, _ = _ops(backend)
+    unit_options = [False, True] if getattr(load_backend(backend), "UNIT_GRADIENTS", False) else [False]
+    for dtype in _dtypes(backend):
+        x, cfg = _problem(variant, dtype)
+        for unit in unit_options:
+            args = (*x.tensors(), *cfg.op_params().astuple(), unit)
+            torch.library.opcheck(forward._opoverload, args, test_utils=_checks(backend))
+
+
+@pytest.mark.parametrize("variant", ["logits", "centers"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_backward(backend, variant):
+    forward, backward = _ops(backend)
+    for dtype in _dtypes(backend):
+        x, cfg = _problem(variant, dtype)
+        p = cfg.op_params()
+        with torch.no_grad():
+            _, lse, pos, *units = call_forward(forward, x, p, False)
+        grad_loss = torch.linspace(-1, 2, p.num_anchors, dtype=lse.dtype)
+        needs = (True, x.center_logits is not None, x.centers is not None)
+        args = (*[t.detach() if t is not None else None for t in x.tensors()], *p.astuple(), lse, pos, grad_loss)
+        torch.library.opcheck(backward._opoverload, (*args, *units, *needs), test_utils=_checks(backend)[:3])
+
+
+def test_triton_aot_dispatch_is_refused_under_the_interpreter():
+    """AOT dispatch traces into a triton_op (that is what lets torch.compile see the kernels on a GPU); under the
+    interpreter the traced kernel is then run on tensors without storage, which the interpreter refuses."""
+    forward, _ = _ops("triton")
+    x, cfg = _problem("logits", torch.float32)
+    args = (*x.tensors(), *cfg.op_params().astuple(), False)
+    with pytest.raises(Exception, match=INTERPRETER_REFUSES):
+        torch.library.opcheck(forward._opoverload, args, test_utils=("test_aot_dispatch_dynamic",))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(6, 5)
+        self.head = torch.nn.Linear(5, 3)
+
+
+def _step(net, inputs, labels, queue, queue_labels, backend, reduction):
+    feats = net.body(inputs)
+    out = gk.fused_paco_loss(
+        feats,
+        labels,
+        queue=queue,
+        queue_labels=queue_labels,
+        center_logits=net.head(feats),
+        class_counts=[3, 2, 1],
+        alpha=0.5,
+        normalize=True,
+        backend=backend,
+        reduction=reduction,
+    )
+    return out.sum() * 1.5 if reduction == "none" else out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_step_compiles_with_fullgraph(backend, reduction):
+    need_backend(backend)
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = _Net()
+    inputs, labels = torch.randn(10, 6, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+    queue, queue_labels = torch.randn(4, 5, generator=gen), torch.randint(0, 3, (4,), generator=gen)
+    args = (inputs, labels, queue, queue_labels, backend, reduction)
+
+    want = _step(net, *args)
+    want_grads = torch.autograd.grad(want, list(net.parameters()))
+    compiled = torch.compile(_step, fullgraph=True)
+    if backend == "triton":
+        with pytest.raises(Exception, match=INTERPRETER_REFUSES):
+            compiled(net, *args)
+        return
+    got = compiled(net, *args)
+    got_grads = torch.autograd.grad(got, list(net.parameters()))
+    assert_close(got, want, atol=2e-5, rtol=2e-5, name="compiled loss")
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, atol=2e-5, rtol=2e-5, name="compiled gradient")
