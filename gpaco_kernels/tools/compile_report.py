@@ -1,6 +1,7 @@
 """Compile every Triton kernel ahead of time for A100 (sm_80) and H100 (sm_90) and report its resources.
 
     python -m gpaco_kernels.tools.compile_report [--arch 80 90] [--dims 16 32 64 128] [--jobs 2] [--only fwd]
+                                                 [--out benchmarks/results/compile_report.txt]
 
 No GPU is needed: triton lowers each kernel to PTX and a cubin for the target, and the cuobjdump shipped with
 triton reads registers and local memory (STACK, i.e. spills) from the cubin; shared memory comes from the compile
@@ -271,6 +272,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128], help="BLOCK_D values (powers of 2)")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="restrict to these kernels")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
+    parser.add_argument("--out", help="also write the report to this file (the committed record the README quotes)")
     args = parser.parse_args(argv)
     bad_dims = [d for d in args.dims if d < 16 or d & (d - 1) or d > 128]
     if bad_dims:
@@ -281,23 +283,41 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     todo = cases(args.arch, sorted(args.dims), args.only)
     targets = ", ".join(f"sm_{arch}" for arch in args.arch)
-    print(f"compiling {len(todo)} kernel configurations for {targets} with {args.jobs} jobs")
+    lines = [f"compiling {len(todo)} kernel configurations for {targets} with {args.jobs} jobs ({_versions()})"]
+    print(lines[0])
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
         results = []
         for result in pool.map(compile_case, todo):
-            print(format_line(result), flush=True)
+            lines.append(format_line(result))
+            print(lines[-1], flush=True)
             results.append(result)
     failed = [r for r in results if r.problems()]
-    print(
+    cold = [r for r in results if not r.problems() and r.stack > 0]
+    lines.append(
         f"{len(results)} compiled in {time.perf_counter() - start:.0f} s; "
         f"max registers {max((r.registers for r in results), default=0)}, "
-        f"max shared {max((r.shared for r in results), default=0) / 1024:.1f} KB; {len(failed)} failing"
+        f"max shared {max((r.shared for r in results), default=0) / 1024:.1f} KB; "
+        f"{len(cold)} with a cold spill of at most {max((r.stack for r in cold), default=0)} B; {len(failed)} failing"
     )
+    print(lines[-1])
     for r in failed:
         print("FAILING:", format_line(r), file=sys.stderr)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
     return 1 if failed else 0
+
+
+def _versions() -> str:
+    import triton
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return f"triton {triton.__version__}" + (f", commit {commit}" if commit else "")
 
 
 if __name__ == "__main__":
