@@ -314,7 +314,11 @@ def describe(device: str) -> str:
         name = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as fh:
-                name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+                info = fh.read()
+            name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+            flags = set(next(ln for ln in info.splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
+            wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+            name += " (" + " ".join(f for f in wanted if f in flags) + ")"
         except (OSError, StopIteration):
             pass
     return f"{name}; torch {torch.__version__}, {torch.get_num_threads()} threads"
