@@ -9,8 +9,8 @@ Every compiled or streaming backend ("torch", "cpu", "triton") implements the sa
 
 with one schema, the fake implementation `_fake_forward` / `_fake_backward` and the autograd formula
 `_setup_context` / `_backward_formula`, all written once here and registered on each backend's pair by
-`define_backend_ops` (the schema is inferred from the one annotated signature of `_forward_signature` /
-`_backward_signature`). A backend supplies only its two implementations. Its forward returns the per-anchor loss
+`define_backend_ops` (the schema is inferred from the one annotated argument list, `_INPUTS`). A backend supplies
+only its two implementations. Its forward returns the per-anchor loss
 (reductions happen outside, in autograd, so the backward always receives one upstream gradient per anchor) and saves
 (lse, P) per anchor, nothing of size A x M. The "unit" gradients are the gradients for an upstream gradient of 1 on
 every anchor, which a backend that learns each row's lse while the row is still in cache can produce in the forward
@@ -20,6 +20,7 @@ Double backward is refused with a clear error on every backend but "reference" (
 """
 
 # No `from __future__ import annotations`: torch.library reads the schema from the real annotations below.
+import inspect
 from typing import Optional
 
 import torch
@@ -122,50 +123,61 @@ def _no_context(ctx, inputs, output):
     return None
 
 
+# The one signature of every backend's operators; torch.library infers the schema from these annotations.
+_INPUTS = [
+    ("features", Tensor), ("labels", Tensor), ("queue", Optional[Tensor]), ("queue_labels", Optional[Tensor]),
+    ("center_logits", Optional[Tensor]), ("centers", Optional[Tensor]), ("center_bias", Optional[Tensor]),
+    ("num_anchors", int), ("temperature", float), ("center_temperature", float), ("alpha", float),
+    ("beta_on", float), ("beta_off", float), ("gamma", float), ("loss_scale", float),
+    ("exclude_positive_class", bool), ("ignore_index", int), ("batch_columns", bool), ("lse_eps", float),
+]  # fmt: skip
+_FORWARD = (_INPUTS + [("unit_gradients", bool)], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor])
+_BACKWARD = (
+    _INPUTS
+    + [(name, Tensor) for name in ("lse", "pos", "grad_loss")]
+    + [(name, Tensor) for name in ("unit_grad_features", "unit_grad_center_logits", "unit_grad_centers")]
+    + [(name, bool) for name in ("need_features", "need_center_logits", "need_centers")],
+    tuple[Tensor, Tensor, Tensor],
+)
+
+
+def _with_signature(fn, signature):
+    params, returns = signature
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, kind, annotation=annotation) for name, annotation in params],
+        return_annotation=returns,
+    )
+    return fn
+
+
+def _unpack(args):
+    x = ContrastInputs(*args[:N_TENSORS])
+    p = OpParams(*args[N_TENSORS : N_TENSORS + N_SCALARS])
+    check_inputs(x, p)
+    return x, p, args[N_TENSORS + N_SCALARS :]
+
+
 def _forward_signature(impl):
-    # The one signature of every backend's forward op: torch.library infers the schema from these annotations.
-    def forward(
-        features: Tensor, labels: Tensor, queue: Optional[Tensor], queue_labels: Optional[Tensor],
-        center_logits: Optional[Tensor], centers: Optional[Tensor], center_bias: Optional[Tensor],
-        num_anchors: int, temperature: float, center_temperature: float, alpha: float, beta_on: float,
-        beta_off: float, gamma: float, loss_scale: float, exclude_positive_class: bool, ignore_index: int,
-        batch_columns: bool, lse_eps: float,
-        unit_gradients: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-        """-> (loss, lse, pos, unit_grad_features, unit_grad_center_logits, unit_grad_centers)"""
-        x = ContrastInputs(features, labels, queue, queue_labels, center_logits, centers, center_bias)
-        p = OpParams(
-            num_anchors, temperature, center_temperature, alpha, beta_on, beta_off, gamma, loss_scale,
-            exclude_positive_class, ignore_index, batch_columns, lse_eps,
-        )  # fmt: skip
-        check_inputs(x, p)
+    """impl(x, p, unit_gradients) as a function of the forward operator's arguments:
+    -> (loss, lse, pos, unit_grad_features, unit_grad_center_logits, unit_grad_centers)."""
+
+    def forward(*args):
+        x, p, (unit_gradients,) = _unpack(args)
         return impl(x, p, unit_gradients)
 
-    return forward
+    return _with_signature(forward, _FORWARD)
 
 
 def _backward_signature(impl):
-    def backward(
-        features: Tensor, labels: Tensor, queue: Optional[Tensor], queue_labels: Optional[Tensor],
-        center_logits: Optional[Tensor], centers: Optional[Tensor], center_bias: Optional[Tensor],
-        num_anchors: int, temperature: float, center_temperature: float, alpha: float, beta_on: float,
-        beta_off: float, gamma: float, loss_scale: float, exclude_positive_class: bool, ignore_index: int,
-        batch_columns: bool, lse_eps: float,
-        lse: Tensor, pos: Tensor, grad_loss: Tensor, unit_grad_features: Tensor, unit_grad_center_logits: Tensor,
-        unit_grad_centers: Tensor, need_features: bool, need_center_logits: bool, need_centers: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """-> (grad_features, grad_center_logits, grad_centers)"""
-        x = ContrastInputs(features, labels, queue, queue_labels, center_logits, centers, center_bias)
-        p = OpParams(
-            num_anchors, temperature, center_temperature, alpha, beta_on, beta_off, gamma, loss_scale,
-            exclude_positive_class, ignore_index, batch_columns, lse_eps,
-        )  # fmt: skip
-        check_inputs(x, p)
-        units = (unit_grad_features, unit_grad_center_logits, unit_grad_centers)
-        needs = (need_features, need_center_logits, need_centers)
-        return impl(x, p, lse, pos, grad_loss, units, needs)
+    """impl(x, p, lse, pos, grad_loss, unit_grads, needs) as a function of the backward operator's arguments:
+    -> (grad_features, grad_center_logits, grad_centers)."""
 
-    return backward
+    def backward(*args):
+        x, p, (lse, pos, grad_loss, *rest) = _unpack(args)
+        return impl(x, p, lse, pos, grad_loss, tuple(rest[:3]), tuple(rest[3:]))
+
+    return _with_signature(backward, _BACKWARD)
 
 
 def define_backend_ops(backend: str, forward_impl, backward_impl, *, device_types=None, factory=None):

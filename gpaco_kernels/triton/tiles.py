@@ -81,71 +81,22 @@ def column_tile(
 ):  # fmt: skip
     """Logits l and weights (w, d) of a (rows x cols) tile of segment SEGMENT: the one place the kernels that sweep
     anchors over columns turn a tile of columns into numbers."""
+    # fmt: off
     if SEGMENT == 0:
-        l = segment_logits(
-            FROM_LOGITS,
-            anchors,
-            rows,
-            row_mask,
-            cols,
-            col_mask,
-            centers_ptr,
-            stride_w,
-            logits_ptr,
-            stride_s,
-            bias_ptr,
-            c_scale,
-            offs_d,
-            D,
-            HAS_BIAS,
-            UPCAST,
-            PRECISION,
-        )
+        l = segment_logits(FROM_LOGITS, anchors, rows, row_mask, cols, col_mask, centers_ptr, stride_w,
+                           logits_ptr, stride_s, bias_ptr, c_scale, offs_d, D, HAS_BIAS, UPCAST, PRECISION)
         col_labels = cols
     elif SEGMENT == 1:
-        l = segment_logits(
-            False,
-            anchors,
-            rows,
-            row_mask,
-            cols,
-            col_mask,
-            feat_ptr,
-            stride_f,
-            logits_ptr,
-            stride_s,
-            bias_ptr,
-            t_scale,
-            offs_d,
-            D,
-            False,
-            UPCAST,
-            PRECISION,
-        )
+        l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, feat_ptr, stride_f,
+                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
         col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
     else:
-        l = segment_logits(
-            False,
-            anchors,
-            rows,
-            row_mask,
-            cols,
-            col_mask,
-            queue_ptr,
-            stride_q,
-            logits_ptr,
-            stride_s,
-            bias_ptr,
-            t_scale,
-            offs_d,
-            D,
-            False,
-            UPCAST,
-            PRECISION,
-        )
+        l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, queue_ptr, stride_q,
+                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
         col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
     w, d = segment_weights(SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off,
-                           gamma, EXCLUDE)  # fmt: skip
+                           gamma, EXCLUDE)
+    # fmt: on
     return l, w, d
 
 
