@@ -18,12 +18,58 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 #include <tuple>
 
 #include "core/paco_rows.h"
 
+// MKL's half-precision GEMMs with float32 accumulation and output (CBLAS row-major interface). PyTorch's CPU builds on
+// x86-64 link MKL and export these; declared weak, so that a torch without them (another BLAS, another
+// architecture) still loads this extension and the half-precision path upcasts to float32 instead.
+extern "C" {
+__attribute__((weak)) void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                                  const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                                                  float* c, int ldc);
+__attribute__((weak)) void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                                const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                                                float* c, int ldc);
+}
+
 namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enums
+
+bool mkl_half_gemm(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? cblas_gemm_bf16bf16f32 != nullptr : cblas_gemm_f16f16f32 != nullptr;
+}
+
+// Phase times of one sweep, printed to stderr with GPACO_CPU_PROFILE=1: where a step's time goes.
+struct PhaseTimer {
+  using clock = std::chrono::steady_clock;
+  bool on = std::getenv("GPACO_CPU_PROFILE") != nullptr;
+  clock::time_point last = clock::now();
+  double index = 0, class_block = 0, logits = 0, rows = 0, products = 0;
+  void lap(double& into) {
+    if (!on) return;
+    const auto now = clock::now();
+    into += std::chrono::duration<double, std::milli>(now - last).count();
+    last = now;
+  }
+  void report(int64_t A, int64_t M, const char* how) const {
+    if (!on) return;
+    std::fprintf(stderr,
+                 "gpaco cpu sweep %lld x %lld (%s): label index %.2f ms, class block %.2f ms, logit GEMMs %.2f ms, "
+                 "row pass %.2f ms, gradient GEMMs %.2f ms\n",
+                 static_cast<long long>(A), static_cast<long long>(M), how, index, class_block, logits, rows,
+                 products);
+  }
+};
 
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
@@ -48,8 +94,9 @@ Tensor defined_or_empty(const OptTensor& t) { return t.has_value() ? *t : Tensor
 void check_problem(const Problem& p) {
   const auto& f = p.features;
   TORCH_CHECK(f.dim() == 2, "features must have shape (N, D), got ", f.sizes());
-  TORCH_CHECK(f.scalar_type() == at::kFloat || f.scalar_type() == at::kDouble,
-              "the cpu backend takes float32 or float64 features, got ", f.scalar_type());
+  const auto dt = f.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+              "the cpu backend takes float32, float64, bfloat16 or float16 features, got ", dt);
   TORCH_CHECK(f.device().is_cpu(), "the cpu backend needs CPU tensors, features is on ", f.device());
   const int64_t N = f.size(0), D = f.size(1);
   TORCH_CHECK(p.labels.dim() == 1 && p.labels.size(0) == N && p.labels.scalar_type() == at::kLong,
@@ -64,7 +111,11 @@ void check_problem(const Problem& p) {
   same(p.queue, "queue");
   same(p.center_logits, "center_logits");
   same(p.centers, "centers");
-  same(p.center_bias, "center_bias");
+  if (p.center_bias.defined()) {  // the log prior is computed in the accumulation dtype
+    TORCH_CHECK(p.center_bias.scalar_type() == (dt == at::kDouble ? at::kDouble : at::kFloat),
+                "center_bias must be float32 (float64 for float64 features), got ", p.center_bias.scalar_type());
+    TORCH_CHECK(p.center_bias.device().is_cpu(), "center_bias must be a CPU tensor");
+  }
   if (p.queue.defined()) {
     TORCH_CHECK(p.queue.dim() == 2 && p.queue.size(1) == D, "queue must have shape (K, ", D, "), got ",
                 p.queue.sizes());
@@ -108,7 +159,7 @@ int64_t rows_per_block(int64_t M, int64_t A, size_t elem_size) {
 }
 
 struct Grads {
-  Tensor features, center_logits, centers;  // undefined when not computed
+  Tensor features, center_logits, centers;  // undefined when not computed; in the accumulation dtype
 };
 
 // Per-anchor gradient coefficients: a (upstream gradient x loss scale, 0 for ignored anchors) and optionally 1/P.
@@ -116,9 +167,34 @@ struct Coefficients {
   Tensor a, inv_pos;  // undefined a: no gradient; undefined inv_pos: each row uses its own 1/P
 };
 
+// C = alpha op(A) op(B) + beta C, with C in the accumulation dtype (a row block of the buffer or a gradient) and A, B
+// in the input dtype: ATen (MKL sgemm/dgemm) for float32/float64, MKL's half GEMMs for bfloat16/float16.
+void product(Tensor C, const Tensor& A, bool ta, const Tensor& B, bool tb, double alpha, double beta) {
+  const int64_t m = C.size(0), n = C.size(1), k = ta ? A.size(0) : A.size(1);
+  if (m == 0 || n == 0) return;
+  const auto in = A.scalar_type();
+  if (in != at::kBFloat16 && in != at::kHalf) {
+    at::addmm_out(C, C, ta ? A.t() : A, tb ? B.t() : B, beta, alpha);
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(A.stride(1) == 1 && B.stride(1) == 1 && C.stride(1) == 1 && C.scalar_type() == at::kFloat);
+  if (k == 0) {
+    C.mul_(beta);
+    return;
+  }
+  auto gemm = in == at::kBFloat16 ? cblas_gemm_bf16bf16f32 : cblas_gemm_f16f16f32;
+  gemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
+       static_cast<int>(k), static_cast<float>(alpha), static_cast<const uint16_t*>(A.const_data_ptr()),
+       static_cast<int>(A.stride(0)), static_cast<const uint16_t*>(B.const_data_ptr()), static_cast<int>(B.stride(0)),
+       static_cast<float>(beta), C.mutable_data_ptr<float>(), static_cast<int>(C.stride(0)));
+}
+
 // One sweep over all anchor blocks: (sum w l, lse, P) of every anchor, and the gradients in g when k.a is defined.
+// T is the accumulation dtype (float, or double for float64 inputs); the inputs may be bfloat16/float16, multiplied
+// as such (product) into the float32 buffer, where the row pass runs.
 template <typename T>
 void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Tensor& pos, Grads& g) {
+  PhaseTimer timer;
   const Tensor feats = p.features.contiguous();
   const Tensor labels = p.labels.contiguous();
   const int64_t A = p.num_anchors, N = feats.size(0);
@@ -128,6 +204,8 @@ void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Ten
   const int64_t K = queue.defined() ? queue.size(0) : 0;
   const int64_t M = C + NB + K;
   const bool want_grad = k.a.defined();
+  const auto acc = feats.options().dtype(c10::CppTypeToScalarType<T>::value);
+  const bool half = feats.scalar_type() == at::kBFloat16 || feats.scalar_type() == at::kHalf;
 
   gpaco::LabelIndex batch_index, queue_index;
   if (NB > 0) batch_index = gpaco::LabelIndex(labels.data_ptr<int64_t>(), N);
@@ -153,18 +231,22 @@ void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Ten
 
   Tensor centers = p.centers.defined() ? p.centers.contiguous() : Tensor();
   Tensor bias_scaled;  // b / tc, added to the class block
-  if (p.center_bias.defined()) bias_scaled = p.center_bias.contiguous() * (1.0 / p.center_temperature);
-  const Tensor coef = want_grad ? k.a.to(feats.scalar_type()).contiguous() : Tensor();
-  const Tensor inv_pos = k.inv_pos.defined() ? k.inv_pos.to(feats.scalar_type()).contiguous() : Tensor();
+  if (p.center_bias.defined()) bias_scaled = (p.center_bias.to(acc.dtype()) * (1.0 / p.center_temperature)).contiguous();
+  const Tensor logits_in = p.center_logits.defined() ? p.center_logits.contiguous() : Tensor();
+  const Tensor coef = want_grad ? k.a.to(acc.dtype()).contiguous() : Tensor();
+  const Tensor inv_pos = k.inv_pos.defined() ? k.inv_pos.to(acc.dtype()).contiguous() : Tensor();
 
   const int64_t R = rows_per_block(M, A, sizeof(T));
-  Tensor buffer = at::empty({R, std::max<int64_t>(M, 1)}, feats.options());
+  Tensor buffer = at::empty({R, std::max<int64_t>(M, 1)}, acc);
+  // Half inputs: G is rounded to the input dtype for the gradient products (float16 after scaling, below).
+  Tensor half_buffer = half && want_grad ? at::empty({R, std::max<int64_t>(M, 1)}, feats.options()) : Tensor();
   T* wl_ptr = wl.data_ptr<T>();
   T* lse_ptr = lse.data_ptr<T>();
   T* pos_ptr = pos.data_ptr<T>();
   const int64_t* label_ptr = labels.data_ptr<int64_t>();
   const T* coef_ptr = want_grad ? coef.data_ptr<T>() : nullptr;
   const T* inv_pos_ptr = inv_pos.defined() ? inv_pos.data_ptr<T>() : nullptr;
+  timer.lap(timer.index);
 
   for (int64_t r0 = 0; r0 < A; r0 += R) {
     const int64_t rows = std::min(R, A - r0);
@@ -172,16 +254,33 @@ void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Ten
     Tensor anchors = feats.narrow(0, r0, rows);
     Tensor cls = block.narrow(1, 0, C), smp_b = block.narrow(1, C, NB), smp_q = block.narrow(1, C + NB, K);
     if (C > 0) {
-      if (p.center_logits.defined()) {
-        cls.copy_(p.center_logits.narrow(0, r0, rows));
-        cls.mul_(1.0 / p.center_temperature);
+      if (logits_in.defined()) {
+        // One pass: l = S / tc (+ b / tc), converted from the input dtype.
+        T* out = cls.data_ptr<T>();
+        const T scale = T(1.0 / p.center_temperature);
+        const T* bias = bias_scaled.defined() ? bias_scaled.data_ptr<T>() : nullptr;
+        const int64_t ld = block.stride(0);
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits_in.scalar_type(), "gpaco_class_block", [&] {
+          const scalar_t* in = logits_in.data_ptr<scalar_t>() + r0 * logits_in.stride(0);
+          const int64_t ld_in = logits_in.stride(0);
+          at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+              for (int64_t c = 0; c < C; ++c) {
+                const T v = static_cast<T>(in[i * ld_in + c]) * scale;
+                out[i * ld + c] = bias ? v + bias[c] : v;
+              }
+            }
+          });
+        });
       } else {
-        at::addmm_out(cls, cls, anchors, centers.t(), 0.0, 1.0 / p.center_temperature);
+        product(cls, anchors, false, centers, true, 1.0 / p.center_temperature, 0.0);
+        if (bias_scaled.defined()) cls.add_(bias_scaled);
       }
-      if (bias_scaled.defined()) cls.add_(bias_scaled);
     }
-    if (NB > 0) at::addmm_out(smp_b, smp_b, anchors, feats.t(), 0.0, 1.0 / p.temperature);
-    if (K > 0) at::addmm_out(smp_q, smp_q, anchors, queue.t(), 0.0, 1.0 / p.temperature);
+    timer.lap(timer.class_block);
+    if (NB > 0) product(smp_b, anchors, false, feats, true, 1.0 / p.temperature, 0.0);
+    if (K > 0) product(smp_q, anchors, false, queue, true, 1.0 / p.temperature, 0.0);
+    timer.lap(timer.logits);
 
     T* base = block.data_ptr<T>();
     const int64_t ld = block.stride(0);
@@ -196,35 +295,57 @@ void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Ten
         pos_ptr[a] = res.pos;
       }
     });
+    timer.lap(timer.rows);
     if (!want_grad) continue;
 
     // block now holds G (already times each segment's 1/temperature).
     if (g.center_logits.defined() && C > 0) g.center_logits.narrow(0, r0, rows).copy_(cls);
+    Tensor gsrc = block;
+    double unscale = 1.0;
+    if (half) {
+      // float16 holds 6e-8 .. 65504: G (whose rows carry 1/A after a mean) is scaled by a power of two that brings
+      // its largest entry near 2^14 before the rounding, and the products undo it (exact). bfloat16 has float32's
+      // range and is rounded as it is.
+      double scale = 1.0;
+      if (feats.scalar_type() == at::kHalf) {
+        const double top = block.abs().max().item<double>();
+        if (top > 0 && std::isfinite(top)) scale = std::exp2(std::floor(std::log2(16384.0 / top)));
+      }
+      gsrc = half_buffer.narrow(0, 0, rows).narrow(1, 0, M);
+      gsrc.copy_(scale == 1.0 ? block : block * scale);
+      unscale = 1.0 / scale;
+    }
+    Tensor g_cls = gsrc.narrow(1, 0, C), g_b = gsrc.narrow(1, C, NB), g_q = gsrc.narrow(1, C + NB, K);
     if (g.features.defined()) {
       Tensor g_anchor = g.features.narrow(0, r0, rows);
-      if (NB > 0) g_anchor.addmm_(smp_b, feats);
-      if (K > 0) g_anchor.addmm_(smp_q, queue);
-      if (centers.defined() && C > 0) g_anchor.addmm_(cls, centers);
-      if (NB > 0) g.features.addmm_(smp_b.t(), anchors);
+      if (NB > 0) product(g_anchor, g_b, false, feats, false, unscale, 1.0);
+      if (K > 0) product(g_anchor, g_q, false, queue, false, unscale, 1.0);
+      if (centers.defined() && C > 0) product(g_anchor, g_cls, false, centers, false, unscale, 1.0);
+      if (NB > 0) product(g.features, g_b, true, anchors, false, unscale, 1.0);
     }
-    if (g.centers.defined() && C > 0) g.centers.addmm_(cls.t(), anchors);
+    if (g.centers.defined() && C > 0) product(g.centers, g_cls, true, anchors, false, unscale, 1.0);
+    timer.lap(timer.products);
   }
+  timer.report(A, M, half ? "half-precision GEMMs" : (sizeof(T) == 8 ? "float64" : "float32"));
 }
 
-Tensor zeros_or_undefined(const Tensor& like, bool wanted) {
-  return wanted && like.defined() ? at::zeros_like(like, at::MemoryFormat::Contiguous) : Tensor();
+Tensor zeros_or_undefined(const Tensor& like, bool wanted, const at::TensorOptions& acc) {
+  return wanted && like.defined() ? at::zeros(like.sizes(), acc) : Tensor();
 }
 
-Tensor or_empty(const Tensor& t, const Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
+Tensor or_empty(const Tensor& t, const at::TensorOptions& acc) { return t.defined() ? t : at::empty({0}, acc); }
 
-// The whole CPU kernel: returns (sum w l, lse, P, grad_features, grad_center_logits, grad_centers), the gradients
-// (0,)-shaped where not wanted. Inputs float32 or float64 on the CPU; the caller has checked shapes.
+Tensor upcast(const Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
+// The whole CPU kernel: returns (sum w l, lse, P, grad_features, grad_center_logits, grad_centers) in the
+// accumulation dtype (float32, float64 for float64 inputs), the gradients (0,)-shaped where not wanted. Inputs
+// float32, float64, bfloat16 or float16 on the CPU; the caller has checked shapes.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
     const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
     const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
     double temperature, double center_temperature, double alpha, double beta_on, double beta_off, double gamma,
     bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps, const OptTensor& coef,
-    const OptTensor& inv_pos, bool need_features, bool need_center_logits, bool need_centers) {
+    const OptTensor& inv_pos, bool need_features, bool need_center_logits, bool need_centers, bool half_products) {
   Problem p;
   p.features = features;
   p.labels = labels;
@@ -245,6 +366,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
   p.batch_columns = batch_columns;
   p.lse_eps = lse_eps;
   check_problem(p);
+  const auto in = features.scalar_type();
+  const bool half_in = in == at::kBFloat16 || in == at::kHalf;
+  TORCH_CHECK(!half_products || !half_in || mkl_half_gemm(in), "half_products=True, but this torch does not provide ",
+              "MKL's half-precision GEMM for ", in);
+  if (half_in && !half_products) {
+    p.features = upcast(p.features);  // the portable path: float32 products from inputs upcast once
+    p.queue = upcast(p.queue);
+    p.center_logits = upcast(p.center_logits);
+    p.centers = upcast(p.centers);
+  }
   Coefficients k;
   k.a = defined_or_empty(coef);
   k.inv_pos = defined_or_empty(inv_pos);
@@ -253,15 +384,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
   if (k.inv_pos.defined())
     TORCH_CHECK(k.inv_pos.dim() == 1 && k.inv_pos.size(0) == num_anchors, "inv_pos must have shape (", num_anchors,
                 ")");
-  auto opts = features.options();
-  Tensor wl = at::empty({num_anchors}, opts), lse = at::empty({num_anchors}, opts), pos = at::empty({num_anchors}, opts);
+  const auto acc = features.options().dtype(in == at::kDouble ? at::kDouble : at::kFloat);
+  Tensor wl = at::empty({num_anchors}, acc), lse = at::empty({num_anchors}, acc), pos = at::empty({num_anchors}, acc);
   Grads g;
   const bool grads = k.a.defined();
-  g.features = zeros_or_undefined(features, grads && need_features);
-  g.center_logits = zeros_or_undefined(p.center_logits, grads && need_center_logits);
-  g.centers = zeros_or_undefined(p.centers, grads && need_centers);
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "gpaco_sweep", [&] { sweep<scalar_t>(p, k, wl, lse, pos, g); });
-  return {wl, lse, pos, or_empty(g.features, features), or_empty(g.center_logits, features), or_empty(g.centers, features)};
+  g.features = zeros_or_undefined(features, grads && need_features, acc);
+  g.center_logits = zeros_or_undefined(p.center_logits, grads && need_center_logits, acc);
+  g.centers = zeros_or_undefined(p.centers, grads && need_centers, acc);
+  if (in == at::kDouble) {
+    sweep<double>(p, k, wl, lse, pos, g);
+  } else {
+    sweep<float>(p, k, wl, lse, pos, g);
+  }
+  return {wl, lse, pos, or_empty(g.features, acc), or_empty(g.center_logits, acc), or_empty(g.centers, acc)};
 }
 
 }  // namespace
@@ -270,4 +405,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "gpaco_kernels CPU kernels, called by the cpu backend of the op (gpaco_kernels/ops/cpu_backend.py)";
   module.def("sweep", &sweep_op, "(sum w l, lse, P) of every anchor and, with coef, the gradients",
              pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def(
+      "mkl_half_gemm", [](const std::string& dtype) { return mkl_half_gemm(dtype == "float16" ? at::kHalf : at::kBFloat16); },
+      "whether this torch provides MKL's GEMM for 'bfloat16' or 'float16' inputs with float32 output");
 }

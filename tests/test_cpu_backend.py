@@ -131,3 +131,69 @@ def test_masked_column_holding_the_max_does_not_cancel_the_denominator(exclude):
         args = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in kw.items()}
         got = gk.fused_paco_loss(feats.to(dtype), labels, backend="cpu", **args)
         assert_close(got, want, atol=tol, rtol=tol, name=f"{dtype}")
+
+
+@pytest.mark.parametrize("mode", ["mkl", "float32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", ["base", "centers+smoothing+exclude", "normalize+centers", "ignored", "peaked"])
+def test_half_precision_paths_match_the_reference(monkeypatch, small_tiles, mode, dtype, case):
+    """Both ways the cpu backend multiplies bfloat16/float16 inputs (MKL's half GEMMs with float32 accumulation, or
+    the inputs upcast once), forced whatever this CPU would pick, against the float64 reference and the reference on
+    the same rounded inputs (the tolerance table)."""
+    from gpaco_kernels.ops.cpu_backend import half_gemm_mode
+
+    from test_backends import check_against_reference, make_case
+
+    if mode == "mkl" and not gk.ops.cpu_backend._C.mkl_half_gemm(str(dtype)[6:]):
+        pytest.skip(f"this torch has no MKL {dtype} GEMM")  # not an x86-64 MKL build: only 'float32' exists
+    monkeypatch.setenv("GPACO_CPU_HALF_GEMM", mode)
+    assert half_gemm_mode(dtype) == mode
+    kw, grad_args = make_case(case)
+    upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"], dtype=torch.float64)
+    check_against_reference(kw, grad_args, "cpu", dtype, "none", upstream, name=f"{case} {mode}")
+
+
+def test_float16_tiny_gradients_keep_their_scale_through_mkl_products(monkeypatch):
+    """The float16 GEMM path rounds G to float16: G carries 1/A after a mean, so the block is scaled by a power of two
+    before the rounding (else terms of 1e-8 flush to zero)."""
+    if not gk.ops.cpu_backend._C.mkl_half_gemm("float16"):
+        pytest.skip("this torch has no MKL float16 GEMM")
+    import test_numerics
+
+    monkeypatch.setenv("GPACO_CPU_HALF_GEMM", "mkl")
+    test_numerics.test_float16_gradients_of_a_mean_over_65536_anchors("cpu")
+
+
+def test_half_gemm_mode_follows_the_cpu_and_refuses_a_bad_override(monkeypatch):
+    from gpaco_kernels.ops import cpu_backend
+
+    monkeypatch.delenv("GPACO_CPU_HALF_GEMM", raising=False)
+    for flags, want in ((frozenset({"avx512f"}), "float32"), (frozenset({"avx512f", "avx512_bf16"}), "mkl")):
+        monkeypatch.setattr(cpu_backend, "_FLAGS", flags)
+        expected = want if cpu_backend._C.mkl_half_gemm("bfloat16") else "float32"
+        assert cpu_backend.half_gemm_mode(torch.bfloat16) == expected
+    monkeypatch.setattr(cpu_backend, "_FLAGS", frozenset({"amx_bf16"}))
+    assert cpu_backend.half_gemm_mode(torch.float16) == "float32"  # AMX-BF16 does not make float16 fast
+    monkeypatch.setenv("GPACO_CPU_HALF_GEMM", "fast")
+    with pytest.raises(ValueError, match="GPACO_CPU_HALF_GEMM must be 'mkl' or 'float32', got 'fast'"):
+        cpu_backend.half_gemm_mode(torch.bfloat16)
+
+
+def test_few_classes_take_the_masked_pass():
+    """Dense positives (3 labels over 600 columns: a third of every row) go through the masked vector passes; the
+    self column is left out of them. Against the float64 reference, in float32 and float64."""
+    gen = torch.Generator().manual_seed(7)
+    feats = torch.nn.functional.normalize(torch.randn(600, 16, generator=gen, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 3, (600,), generator=gen)
+    kw = dict(num_anchors=37, queue=feats[:50].flip(1), queue_labels=labels[:50], alpha=0.7, temperature=0.2)
+    upstream = torch.linspace(0.5, 1.5, 37, dtype=torch.float64)
+    want_f = feats.clone().requires_grad_()
+    want = gk.fused_paco_loss(want_f, labels, backend="reference", reduction="none", **kw)
+    (want_g,) = torch.autograd.grad(want, [want_f], upstream)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        f = feats.to(dtype).requires_grad_()
+        args = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+        got = gk.fused_paco_loss(f, labels, backend="cpu", reduction="none", **args)
+        (got_g,) = torch.autograd.grad(got, [f], upstream.to(dtype))
+        assert_close(got, want, atol=tol, rtol=tol, name=f"loss {dtype}")
+        assert_close(got_g, want_g, atol=tol, rtol=tol, name=f"gradient {dtype}")

@@ -7,27 +7,58 @@
 #include <numeric>
 #include <type_traits>
 
-// Hot loops are compiled for AVX2+FMA and for the baseline ISA; the loader picks one at run time (GCC function
-// multiversioning), so one binary is fast here and still runs on any x86-64.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(GPACO_NO_MULTIVERSION)
-#define GPACO_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+// Hot loops are compiled for AVX-512 (x86-64-v4), AVX2+FMA (v3) and the baseline ISA; the loader picks one at run
+// time (GCC function multiversioning), so one binary uses the widest vectors of the CPU it runs on and still runs on
+// any x86-64. CMakeLists.txt also builds the core's unit test with each path alone (GPACO_FORCE_ARCH), so every
+// path is tested on a machine that has them all.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(GPACO_NO_MULTIVERSION) && \
+    !defined(GPACO_FORCE_ARCH)
+#define GPACO_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GPACO_HOT
 #endif
 
-// 8-lane vectors are only ever passed between always-inlined functions, so the AVX argument-passing ABI that GCC
+// 16-lane vectors are only ever passed between always-inlined functions, so the AVX argument-passing ABI that GCC
 // warns about does not matter here.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace gpaco {
 
 LabelIndex::LabelIndex(const int64_t* labels, int64_t n) {
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(), [labels](int64_t a, int64_t b) { return labels[a] < labels[b]; });
-  sorted_labels_.resize(order.size());
-  columns_ = order;
-  for (size_t k = 0; k < order.size(); ++k) sorted_labels_[k] = labels[order[k]];
+  if (n == 0) return;
+  const auto [lo_it, hi_it] = std::minmax_element(labels, labels + n);
+  const int64_t lo = *lo_it, hi = *hi_it;
+  columns_.resize(static_cast<size_t>(n));
+  sorted_labels_.resize(static_cast<size_t>(n));
+  // Labels of a dataset span a small range (classes): a counting sort is linear and stable. Arbitrary int64 labels
+  // (SupCon accepts any) fall back to a comparison sort.
+  if (hi - lo >= 0 && hi - lo < 4 * n + 1024) {
+    std::vector<int64_t> start(static_cast<size_t>(hi - lo + 2), 0);
+    for (int64_t j = 0; j < n; ++j) ++start[static_cast<size_t>(labels[j] - lo + 1)];
+    for (size_t k = 1; k < start.size(); ++k) start[k] += start[k - 1];
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t at = start[static_cast<size_t>(labels[j] - lo)]++;
+      columns_[static_cast<size_t>(at)] = j;
+      sorted_labels_[static_cast<size_t>(at)] = labels[j];
+    }
+  } else {
+    std::iota(columns_.begin(), columns_.end(), int64_t{0});
+    std::stable_sort(columns_.begin(), columns_.end(), [labels](int64_t a, int64_t b) { return labels[a] < labels[b]; });
+    for (int64_t k = 0; k < n; ++k) sorted_labels_[static_cast<size_t>(k)] = labels[columns_[static_cast<size_t>(k)]];
+  }
+  // Dense ids (0 .. distinct - 1) per column, for the masked vector passes over rows with many positives.
+  dense_.resize(static_cast<size_t>(n));
+  int32_t id = -1;
+  for (int64_t k = 0; k < n; ++k) {
+    if (k == 0 || sorted_labels_[static_cast<size_t>(k)] != sorted_labels_[static_cast<size_t>(k - 1)]) ++id;
+    dense_[static_cast<size_t>(columns_[static_cast<size_t>(k)])] = id;
+  }
+}
+
+int32_t LabelIndex::dense_id(int64_t label) const {
+  const int64_t* b = begin(label);
+  if (b == end(label)) return -1;
+  return dense_[static_cast<size_t>(*b)];
 }
 
 const int64_t* LabelIndex::begin(int64_t label) const {
@@ -74,16 +105,25 @@ GPACO_INLINE V exp_lanes(V x) {
   return x < lo ? zero : (x == x ? p * scale : x);
 }
 
-typedef float f8 __attribute__((vector_size(32)));
-typedef int32_t i8 __attribute__((vector_size(32)));
+constexpr int kLanes = 16;
+typedef float fv __attribute__((vector_size(4 * kLanes)));
+typedef int32_t iv __attribute__((vector_size(4 * kLanes)));
 
-GPACO_INLINE f8 load8(const float* p) {
-  f8 v;
+GPACO_INLINE fv loadv(const float* p) {
+  fv v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-GPACO_INLINE void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof(v)); }
+GPACO_INLINE iv loadi(const int32_t* p) {
+  iv v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+GPACO_INLINE void storev(float* p, fv v) { std::memcpy(p, &v, sizeof(v)); }
+
+GPACO_INLINE fv splat(float x) { return fv{} + x; }
 
 float exp_approx(float x) { return exp_lanes<float, int32_t>(x); }
 
@@ -91,39 +131,39 @@ namespace {
 
 GPACO_HOT float max_of(const float* x, int64_t n) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  f8 m8 = {neg_inf, neg_inf, neg_inf, neg_inf, neg_inf, neg_inf, neg_inf, neg_inf};
+  fv mv = splat(neg_inf);
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const f8 v = load8(x + j);
-    m8 = v > m8 ? v : m8;
+  for (; j + kLanes <= n; j += kLanes) {
+    const fv v = loadv(x + j);
+    mv = v > mv ? v : mv;
   }
   float m = neg_inf;
-  for (int k = 0; k < 8; ++k) m = m8[k] > m ? m8[k] : m;
+  for (int k = 0; k < kLanes; ++k) m = mv[k] > m ? mv[k] : m;
   for (; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
 }
 
 GPACO_HOT float sum_of(const float* x, int64_t n) {
-  f8 s8 = {0, 0, 0, 0, 0, 0, 0, 0};
+  fv sv = splat(0.0f);
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) s8 += load8(x + j);
+  for (; j + kLanes <= n; j += kLanes) sv += loadv(x + j);
   float s = 0.0f;
-  for (int k = 0; k < 8; ++k) s += s8[k];
+  for (int k = 0; k < kLanes; ++k) s += sv[k];
   for (; j < n; ++j) s += x[j];
   return s;
 }
 
-// x = exp(x - shift); returns the sum (8 float lanes, combined in double).
+// x = exp(x - shift); returns the sum (16 float lanes, combined in double).
 GPACO_HOT double exp_shift_sum(float* x, int64_t n, float shift) {
-  f8 s8 = {0, 0, 0, 0, 0, 0, 0, 0};
+  fv sv = splat(0.0f);
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const f8 e = exp_lanes<f8, i8>(load8(x + j) - shift);
-    store8(x + j, e);
-    s8 += e;
+  for (; j + kLanes <= n; j += kLanes) {
+    const fv e = exp_lanes<fv, iv>(loadv(x + j) - shift);
+    storev(x + j, e);
+    sv += e;
   }
   double total = 0.0;
-  for (int k = 0; k < 8; ++k) total += s8[k];
+  for (int k = 0; k < kLanes; ++k) total += sv[k];
   for (; j < n; ++j) {
     x[j] = exp_lanes<float, int32_t>(x[j] - shift);
     total += x[j];
@@ -133,6 +173,37 @@ GPACO_HOT double exp_shift_sum(float* x, int64_t n, float shift) {
 
 GPACO_HOT void affine_inplace(float* x, int64_t n, float mul, float add) {
   for (int64_t j = 0; j < n; ++j) x[j] = x[j] * mul + add;
+}
+
+// Sum of x over the columns whose dense label id is `id` (a vector pass with a mask: for rows with many positives,
+// cheaper than gathering them one by one).
+GPACO_HOT double masked_sum(const float* x, const int32_t* ids, int64_t n, int32_t id) {
+  fv sv = splat(0.0f);
+  const fv zero = splat(0.0f);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) sv += (loadi(ids + j) == id) ? loadv(x + j) : zero;
+  double total = 0.0;
+  for (int k = 0; k < kLanes; ++k) total += sv[k];
+  for (; j < n; ++j) total += ids[j] == id ? x[j] : 0.0f;
+  return total;
+}
+
+// x += value on the columns whose dense label id is `id`.
+GPACO_HOT void masked_add(float* x, const int32_t* ids, int64_t n, int32_t id, float value) {
+  const fv add = splat(value), zero = splat(0.0f);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) storev(x + j, loadv(x + j) + ((loadi(ids + j) == id) ? add : zero));
+  for (; j < n; ++j) x[j] += ids[j] == id ? value : 0.0f;
+}
+
+double masked_sum(const double* x, const int32_t* ids, int64_t n, int32_t id) {
+  double total = 0.0;
+  for (int64_t j = 0; j < n; ++j) total += ids[j] == id ? x[j] : 0.0;
+  return total;
+}
+
+void masked_add(double* x, const int32_t* ids, int64_t n, int32_t id, double value) {
+  for (int64_t j = 0; j < n; ++j) x[j] += ids[j] == id ? value : 0.0;
 }
 
 double max_of(const double* x, int64_t n) {
@@ -160,11 +231,27 @@ void affine_inplace(double* x, int64_t n, double mul, double add) {
   for (int64_t j = 0; j < n; ++j) x[j] = x[j] * mul + add;
 }
 
-// Sum of row[offset + c] over the columns c of `label` in `index`, skipping column `skip`; adds the count to *count.
+// A row with more positives than this fraction of a segment's columns is handled by masked vector passes over the
+// whole segment instead of gathering its positive columns one by one (few classes: a third of a 50 000-column row).
+constexpr int64_t kDenseFraction = 16;
+
+// Sum of seg[c] over the columns c of `label` in `index`, skipping column `skip`; adds the count to *count.
 template <typename T>
 T gather_sum(const LabelIndex* index, int64_t label, const T* seg, int64_t skip, int64_t* count) {
+  const int64_t* b = index->begin(label);
+  const int64_t* e = index->end(label);
+  const int64_t found = e - b, n = index->size();
+  if (found * kDenseFraction > n) {
+    const int32_t id = index->dense_id(label);
+    const int32_t* ids = index->dense_ids();
+    const bool has_skip = skip >= 0 && skip < n && ids[skip] == id;
+    *count += found - (has_skip ? 1 : 0);
+    if (!has_skip) return static_cast<T>(masked_sum(seg, ids, n, id));
+    // The skipped column is left out of the pass, not subtracted afterwards (it may hold the row's max).
+    return static_cast<T>(masked_sum(seg, ids, skip, id) + masked_sum(seg + skip + 1, ids + skip + 1, n - skip - 1, id));
+  }
   T total = 0;
-  for (const int64_t* c = index->begin(label); c != index->end(label); ++c) {
+  for (const int64_t* c = b; c != e; ++c) {
     if (*c == skip) continue;
     total += seg[*c];
     ++*count;
@@ -174,7 +261,21 @@ T gather_sum(const LabelIndex* index, int64_t label, const T* seg, int64_t skip,
 
 template <typename T>
 void gather_add(const LabelIndex* index, int64_t label, T* seg, int64_t skip, T value) {
-  for (const int64_t* c = index->begin(label); c != index->end(label); ++c) {
+  const int64_t* b = index->begin(label);
+  const int64_t* e = index->end(label);
+  const int64_t n = index->size();
+  if ((e - b) * kDenseFraction > n) {
+    const int32_t id = index->dense_id(label);
+    const int32_t* ids = index->dense_ids();
+    if (skip >= 0 && skip < n && ids[skip] == id) {
+      masked_add(seg, ids, skip, id, value);
+      masked_add(seg + skip + 1, ids + skip + 1, n - skip - 1, id, value);
+    } else {
+      masked_add(seg, ids, n, id, value);
+    }
+    return;
+  }
+  for (const int64_t* c = b; c != e; ++c) {
     if (*c != skip) seg[*c] += value;
   }
 }

@@ -22,10 +22,14 @@ class LabelIndex {
   const int64_t* begin(int64_t label) const;
   const int64_t* end(int64_t label) const;
   int64_t size() const { return static_cast<int64_t>(columns_.size()); }
+  // Dense id (0 .. distinct labels - 1) of every column, and of a label (-1 when no column has it).
+  const int32_t* dense_ids() const { return dense_.data(); }
+  int32_t dense_id(int64_t label) const;
 
  private:
   std::vector<int64_t> sorted_labels_;  // labels in increasing order
   std::vector<int64_t> columns_;        // the column of each entry of sorted_labels_
+  std::vector<int32_t> dense_;          // per column: the rank of its label among the distinct labels
 };
 
 // Scalars and column layout shared by all rows of one call.

@@ -1,9 +1,10 @@
 """Backend "cpu": the C++ kernels of csrc/ as the CPU implementation of the op (gpaco::cpu_forward / cpu_backward).
 
 Importing this module never fails: when the extension gpaco_kernels._C is missing or broken, availability() says
-why and how to build it, and "auto" falls back to the torch backend. The kernels take float32 and float64; half
-inputs are computed in float32 inside the op (its outputs are in the compute dtype, its gradients in the input
-dtype, as for every backend).
+why and how to build it, and "auto" falls back to the torch backend. The kernels take float32, float64, bfloat16 and
+float16. Half inputs are multiplied in their dtype with float32 accumulation where MKL's half GEMMs serve this CPU
+(`half_gemm_mode`), otherwise upcast to float32 once; the row pass (max, exp, sums, gradient) is float32 either way.
+The op's outputs are in the compute dtype, its gradients in the input dtype, as for every backend.
 
 With 'mean' or 'sum' the forward is asked for the gradients of an upstream gradient of 1 (UNIT_GRADIENTS): a row's
 lse is known while its logits are still in cache, so they cost one product less than a second sweep; the backward
@@ -11,6 +12,8 @@ then scales them when the upstream gradient is one value on every anchor, and sw
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -45,9 +48,48 @@ def device_unsupported(device_type: str):
     return None
 
 
-def _in_kernel_dtype(x: ContrastInputs) -> ContrastInputs:
-    dtype = compute_dtype(x.features.dtype)
-    return ContrastInputs(*(t.to(dtype) if t is not None and t.is_floating_point() else t for t in x.tensors()))
+# CPU features that make MKL's half-precision GEMMs faster than float32 ones: AMX tiles or AVX-512 dot products of
+# that dtype. Without them MKL converts internally: on a 2-core Xeon with AVX-512 alone, 256 x 8448 x 128 ran at the
+# float32 speed in the forward and 1.5x slower as G C (benchmarks/results, README), so upcasting is the better path.
+HALF_GEMM_FLAGS = {torch.bfloat16: ("amx_bf16", "avx512_bf16"), torch.float16: ("amx_fp16", "avx512_fp16")}
+
+
+def cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def half_gemm_mode(dtype: torch.dtype) -> str:
+    """How bfloat16 / float16 inputs are multiplied here: "mkl" (their own GEMM, float32 accumulation and output) where
+    this torch provides MKL's and the CPU has the features above, else "float32" (the inputs upcast once). The row pass
+    is float32 either way. GPACO_CPU_HALF_GEMM=mkl|float32 forces one (the tests run both)."""
+    name = str(dtype).replace("torch.", "")
+    available = _C is not None and _C.mkl_half_gemm(name)
+    forced = os.environ.get("GPACO_CPU_HALF_GEMM")
+    if forced is not None:
+        if forced not in ("mkl", "float32"):
+            raise ValueError(f"GPACO_CPU_HALF_GEMM must be 'mkl' or 'float32', got {forced!r}")
+        if forced == "mkl" and not available:
+            raise ValueError(f"GPACO_CPU_HALF_GEMM=mkl, but this torch does not provide MKL's {name} GEMM")
+        return forced
+    native = any(flag in _flags() for flag in HALF_GEMM_FLAGS[dtype])
+    return "mkl" if available and native else "float32"
+
+
+_FLAGS = None
+
+
+def _flags() -> frozenset:
+    global _FLAGS
+    if _FLAGS is None:
+        _FLAGS = cpu_flags()
+    return _FLAGS
 
 
 def _sweep(x: ContrastInputs, p: OpParams, coef=None, inv_pos=None, needs=(False, False, False)):
@@ -67,31 +109,30 @@ def _sweep(x: ContrastInputs, p: OpParams, coef=None, inv_pos=None, needs=(False
         coef,
         inv_pos,
         *needs,
+        x.features.dtype in HALF_GEMM_FLAGS and half_gemm_mode(x.features.dtype) == "mkl",
     )
 
 
 def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
-    xk = _in_kernel_dtype(x)
     anchor_labels = x.labels[: p.num_anchors]
     coef = None
     if unit_gradients:
-        coef = anchor_scale(torch.ones(p.num_anchors, dtype=xk.features.dtype), anchor_labels, p)
+        coef = anchor_scale(torch.ones(p.num_anchors, dtype=compute_dtype(x.features.dtype)), anchor_labels, p)
     needs = (True, x.center_logits is not None, x.centers is not None)
-    wl, lse, pos, *units = _sweep(xk, p, coef, None, needs)
+    wl, lse, pos, *units = _sweep(x, p, coef, None, needs)
     return (finalize_loss(wl, pos, lse, anchor_labels, p), lse, pos, *units)
 
 
 def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
-    xk = _in_kernel_dtype(x)
     like = (x.features, x.center_logits, x.centers)
     needs = tuple(n and t is not None for n, t in zip(needs, like))
-    g = grad_loss.to(xk.features.dtype)
+    g = grad_loss.to(compute_dtype(x.features.dtype))
     if units[0].numel() > 0 and bool((g == g[0]).all()):
         # Every anchor got the same upstream gradient ('mean', 'sum'): the forward's gradients, scaled.
         grads = tuple(u * g[0] if n else None for u, n in zip(units, needs))
     else:
         a, inv_pos = gradient_coefficients(g, pos, x.labels[: p.num_anchors], p)
-        grads = _sweep(xk, p, a, inv_pos, needs)[3:]
+        grads = _sweep(x, p, a, inv_pos, needs)[3:]
         grads = tuple(gr if n else None for gr, n in zip(grads, needs))
     return tuple(lse.new_empty((0,)) if gr is None else gr.to(t.dtype).contiguous() for gr, t in zip(grads, like))
 
