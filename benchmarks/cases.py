@@ -69,6 +69,15 @@ class Case:
     gemm_columns: int  # columns that come from a product with the anchors (batch + queue)
     dim: int
     leaves: list = field(default_factory=list)
+    grad_columns: int = 0  # the first grad_columns of the product columns take a gradient (G^T A): the batch rows
+
+    def __post_init__(self):
+        self.grad_columns = self.grad_columns or self.gemm_columns
+
+    def tight_flops(self) -> int:
+        """FLOPs no exact method avoids: S = A X^T and G X over every product column, G^T A over those that take a
+        gradient (the queue takes none)."""
+        return 2 * self.anchors * self.dim * (2 * self.gemm_columns + self.grad_columns)
 
     def zero_grad(self):
         for leaf in self.leaves:
@@ -85,7 +94,7 @@ def make_case(sweep: str, size: int, *, device="cpu", dtype=torch.float32, seed=
         labels = torch.randint(0, 100, (size,), generator=gen).to(device)
         options = dict(temperature=0.1, base_temperature=0.07)
         inputs = dict(features=feats, labels=labels)
-        return Case(sweep, size, "supcon", inputs, options, 2 * size, 2 * size, 2 * size, 128, [feats])
+        return Case(sweep, size, "supcon", inputs, options, 2 * size, 2 * size, 2 * size, 128, [feats], 2 * size)
     if sweep == "pixel":
         sizes = dict(anchors=size, batch=size, queue=0, classes=150, dim=128)
         workload = "pixel"
@@ -109,4 +118,5 @@ def make_case(sweep: str, size: int, *, device="cpu", dtype=torch.float32, seed=
         gemm_columns,
         sizes["dim"],
         [inputs["features"], inputs["center_logits"]],
+        sizes["batch"],
     )

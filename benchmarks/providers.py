@@ -1,7 +1,10 @@
 """The providers a benchmark compares, each turning a Case into callables for its forward, backward and both.
 
-floor      the bare products every exact method computes: logits = A X^T (forward), G X and G^T A (backward),
-           X = the columns that come from a product with the anchors (batch rows and queue)
+tight-floor     the products no exact method avoids: S = A X^T and G X over every column X that comes from a product
+                with the anchors (batch rows and queue), G^T A only over the columns that take a gradient (the batch
+                rows; the queue takes none); in the dtype and with the routine the fused CPU backend uses
+                (benchmarks/machine.py product_fn)
+three-products  the older, looser baseline: the same three products with G^T A over every column, queue included
 dense      the published formula as the official code writes it (dense_published.py), eager
 compiled   torch.compile of `dense` (compilation happens in the warm-up, never timed)
 torch, cpu, triton   gpaco_kernels backends through fused_paco_loss / fused_supcon_loss
@@ -17,7 +20,8 @@ from gpaco_kernels.ops.dispatch import backend_unavailable_reason, device_unsupp
 from .cases import Case
 from .dense_published import dense_call, supcon_dense
 
-PROVIDERS = ("floor", "dense", "compiled", "torch", "cpu", "triton")
+PROVIDERS = ("tight-floor", "three-products", "dense", "compiled", "torch", "cpu", "triton")
+FLOORS = ("tight-floor", "three-products")
 BACKENDS = ("torch", "cpu", "triton")
 
 # Live anchors x columns float32 matrices the published formula holds for its backward (same-label mask, sims,
@@ -62,20 +66,43 @@ def _fused(case: Case, backend: str):
 
 
 def _floor_operands(case: Case):
+    """(anchors, product columns) in the dtype the floor multiplies them in (converted here, outside the timing)."""
+    from .machine import product_fn
+
     feats = case.inputs["features"].detach()
     if case.kind == "supcon":
         cols = torch.cat(torch.unbind(feats, dim=1))
-        return cols, cols
-    anchors = feats[: case.anchors]
-    cols = torch.cat([feats, case.inputs["queue"]]) if "queue" in case.inputs else feats
-    return anchors, cols
+        anchors = cols
+    else:
+        anchors = feats[: case.anchors]
+        cols = torch.cat([feats, case.inputs["queue"]]) if "queue" in case.inputs else feats
+    _, _, operand_dtype = product_fn(feats.dtype, feats.device)
+    return anchors.to(operand_dtype).contiguous(), cols.to(operand_dtype).contiguous()
+
+
+def _floor(case: Case, tight: bool):
+    """(forward, backward(g)) of a floor: S = A X^T; G X and G^T A (over the gradient columns when tight)."""
+    from .machine import product_fn
+
+    anchors, cols = _floor_operands(case)
+    _, mm, _ = product_fn(case.inputs["features"].dtype, anchors.device)
+    n_grad = case.grad_columns if tight else cols.shape[0]
+
+    def forward():
+        return mm(anchors, False, cols, True)
+
+    def backward(g):
+        g = g.to(anchors.dtype)
+        mm(g, False, cols, False)
+        mm(g[:, :n_grad], True, anchors, False)
+
+    return forward, backward
 
 
 def forward_fn(name: str, case: Case):
-    """A callable running the provider's forward and returning its loss (the floor: the logits)."""
-    if name == "floor":
-        anchors, cols = _floor_operands(case)
-        return lambda: anchors @ cols.T
+    """A callable running the provider's forward and returning its loss (a floor: the logits)."""
+    if name in FLOORS:
+        return _floor(case, name == "tight-floor")[0]
     if name == "dense":
         return lambda: _dense(case)
     if name == "compiled":
@@ -87,12 +114,8 @@ def phases(name: str, case: Case) -> dict:
     """{"fwd": fn, "bwd": (setup, fn), "fwd+bwd": fn}. bwd's setup runs a forward (untimed) and returns the
     arguments of fn, which runs the backward alone."""
     forward = forward_fn(name, case)
-    if name == "floor":
-        anchors, cols = _floor_operands(case)
-
-        def backward(g):
-            g @ cols
-            g.T @ anchors
+    if name in FLOORS:
+        forward, backward = _floor(case, name == "tight-floor")
 
         def both():
             backward(forward())

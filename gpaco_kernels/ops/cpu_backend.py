@@ -128,13 +128,15 @@ def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs)
     needs = tuple(n and t is not None for n, t in zip(needs, like))
     g = grad_loss.to(compute_dtype(x.features.dtype))
     if units[0].numel() > 0 and bool((g == g[0]).all()):
-        # Every anchor got the same upstream gradient ('mean', 'sum'): the forward's gradients, scaled.
-        grads = tuple(u * g[0] if n else None for u, n in zip(units, needs))
-    else:
-        a, inv_pos = gradient_coefficients(g, pos, x.labels[: p.num_anchors], p)
-        grads = _sweep(x, p, a, inv_pos, needs)[3:]
-        grads = tuple(gr if n else None for gr, n in zip(grads, needs))
-    return tuple(lse.new_empty((0,)) if gr is None else gr.to(t.dtype).contiguous() for gr, t in zip(grads, like))
+        # Every anchor got the same upstream gradient ('mean', 'sum'): the forward's gradients, scaled, written
+        # straight in the input dtype (one rounding, and no float32 copy next to the saved ones).
+        return tuple(
+            torch.mul(u, g[0], out=torch.empty(t.shape, dtype=t.dtype)) if n else lse.new_empty((0,))
+            for u, n, t in zip(units, needs, like)
+        )
+    a, inv_pos = gradient_coefficients(g, pos, x.labels[: p.num_anchors], p)
+    grads = _sweep(x, p, a, inv_pos, needs)[3:]
+    return tuple(gr.to(t.dtype).contiguous() if n else lse.new_empty((0,)) for gr, n, t in zip(grads, needs, like))
 
 
 OPS = define_backend_ops(NAME, _forward, _backward, device_types="cpu") if _C is not None else None

@@ -17,7 +17,7 @@ lse_i = m_i + log(sum_J d exp(l - m_i) + lse_eps), L_i = -(t/tb) (sum_J w l - P_
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -41,7 +41,8 @@ class OpParams:
     lse_eps: float  # lse = m + log(Z + lse_eps); the published PaCo code adds 1e-12, SupCon adds nothing
 
     def astuple(self) -> tuple:
-        return astuple(self)
+        # Not dataclasses.astuple: it deep-copies every field, a measurable cost on every call of the op.
+        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(frozen=True)
