@@ -8,7 +8,6 @@ with the routine the floor uses (`product_fn`): the share of it a provider reach
 from __future__ import annotations
 
 import datetime
-
 import platform
 import re
 import statistics
@@ -40,7 +39,8 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
 def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT)
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run(status, capture_output=True, text=True, cwd=ROOT)
         return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except OSError:
         return "?"
@@ -122,6 +122,3 @@ def memory_available(device: torch.device) -> int:
             return int(re.search(r"MemAvailable:\s+(\d+) kB", fh.read()).group(1)) * 1024
     except (OSError, AttributeError):
         return 1 << 62
-
-
-

@@ -154,7 +154,8 @@ def headline_table(records) -> str:
     """The README's benchmark table: per machine and dtype, the headline points with the goals' ratios."""
     rows = [
         "| machine | dtype | workload | cpu ms | tight floor ms | cpu / tight floor | three products ms | "
-        "cpu / three products | dense eager ms | dense / cpu | torch.compile ms | cpu share of GEMM peak | cpu MB | run |",
+        "cpu / three products | dense eager ms | dense / cpu | torch.compile ms | cpu share of GEMM peak | cpu MB "
+        "| run |",
         "|" + "---|" * 14,
     ]
     peak_of = peaks(records)
@@ -167,15 +168,47 @@ def headline_table(records) -> str:
                 if not p or "cpu" not in p:
                     continue
                 cpu, floor, three = _time(p, "cpu"), _time(p, "tight-floor"), _time(p, "three-products")
-                dense, compiled = _time(p, "dense"), _time(p, "compiled")
+                dense = _time(p, "dense")
                 run = p["cpu"]["run"]
-                ms = (lambda t, k: f"{t * 1e3:.4g}" if t else (p[k]["time"]["status"] if k in p else "-"))  # noqa: E731
+                cells = [_ms(p[k]) if k in p else "-" for k in ("cpu", "tight-floor", "three-products")]
+                dense_cells = [_ms(p[k]) if k in p else "-" for k in ("dense", "compiled")]
                 rows.append(
-                    f"| {label} | {dtype} | {sweep} {size} | {ms(cpu, 'cpu')} | {ms(floor, 'tight-floor')} | "
-                    f"{_ratio(cpu, floor)} | {ms(three, 'three-products')} | {_ratio(cpu, three)} | {ms(dense, 'dense')}"
-                    f" | {_ratio(dense, cpu)} | {ms(compiled, 'compiled')} | {_share(p, 'cpu', peak_of.get(run))} | "
-                    f"{_mb(p['cpu'])} | `{run}` |"
+                    f"| {label} | {dtype} | {sweep} {size} | {cells[0]} | {cells[1]} | {_ratio(cpu, floor)} | "
+                    f"{cells[2]} | {_ratio(cpu, three)} | {dense_cells[0]} | {_ratio(dense, cpu)} | {dense_cells[1]} | "
+                    f"{_share(p, 'cpu', peak_of.get(run))} | {_mb(p['cpu'])} | `{run}` |"
                 )
+    return "\n".join(rows)
+
+
+def plot_links(records) -> str:
+    rows = []
+    for name, machine in machines(records).items():
+        rows += [f"{machine.get('gpu') or machine['cpu']}: [results.md](benchmarks/results/{name}/results.md)", ""]
+        rows += ["| time | memory |", "|---|---|"]
+        for dtype in DTYPES:
+            for sweep in points(records, name, dtype):
+                cells = [f"![](benchmarks/results/{name}/{sweep}-{dtype}-{what}.png)" for what in ("time", "memory")]
+                rows.append("| " + " | ".join(cells) + " |")
+        rows.append("")
+    return "\n".join(rows).rstrip()
+
+
+def memory_probes(records) -> str:
+    """The latest probe per (machine, sweep, size, provider, dtype, phase)."""
+    latest = {}
+    for r in records:
+        if r["kind"] == "memory-probe":
+            m = r["machine"]
+            latest[(m.get("gpu") or m["cpu"], r["sweep"], r["size"], r["provider"], r["dtype"], r["phase"])] = r
+    rows = ["| machine | workload | provider | dtype | what | peak growth MB | held after the call MB | run |"]
+    rows.append("|---|---|---|---|---|---|---|---|")
+    what = {"step": "one forward+backward", "forward-held": "one forward under grad, loss kept, no backward"}
+    for (machine, sweep, size, provider, dtype, phase), r in sorted(latest.items()):
+        held = f"{r['held_mb']:.0f}" if "held_mb" in r else "-"
+        rows.append(
+            f"| {machine} | {sweep} {size} | {provider} | {dtype} | {what[phase]} | {r['peak_growth_mb']:.0f} | "
+            f"{held} | `{r['run']}` |"
+        )
     return "\n".join(rows)
 
 
@@ -262,6 +295,8 @@ def readme(text: str, records) -> str:
         "selfcheck": selfcheck_block,
         "benchmarks": lambda: headline_table(records),
         "gemm-peaks": lambda: gemm_peaks(records),
+        "memory-probes": lambda: memory_probes(records),
+        "benchmark-plots": lambda: plot_links(records),
     }
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)
@@ -294,7 +329,8 @@ def regenerate(records_path: Path = RECORDS, check: bool = False) -> int:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
     for path in changed:
-        print(("would change: " if check else "wrote: ") + str(path.relative_to(ROOT)))
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        print(("would change: " if check else "wrote: ") + str(shown))
     if check and changed:
         print("the committed tables and plots are not what the records give: run `python -m benchmarks --report`")
         return 1

@@ -35,6 +35,7 @@ from .cases import SWEEPS, make_case
 from .machine import ROOT, facts, gemm_peak, memory_available
 from .providers import PROVIDERS, dense_bytes, phases, unavailable
 from .records import RECORDS, append
+
 OOM_PATTERNS = ("out of memory", "can't allocate memory", "std::bad_alloc", "CUDA out of memory")
 
 
@@ -184,7 +185,8 @@ def run(args, on_point=None) -> list[dict]:
                     )
                 if rec["time"]["status"] != "ok":
                     stopped[(sweep, provider)] = dict(status=rec["time"]["status"], size=size)
-            new.append(dict(base, kind="point", fused=fused, sweep=sweep, size=size, provider=provider, tight_flops=flops, **rec))
+            where = dict(kind="point", fused=fused, sweep=sweep, size=size, provider=provider, tight_flops=flops)
+            new.append(dict(base, **where, **rec))
         records += new
         if on_point is not None:
             on_point(new)
@@ -215,7 +217,8 @@ def main(argv=None) -> int:
     args.records.parent.mkdir(parents=True, exist_ok=True)
     records = run(args, on_point=lambda new: append(args.records, new))
     print(f"appended {len(records)} records to {args.records}; `python -m benchmarks --report` redraws the tables")
-    errors = [r for r in records if "error" in (r["time"]["status"], r.get("memory", {}).get("status"))]
+    points = [r for r in records if r["kind"] == "point"]
+    errors = [r for r in points if "error" in (r["time"]["status"], r.get("memory", {}).get("status"))]
     for r in errors:
         print(f"ERROR {r['sweep']} {r['size']} {r['provider']}: {r['time'].get('note') or r['memory'].get('note')}")
     return 1 if errors else 0
