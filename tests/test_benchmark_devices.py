@@ -1,4 +1,4 @@
-"""The benchmarks build every tensor on the benchmark's device: each provider's setup, and the dense and floor
+"""The benchmarks build every tensor on the benchmark's device: each provider's setup, and the dense and both floor
 providers' whole step, run on 'meta' tensors, where a tensor created on the CPU by mistake (torch.arange without a
 device, as the published code writes it for .cuda() inputs) fails with a device mismatch. This is the CPU-only
 stand-in for `python -m benchmarks --device cuda`."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.cases import SWEEPS, make_case
-from benchmarks.providers import BACKENDS, PROVIDERS, _floor_operands, phases
+from benchmarks.providers import BACKENDS, FLOORS, PROVIDERS, _floor_operands, phases
 
 
 @pytest.mark.parametrize("sweep", sorted(SWEEPS))
@@ -26,7 +26,7 @@ def test_every_provider_sets_up_and_the_dense_ones_run_on_another_device(sweep, 
     case = make_case(sweep, SWEEPS[sweep].quick[0], device="meta")
     steps = phases(provider, case)
     assert set(steps) == {"fwd", "bwd", "fwd+bwd"}
-    if provider == "floor":
+    if provider in FLOORS:
         assert all(t.device.type == "meta" for t in _floor_operands(case))
         steps["fwd+bwd"]()
     elif provider == "dense":
