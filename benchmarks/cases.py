@@ -4,6 +4,8 @@ lt-queue   the GPaCo ImageNet-LT step (256 anchors, 1000 classes, D 128) over th
 pixel      the GPaCo pixel loss (150 classes, D 128, every pixel an anchor) over the number of pixels N
 supcon     SupCon with two views (labels of 100 classes, D 128) over the batch size; 2 x batch anchors and columns
 dim        the LT step with a queue of 8192 over the embedding dimension
+classes    SupCon with two views of a 8192 batch (16384 rows, D 128) over the number of distinct labels: few labels
+           mean dense positives (a third of every row with 3 labels)
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ SWEEPS = {
         Sweep(
             "dim", "GPaCo ImageNet-LT step, queue 8192", "embedding dim D", (32, 64, 128, 256, 512), (32, 128)
         ),  # fmt: skip
+        Sweep(
+            "classes", "SupCon, two views of 8192 (D 128)", "distinct labels", (3, 10, 100, 1000), (3, 100)
+        ),  # fmt: skip
     )
 }
 
@@ -87,14 +92,16 @@ class Case:
 def make_case(sweep: str, size: int, *, device="cpu", dtype=torch.float32, seed=0) -> Case:
     if sweep not in SWEEPS:
         raise ValueError(f"sweep must be one of {sorted(SWEEPS)}, got {sweep!r}")
-    if sweep == "supcon":
+    if sweep in ("supcon", "classes"):
         gen = torch.Generator().manual_seed(seed)
-        feats = torch.nn.functional.normalize(torch.randn(size, 2, 128, generator=gen), dim=-1)
+        batch, classes = (size, 100) if sweep == "supcon" else (8192, size)
+        feats = torch.nn.functional.normalize(torch.randn(batch, 2, 128, generator=gen), dim=-1)
         feats = feats.to(device=device, dtype=dtype).requires_grad_()
-        labels = torch.randint(0, 100, (size,), generator=gen).to(device)
+        labels = torch.randint(0, classes, (batch,), generator=gen).to(device)
         options = dict(temperature=0.1, base_temperature=0.07)
         inputs = dict(features=feats, labels=labels)
-        return Case(sweep, size, "supcon", inputs, options, 2 * size, 2 * size, 2 * size, 128, [feats], 2 * size)
+        rows = 2 * batch
+        return Case(sweep, size, "supcon", inputs, options, rows, rows, rows, 128, [feats], rows)
     if sweep == "pixel":
         sizes = dict(anchors=size, batch=size, queue=0, classes=150, dim=128)
         workload = "pixel"

@@ -93,6 +93,16 @@ def product_fn(dtype: torch.dtype, device: torch.device):
     return f"{str(dtype)[6:]} matmul", torch_mm, dtype
 
 
+def variant(dtype: torch.dtype, device: torch.device) -> str:
+    """How the fused CPU backend multiplies this dtype here ('mkl' or 'float32' for half inputs; '' otherwise): runs
+    of one dtype with different paths are different table rows."""
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        from gpaco_kernels.ops import cpu_backend
+
+        return cpu_backend.half_gemm_mode(dtype)
+    return ""
+
+
 def gemm_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> dict:
     """TFLOP/s of one size x size x size product through product_fn, the median of `repeats` after a warm-up."""
     name, fn, operand_dtype = product_fn(dtype, device)

@@ -33,12 +33,38 @@ def machines(records: list[dict]) -> dict[str, dict]:
     return out
 
 
-def points(records: list[dict], machine: str, dtype: str) -> dict:
-    """{sweep: {size: {provider: record}}} of one machine and dtype: for each (sweep, size), every provider's record
-    from the latest full run that measured that point, so that the ratios in a row always come from one run."""
+def variant(record: dict, records: list[dict]) -> str:
+    """How half-precision inputs were multiplied in the record's run ('mkl', 'float32'; '' for other dtypes). Runs
+    from before the field existed are told by their GEMM peak's routine."""
+    if "variant" in record:
+        return record["variant"]
+    if record["dtype"] not in ("bfloat16", "float16") or record["machine"].get("device") != "cpu":
+        return ""
+    peak = peaks(records).get(record["run"])
+    return "mkl" if peak and peak["routine"].startswith("MKL") else "float32"
+
+
+def configs(records: list[dict], machine: str) -> list[tuple[str, str]]:
+    """The (dtype, variant) pairs with full-run points on a machine, float32 first."""
+    found = {(r["dtype"], variant(r, records)) for r in records if r["kind"] == "point" and not r["quick"]
+             and slug(r["machine"]) == machine}  # fmt: skip
+    order = {"float32": 0, "bfloat16": 1, "float16": 2}
+    return sorted(found, key=lambda c: (order.get(c[0], 9), c[1]))
+
+
+def label(config: tuple[str, str]) -> str:
+    dtype, how = config
+    return {"mkl": f"{dtype}, MKL {dtype} products", "float32": f"{dtype}, upcast to float32 products"}.get(how, dtype)
+
+
+def points(records: list[dict], machine: str, config: tuple[str, str]) -> dict:
+    """{sweep: {size: {provider: record}}} of one machine and (dtype, variant): for each (sweep, size), every
+    provider's record from the latest full run that measured that point, so that a row's ratios come from one run."""
     latest = {}
     for r in records:
-        if r["kind"] != "point" or r["quick"] or r["dtype"] != dtype or slug(r["machine"]) != machine:
+        if r["kind"] != "point" or r["quick"] or slug(r["machine"]) != machine:
+            continue
+        if (r["dtype"], variant(r, records)) != tuple(config):
             continue
         key = (r["sweep"], r["size"])
         if key not in latest or r["machine"]["date"] > latest[key]["machine"]["date"]:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from .cases import SWEEPS
 from .machine import ROOT
-from .records import RECORDS, load, machines, peaks, points
+from .records import RECORDS, configs, label, load, machines, peaks, points
 
 RESULTS = ROOT / "benchmarks" / "results"
-DTYPES = ("float32", "bfloat16", "float16")
 # The README's headline rows: (sweep, size), as the issue goals name them.
 HEADLINE = (("lt-queue", 8192), ("pixel", 16384), ("pixel", 65536), ("supcon", 4096))
 
@@ -81,12 +80,12 @@ def machine_markdown(records, name: str, machine: dict) -> str:
         "(the dense matrices were estimated not to fit).",
         "",
     ]
-    for dtype in DTYPES:
-        table = points(records, name, dtype)
+    for config in configs(records, name):
+        table = points(records, name, config)
         for sweep, sizes in table.items():
             providers = [p for p in next(iter(sizes.values()))]
             fused = next(iter(next(iter(sizes.values())).values()))["fused"]
-            out += [f"## {SWEEPS[sweep].title}, {dtype}: {SWEEPS[sweep].axis}", ""]
+            out += [f"## {SWEEPS[sweep].title}, {label(config)}: {SWEEPS[sweep].axis}", ""]
             head = f"| {SWEEPS[sweep].axis} | " + " | ".join(providers)
             out += [head + f" | {fused} / tight floor | dense / {fused} | share of peak: {fused}, tight floor | run |"]
             out += ["|" + "---|" * (len(providers) + 5)]
@@ -99,6 +98,11 @@ def machine_markdown(records, name: str, machine: dict) -> str:
                     f"| {size} | " + " | ".join(cells) + f" | {_ratio(_time(p, fused), _time(p, 'tight-floor'))}"
                     f" | {_ratio(_time(p, 'dense'), _time(p, fused))} | {shares} | `{run}` |"
                 )
+            out += ["", "Share of the run's GEMM peak (the tight floor's FLOPs over each provider's time):", ""]
+            out += [head + " |", "|" + "---|" * (len(providers) + 1)]
+            for size, p in sorted(sizes.items()):
+                peak = peak_of.get(next(iter(p.values()))["run"])
+                out.append(f"| {size} | " + " | ".join(_share(p, k, peak) for k in providers) + " |")
             out += ["", f"Peak memory growth (MB), {SWEEPS[sweep].axis}:", "", head + " |"]
             out += ["|" + "---|" * (len(providers) + 1)]
             for size, p in sorted(sizes.items()):
@@ -121,8 +125,9 @@ def plots(records, name: str, folder: Path) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     out = {}
-    for dtype in DTYPES:
-        for sweep, sizes in points(records, name, dtype).items():
+    for config in configs(records, name):
+        dtype = "-".join(c for c in config if c)
+        for sweep, sizes in points(records, name, config).items():
             for what, unit in (("time", "ms per forward+backward"), ("memory", "peak memory growth, MB")):
                 fig, ax = plt.subplots(figsize=(6, 4))
                 providers = list(next(iter(sizes.values())))
@@ -139,7 +144,7 @@ def plots(records, name: str, folder: Path) -> dict[str, bytes]:
                 ax.set_yscale("log")
                 ax.set_xlabel(SWEEPS[sweep].axis)
                 ax.set_ylabel(unit)
-                ax.set_title(f"{SWEEPS[sweep].title}, {dtype}", fontsize=9)
+                ax.set_title(f"{SWEEPS[sweep].title}, {label(config)}", fontsize=9)
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend(fontsize=8)
                 fig.tight_layout()
@@ -160,9 +165,9 @@ def headline_table(records) -> str:
     ]
     peak_of = peaks(records)
     for name, machine in machines(records).items():
-        label = f"{machine['cpu']} ({' '.join(machine.get('cpu_flags') or [])}), {machine['threads']} threads"
-        for dtype in DTYPES:
-            table = points(records, name, dtype)
+        where = f"{machine['cpu']} ({' '.join(machine.get('cpu_flags') or [])}), {machine['threads']} threads"
+        for config in configs(records, name):
+            table = points(records, name, config)
             for sweep, size in HEADLINE:
                 p = table.get(sweep, {}).get(size)
                 if not p or "cpu" not in p:
@@ -173,7 +178,7 @@ def headline_table(records) -> str:
                 cells = [_ms(p[k]) if k in p else "-" for k in ("cpu", "tight-floor", "three-products")]
                 dense_cells = [_ms(p[k]) if k in p else "-" for k in ("dense", "compiled")]
                 rows.append(
-                    f"| {label} | {dtype} | {sweep} {size} | {cells[0]} | {cells[1]} | {_ratio(cpu, floor)} | "
+                    f"| {where} | {label(config)} | {sweep} {size} | {cells[0]} | {cells[1]} | {_ratio(cpu, floor)} | "
                     f"{cells[2]} | {_ratio(cpu, three)} | {dense_cells[0]} | {_ratio(dense, cpu)} | {dense_cells[1]} | "
                     f"{_share(p, 'cpu', peak_of.get(run))} | {_mb(p['cpu'])} | `{run}` |"
                 )
@@ -185,8 +190,9 @@ def plot_links(records) -> str:
     for name, machine in machines(records).items():
         rows += [f"{machine.get('gpu') or machine['cpu']}: [results.md](benchmarks/results/{name}/results.md)", ""]
         rows += ["| time | memory |", "|---|---|"]
-        for dtype in DTYPES:
-            for sweep in points(records, name, dtype):
+        for config in configs(records, name):
+            dtype = "-".join(c for c in config if c)
+            for sweep in points(records, name, config):
                 cells = [f"![](benchmarks/results/{name}/{sweep}-{dtype}-{what}.png)" for what in ("time", "memory")]
                 rows.append("| " + " | ".join(cells) + " |")
         rows.append("")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .cases import SWEEPS, make_case
-from .machine import ROOT, facts, gemm_peak, memory_available
+from .machine import ROOT, facts, gemm_peak, memory_available, variant
 from .providers import PROVIDERS, dense_bytes, phases, unavailable
 from .records import RECORDS, append
 
@@ -134,7 +134,7 @@ def run(args, on_point=None) -> list[dict]:
         print(f"skipping provider {name}: {why}", file=sys.stderr)
     memory_bytes = int(memory_available(device) * 0.8)
     run_id = uuid.uuid4().hex[:8]
-    base = dict(run=run_id, quick=args.quick, dtype=args.dtype, machine=facts(device))
+    base = dict(run=run_id, quick=args.quick, dtype=args.dtype, machine=facts(device), variant=variant(dtype, device))
     fused = "triton" if device.type == "cuda" else "cpu"
     peak = dict(base, kind="gemm-peak", **gemm_peak(dtype, device))
     print(f"GEMM peak: {peak['tflops']:.3f} TFLOP/s ({peak['routine']}, {peak['shape']})", file=sys.stderr)

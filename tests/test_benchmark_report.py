@@ -51,7 +51,7 @@ def test_records_are_appended_one_json_object_per_line(records):
 def test_rows_come_from_the_latest_run_of_each_point(records):
     loaded = rec.load(records)
     name = slug(dict(MACHINE, date="x"))
-    point = rec.points(loaded, name, "float32")["lt-queue"][8192]
+    point = rec.points(loaded, name, ("float32", ""))["lt-queue"][8192]
     assert {r["run"] for r in point.values()} == {"new"} and set(point) == {"cpu", "tight-floor", "dense"}
 
 
@@ -73,7 +73,20 @@ def test_quick_runs_never_reach_the_tables(records):
     rec.append(records, rows)
     loaded = rec.load(records)
     name = slug(dict(MACHINE, date="x"))
-    assert {r["run"] for r in rec.points(loaded, name, "float32")["lt-queue"][8192].values()} == {"new"}
+    assert {r["run"] for r in rec.points(loaded, name, ("float32", ""))["lt-queue"][8192].values()} == {"new"}
+
+
+def test_half_precision_paths_are_separate_rows(records):
+    """bfloat16 runs with MKL's half GEMMs and with upcast products are different configurations, never one row."""
+    extra = [_point("mkl", "2026-03-01", "cpu", 0.005, dtype="bfloat16"), _point("up", "2026-03-02", "cpu", 0.009,
+             dtype="bfloat16")]  # fmt: skip
+    extra[0]["variant"], extra[1]["variant"] = "mkl", "float32"
+    rec.append(records, extra)
+    loaded = rec.load(records)
+    name = slug(dict(MACHINE, date="x"))
+    assert rec.configs(loaded, name) == [("float32", ""), ("bfloat16", "float32"), ("bfloat16", "mkl")]
+    assert rec.points(loaded, name, ("bfloat16", "mkl"))["lt-queue"][8192]["cpu"]["run"] == "mkl"
+    assert "bfloat16, MKL bfloat16 products" in report.headline_table(loaded)
 
 
 def test_check_reports_a_difference_and_writes_nothing(records, monkeypatch, tmp_path, capsys):
