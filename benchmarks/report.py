@@ -26,7 +26,10 @@ HEADLINE = (("lt-queue", 8192), ("pixel", 16384), ("pixel", 65536), ("supcon", 4
 
 def _ms(record) -> str:
     t = record["time"]
-    return f"{t['median_s'] * 1e3:.4g}" if t["status"] == "ok" else t["status"]
+    if t["status"] != "ok":
+        return t["status"]
+    ms = t["median_s"] * 1e3
+    return f"{ms:,.0f}" if ms >= 1000 else f"{ms:.4g}"
 
 
 def _mb(record) -> str:
@@ -218,6 +221,64 @@ def memory_probes(records) -> str:
     return "\n".join(rows)
 
 
+NATIVE_BF16_GOALS = (
+    ("amx_bf16", "GPaCo LT step, bf16, AMX: <= 1.5x the bf16 tight floor, >= 4x faster than fp32"),
+    ("avx512_bf16", "GPaCo LT step, bf16, AVX512-BF16 without AMX: >= 1.5x faster than fp32"),
+)
+
+
+def goals_table(records) -> str:
+    """The CPU goals of the benchmark plan, each against the records of every machine: measured value and whether it
+    holds (or why it cannot be measured there)."""
+    rows = ["| machine | goal | measured | holds | run |", "|---|---|---|---|---|"]
+    peak_of = peaks(records)
+    for name, machine in machines(records).items():
+        if machine.get("device") == "cuda":
+            continue
+        flags = set(machine.get("cpu_flags") or [])
+        where = f"{machine['cpu']} ({' '.join(sorted(flags))})"
+        for native, goal in NATIVE_BF16_GOALS:
+            if native not in flags:
+                rows.append(f"| {where} | {goal} | not measurable: this CPU has no {native} | - | - |")
+        for config in configs(records, name):
+            table = points(records, name, config)
+            lt = table.get("lt-queue", {}).get(8192)
+            if config == ("float32", "") and lt and _time(lt, "cpu") and _time(lt, "tight-floor"):
+                ratio = _time(lt, "cpu") / _time(lt, "tight-floor")
+                rows.append(
+                    f"| {where} | GPaCo LT step, fp32: <= 1.25x the fp32 tight floor | {ratio:.2f}x | "
+                    f"{'yes' if ratio <= 1.25 else 'no'} | `{lt['cpu']['run']}` |"
+                )
+            for size in (16384, 65536):
+                p = table.get("pixel", {}).get(size)
+                if not p or not _time(p, "cpu") or not _time(p, "three-products") or config[0] == "float16":
+                    continue
+                ratio = _time(p, "cpu") / _time(p, "three-products")
+                peak = peak_of.get(p["cpu"]["run"])
+                share = p["cpu"]["tight_flops"] / _time(p, "cpu") / 1e12 / peak["tflops"] if peak else 0
+                holds = "yes" if ratio <= 1.0 and share >= 0.5 else "no"
+                rows.append(
+                    f"| {where} | pixel N = {size}, {label(config)}: <= 1.0x the three-products baseline, >= 50% of "
+                    f"the GEMM peak | {ratio:.2f}x, {share * 100:.0f}% | {holds} | `{p['cpu']['run']}` |"
+                )
+    probes = {}
+    for r in records:
+        if r["kind"] == "memory-probe" and r["phase"] == "step" and r["sweep"] == "pixel" and r["size"] == 65536:
+            probes[(r["machine"]["cpu"], r["dtype"])] = r
+    for name, machine in machines(records).items():
+        for config in configs(records, name):
+            p = points(records, name, config).get("pixel", {}).get(65536, {}).get("cpu")
+            if p and p.get("memory", {}).get("status") == "ok":
+                probes.setdefault((machine["cpu"], config[0]), dict(p, peak_growth_mb=p["memory"]["peak_mb"]))
+    for (cpu, dtype), r in sorted(probes.items()):
+        mb = r["peak_growth_mb"]
+        rows.append(
+            f"| {cpu} | memory, pixel loss N = 65536, {dtype}: peak growth <= 256 MB | {mb:.0f} MB | "
+            f"{'yes' if mb <= 256 else 'no'} | `{r['run']}` |"
+        )
+    return "\n".join(rows)
+
+
 def gemm_peaks(records) -> str:
     rows = ["| machine | dtype | routine | shape | TFLOP/s | run |", "|---|---|---|---|---|---|"]
     for r in records:
@@ -303,6 +364,7 @@ def readme(text: str, records) -> str:
         "gemm-peaks": lambda: gemm_peaks(records),
         "memory-probes": lambda: memory_probes(records),
         "benchmark-plots": lambda: plot_links(records),
+        "goals": lambda: goals_table(records),
     }
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)

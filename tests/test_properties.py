@@ -107,6 +107,24 @@ def test_backend_agrees_with_the_reference(backend):
     check()
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_float32_agrees_with_the_float64_reference(backend):
+    """The float32 paths (for the cpu backend: the SIMD row core, in whichever ISA clone this CPU runs, with the
+    polynomial exp and the masked vector passes) on random problems, against float64."""
+    need_backend(backend)
+
+    @settings(max_examples=EXAMPLES[backend], **SETTINGS)
+    @given(problems())
+    def check(problem):
+        kw, grads = problem
+        want = run(kw, grads, "reference", torch.float64)
+        got = run(kw, grads, backend, torch.float32)
+        assert torch.isfinite(got[0]).all(), "non-finite loss where the float64 reference is finite"
+        compare(got, want, 2e-4, f"{backend} float32")
+
+    check()
+
+
 @settings(max_examples=40, **SETTINGS)
 @given(problems(), st.integers(0, 2**31 - 1))
 def test_permuting_columns_with_their_labels_changes_nothing(problem, seed):

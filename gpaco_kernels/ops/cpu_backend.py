@@ -49,8 +49,8 @@ def device_unsupported(device_type: str):
 
 
 # CPU features that make MKL's half-precision GEMMs faster than float32 ones: AMX tiles or AVX-512 dot products of
-# that dtype. Without them MKL converts internally: on a 2-core Xeon with AVX-512 alone, 256 x 8448 x 128 ran at the
-# float32 speed in the forward and 1.5x slower as G C (benchmarks/results, README), so upcasting is the better path.
+# that dtype. Without them MKL converts internally and was slower than float32 products on a Xeon with AVX-512 alone
+# (the bfloat16 rows of the README's benchmark table, both paths measured), so upcasting is the better path there.
 HALF_GEMM_FLAGS = {torch.bfloat16: ("amx_bf16", "avx512_bf16"), torch.float16: ("amx_fp16", "avx512_fp16")}
 
 
