@@ -1,50 +1,88 @@
 #!/usr/bin/env bash
-# The hardware run, on a machine with an NVIDIA GPU (torch with CUDA, triton and nvcc already installed there):
-# installs this checkout, runs the test suite's backend grid on CUDA tensors with the compiled Triton kernels, the
-# selfcheck, the autotune picks, and the GPU benchmarks at the headline sizes; writes everything under $OUT
-# (default build/gpu) and prints a short table last. Commit what comes back under benchmarks/results/<gpu>/.
+# The hardware run, on a machine with an NVIDIA GPU (torch with CUDA, triton and a C++ compiler already installed
+# there): installs this checkout, runs the backend grid on CUDA tensors with the compiled Triton kernels, the
+# selfcheck, and the GPU benchmarks; prints a short table last. Everything it writes lands in $OUT (default
+# build/gpu), in at most seven flat files:
 #
-#     OUT=/some/dir bash scripts/gpu_check.sh [--quick]
+#     gpu.csv versions.txt   the card and the software
+#     steps.txt              one line per step: rc and seconds (rc 124: the step ran out of its time)
+#     log.txt                every step's output, autotune's picks included
+#     records.jsonl          the benchmark records (append them to benchmarks/results/records.jsonl, then
+#                            `python -m benchmarks --report` draws the GPU tables)
+#     summary.txt            the table printed last
 #
-# --quick: the tests and selfcheck only, with the quick table (a first look within a few minutes).
+#     OUT=/some/dir DEADLINE=540 bash scripts/gpu_check.sh [--quick]
+#
+# DEADLINE (seconds, default 1500) bounds the whole run: each step gets at most its own limit and what is left of the
+# deadline, so a slow step cuts the next ones short instead of the run losing everything. --quick: install, tests and
+# the quick selfcheck only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu}
+DEADLINE=${DEADLINE:-1500}
 mkdir -p "$OUT"
+: > "$OUT/steps.txt"
+: > "$OUT/log.txt"
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 status=0
-step() {  # step NAME COMMAND...: run, tee the log to $OUT/NAME.log, remember a failure, go on
-    local name=$1
-    shift
-    echo "=== $name: $*"
+step() {  # step NAME LIMIT COMMAND...: run under a time limit, append the output to log.txt, remember a failure
+    local name=$1 limit=$2
+    shift 2
+    local left=$((DEADLINE - SECONDS - 10))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 5 ]; then
+        echo "$name skipped: deadline" | tee -a "$OUT/steps.txt"
+        status=1
+        return
+    fi
+    echo "=== $name (limit ${limit}s): $*" | tee -a "$OUT/log.txt"
     local start=$SECONDS
-    "$@" 2>&1 | tee "$OUT/$name.log"
-    local rc=${PIPESTATUS[0]}
+    PYTHONUNBUFFERED=1 timeout -k 5 "$limit" "$@" >> "$OUT/log.txt" 2>&1
+    local rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$OUT/steps.txt"
     [ "$rc" = 0 ] || status=1
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.csv" 2>&1
-python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
-    > "$OUT/versions.txt" 2>&1
-step install pip install --no-build-isolation --no-deps -e .
+python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'cuda', torch.version.cuda, 'triton', triton.__version__)" > "$OUT/versions.txt" 2>&1
+MAX_JOBS=16 step install 200 python3 -m pip install --no-build-isolation --no-deps -e .
 
-# Compiled kernels, not the interpreter; the CPU part of the suite runs as in CI, Triton there needs no test.
-export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu
-export TRITON_PRINT_AUTOTUNING=1  # autotune's picks go to the logs
-step tests python -m pytest -q -x tests/test_backends.py tests/test_triton.py -k "cuda or split or gpu" -p no:cacheprovider
-step selfcheck python -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] && echo --quick)
+# Compiled kernels, not the interpreter. The CPU part of the suite runs in CI; here only the CUDA cases, spread over
+# processes (xdist) because most of their time is Triton compiling.
+export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
+export TRITON_PRINT_AUTOTUNING=1
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider -k "cuda or split or gpu" \
+    tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py
+step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] || [ "$DEADLINE" -lt 900 ] && echo --quick)
 if [ $quick = 0 ]; then
-    step bench_bf16 python -m benchmarks --device cuda --dtype bfloat16 --sweeps lt-queue pixel supcon \
-        --out "$OUT/bench-bf16" --time-limit 60 --budget 5
-    step bench_fp32 python -m benchmarks --device cuda --dtype float32 --sweeps lt-queue pixel \
-        --out "$OUT/bench-fp32" --time-limit 60 --budget 5
+    step bench_bf16 150 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps lt-queue pixel supcon \
+        --records "$OUT/records.jsonl" --time-limit 20 --budget 1
+    step bench_fp32 90 python3 -m benchmarks --device cuda --dtype float32 --sweeps lt-queue pixel \
+        --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 fi
 
-echo
-echo "=== summary ($(head -2 "$OUT/gpu.csv" | tail -1))"
-cat "$OUT/steps.txt"
-grep -h "selfcheck:" "$OUT/selfcheck.log" || true
-sed -n '/fwd+bwd per step/,/dense\/this > 1/p' "$OUT/selfcheck.log" || true
+{
+    echo "=== summary: $(tail -n +2 "$OUT/gpu.csv" | head -1); $(cat "$OUT/versions.txt")"
+    cat "$OUT/steps.txt"
+    grep -h -E "passed|failed|error" "$OUT/log.txt" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -3
+    grep -h "selfcheck:" "$OUT/log.txt" || true
+    sed -n '/fwd+bwd per step/,/dense\/this > 1/p' "$OUT/log.txt" || true
+    [ -s "$OUT/records.jsonl" ] && python3 - "$OUT/records.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+for r in rows:
+    if r.get("kind") == "gemm-peak":
+        print(f"GEMM peak {r['dtype']}: {r['tflops']:.0f} TFLOP/s ({r['routine']})")
+for r in rows:
+    if r.get("kind") == "point" and r["provider"] in ("triton", "dense", "tight-floor"):
+        t, m = r["time"], r.get("memory", {})
+        ms = f"{t['median_s'] * 1e3:9.3f} ms" if t.get("status") == "ok" else f"{t.get('status'):>12}"
+        mb = f"{m['peak_mb']:9.1f} MB" if m.get("status") == "ok" else ""
+        print(f"{r['dtype']:8} {r['sweep']:8} {r['size']:6} {r['provider']:11} {ms} {mb}")
+EOF
+} > "$OUT/summary.txt" 2>&1
+cat "$OUT/summary.txt"
 exit $status

@@ -24,7 +24,14 @@ def _ops(backend):
     return load_backend(backend).OPS
 
 
-def _problem(variant, dtype, seed=0):
+def _problem(variant, dtype, seed=0, device="cpu"):
+    if device != "cpu":
+        x, cfg = _problem(variant, dtype, seed)
+        moved = {
+            k: v.detach().to(device).requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
+            for k, v in vars(x).items()
+        }
+        return type(x)(**moved), cfg
     gen = torch.Generator().manual_seed(seed)
     feats = torch.randn(11, 5, generator=gen, dtype=dtype, requires_grad=True)
     labels = torch.randint(0, 3, (11,), generator=gen)
@@ -133,6 +140,49 @@ def test_training_step_compiles_with_fullgraph(backend, reduction):
             compiled(net, *args)
         return
     got = compiled(net, *args)
+    got_grads = torch.autograd.grad(got, list(net.parameters()))
+    assert_close(got, want, atol=2e-5, rtol=2e-5, name="compiled loss")
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, atol=2e-5, rtol=2e-5, name="compiled gradient")
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("variant", ["logits", "centers", "none"])
+def test_triton_opcheck_on_cuda_with_aot_dispatch(variant):
+    """What the interpreter refuses above, on a GPU: every opcheck, AOT dispatch included, on the compiled kernels."""
+    forward, backward = _ops("triton")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x, cfg = _problem(variant, dtype, device="cuda")
+        p = cfg.op_params()
+        args = (*x.tensors(), *p.astuple(), False)
+        torch.library.opcheck(forward._opoverload, args, test_utils=ALL_CHECKS)
+        if variant == "none":
+            continue
+        with torch.no_grad():
+            _, lse, pos, *units = call_forward(forward, x, p, False)
+        grad_loss = torch.linspace(-1, 2, p.num_anchors, dtype=lse.dtype, device="cuda")
+        needs = (True, x.center_logits is not None, x.centers is not None)
+        bargs = (*[t.detach() if t is not None else None for t in x.tensors()], *p.astuple(), lse, pos, grad_loss)
+        torch.library.opcheck(backward._opoverload, (*bargs, *units, *needs), test_utils=ALL_CHECKS)
+
+
+@needs_cuda
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_triton_training_step_compiles_with_fullgraph_on_cuda(reduction):
+    need_backend("triton")
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = _Net().cuda()
+    inputs, labels = torch.randn(10, 6, generator=gen).cuda(), torch.randint(0, 3, (10,), generator=gen).cuda()
+    queue, queue_labels = torch.randn(4, 5, generator=gen).cuda(), torch.randint(0, 3, (4,), generator=gen).cuda()
+    args = (inputs, labels, queue, queue_labels, "triton", reduction)
+    want = _step(net, *args)
+    want_grads = torch.autograd.grad(want, list(net.parameters()))
+    got = torch.compile(_step, fullgraph=True)(net, *args)
     got_grads = torch.autograd.grad(got, list(net.parameters()))
     assert_close(got, want, atol=2e-5, rtol=2e-5, name="compiled loss")
     for g, w in zip(got_grads, want_grads):
