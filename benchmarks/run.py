@@ -89,8 +89,14 @@ def time_point(case, providers, device, *, repeats, time_limit, budget_s, memory
         repeats = max(3, min(15, int(budget_s / max(slowest, 1e-3))))
     times = {name: [] for name in steps}
     for _ in range(repeats):
-        for name, (step, _) in steps.items():
-            times[name].append(seconds_of(step, device))
+        for name, (step, _) in list(steps.items()):
+            try:
+                times[name].append(seconds_of(step, device))
+            except Exception as exc:  # e.g. out of memory once another provider's cached blocks are held
+                records[name] = _failure(exc)
+                del steps[name], times[name]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # no provider runs in blocks another one left cached
     for name, values in times.items():
         records[name] = dict(
             status="ok",

@@ -11,11 +11,12 @@
 #                            `python -m benchmarks --report` draws the GPU tables)
 #     summary.txt            the table printed last
 #
-#     OUT=/some/dir DEADLINE=540 bash scripts/gpu_check.sh [--quick]
+#     OUT=/some/dir DEADLINE=540 [STEPS=install,tests,...] [GPACO_NO_EXTENSION=1] bash scripts/gpu_check.sh [--quick]
 #
 # DEADLINE (seconds, default 1500) bounds the whole run: each step gets at most its own limit and what is left of the
-# deadline, so a slow step cuts the next ones short instead of the run losing everything. --quick: install, tests and
-# the quick selfcheck only.
+# deadline, so a slow step cuts the next ones short instead of the run losing everything. STEPS picks steps (default:
+# install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32). GPACO_NO_EXTENSION=1 skips building the
+# C++ CPU kernels (about a minute), which a GPU run does not use. --quick: the selfcheck's quick sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu}
@@ -26,9 +27,11 @@ mkdir -p "$OUT"
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 status=0
+STEPS=",${STEPS:-install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32},"
 step() {  # step NAME LIMIT COMMAND...: run under a time limit, append the output to log.txt, remember a failure
     local name=$1 limit=$2
     shift 2
+    case "$STEPS" in *",$name,"*) ;; *) return ;; esac
     local left=$((DEADLINE - SECONDS - 10))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -le 5 ]; then
@@ -52,23 +55,29 @@ MAX_JOBS=16 step install 200 python3 -m pip install --no-build-isolation --no-de
 # Compiled kernels, not the interpreter. The CPU part of the suite runs in CI; here only the CUDA cases, spread over
 # processes (xdist) because most of their time is Triton compiling.
 export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
+[ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider -k "cuda or split or gpu" \
     tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py
-step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] || [ "$DEADLINE" -lt 900 ] && echo --quick)
-if [ $quick = 0 ]; then
-    step bench_bf16 150 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps lt-queue pixel supcon \
-        --records "$OUT/records.jsonl" --time-limit 20 --budget 1
-    step bench_fp32 90 python3 -m benchmarks --device cuda --dtype float32 --sweeps lt-queue pixel \
-        --records "$OUT/records.jsonl" --time-limit 20 --budget 1
-fi
+step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] && echo --quick)
+# Host time against device time of one step (the LT step is small enough to be bound by the host).
+step profile 90 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider triton &&
+    python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider dense --rows 10 &&
+    python3 -m benchmarks.profile_step --sweep pixel --size 32768 --provider triton --rows 10"
+step bench_bf16 150 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps lt-queue pixel \
+    --records "$OUT/records.jsonl" --time-limit 20 --budget 1
+step bench_supcon 120 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps supcon \
+    --records "$OUT/records.jsonl" --time-limit 20 --budget 1
+step bench_fp32 90 python3 -m benchmarks --device cuda --dtype float32 --sweeps lt-queue pixel \
+    --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 
 {
     echo "=== summary: $(tail -n +2 "$OUT/gpu.csv" | head -1); $(cat "$OUT/versions.txt")"
     cat "$OUT/steps.txt"
     grep -h -E "passed|failed|error" "$OUT/log.txt" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -3
     grep -h "selfcheck:" "$OUT/log.txt" || true
+    grep -h "ms per step" "$OUT/log.txt" || true
     sed -n '/fwd+bwd per step/,/dense\/this > 1/p' "$OUT/log.txt" || true
     [ -s "$OUT/records.jsonl" ] && python3 - "$OUT/records.jsonl" <<'EOF'
 import json, sys

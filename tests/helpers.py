@@ -19,6 +19,8 @@ BACKENDS = ("torch", "cpu", "triton")
 # run on a machine that deliberately lacks one (its tests are then skipped, saying why).
 EXPECTED = tuple(b for b in os.environ.get("GPACO_EXPECT_BACKENDS", ",".join(BACKENDS)).split(",") if b)
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+# Where the Triton kernels run in this session: CPU tensors under the interpreter (CI), else CUDA tensors (compiled).
+TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 
 def need_backend(backend: str, device: str = "cpu") -> None:

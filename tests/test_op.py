@@ -12,15 +12,15 @@ from gpaco_kernels.functional import canonicalize
 from gpaco_kernels.ops.dispatch import load_backend
 from gpaco_kernels.ops.op import call_forward
 
-from helpers import BACKENDS, assert_close, need_backend
+from helpers import BACKENDS, TRITON_DEVICE, assert_close, need_backend
 
 # What opcheck runs; the interpreter cannot run AOT dispatch of a triton_op (below).
 ALL_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 INTERPRETER_REFUSES = "data pointer"
 
 
-def _ops(backend):
-    need_backend(backend)
+def _ops(backend, device="cpu"):
+    need_backend(backend, device)
     return load_backend(backend).OPS
 
 
@@ -86,6 +86,7 @@ def test_opcheck_backward(backend, variant):
         torch.library.opcheck(backward._opoverload, (*args, *units, *needs), test_utils=_checks(backend)[:3])
 
 
+@pytest.mark.skipif(TRITON_DEVICE != "cpu", reason="the interpreter is off: the CUDA test below runs instead")
 def test_triton_aot_dispatch_is_refused_under_the_interpreter():
     """AOT dispatch traces into a triton_op (that is what lets torch.compile see the kernels on a GPU); under the
     interpreter the traced kernel is then run on tensors without storage, which the interpreter refuses."""
@@ -153,7 +154,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled 
 @pytest.mark.parametrize("variant", ["logits", "centers", "none"])
 def test_triton_opcheck_on_cuda_with_aot_dispatch(variant):
     """What the interpreter refuses above, on a GPU: every opcheck, AOT dispatch included, on the compiled kernels."""
-    forward, backward = _ops("triton")
+    forward, backward = _ops("triton", "cuda")
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         x, cfg = _problem(variant, dtype, device="cuda")
         p = cfg.op_params()
@@ -172,7 +173,7 @@ def test_triton_opcheck_on_cuda_with_aot_dispatch(variant):
 @needs_cuda
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_triton_training_step_compiles_with_fullgraph_on_cuda(reduction):
-    need_backend("triton")
+    need_backend("triton", "cuda")
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

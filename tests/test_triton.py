@@ -1,4 +1,4 @@
-"""Triton launch schedule (under TRITON_INTERPRET=1): the column split read from the device's SM count, split ranges
+"""Triton launch schedule (under TRITON_INTERPRET=1, or compiled on a GPU run): the column split read from the device's SM count, split ranges
 that cut through tiles and segments (forward and row backward) against the reference, the autotune setup, and the
 device guard."""
 
@@ -9,7 +9,7 @@ import torch
 
 import gpaco_kernels as gk
 
-from helpers import assert_close, need_backend
+from helpers import TRITON_DEVICE, assert_close, need_backend
 from test_backends import make_case
 
 launch = pytest.importorskip("gpaco_kernels.triton.launch")
@@ -42,17 +42,19 @@ def test_split_follows_the_devices_sm_count():
 
 @pytest.mark.parametrize("cols_per_split", [None, 24, 5])  # no split; splits cutting tiles and segments
 def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_split):
-    need_backend("triton")
+    need_backend("triton", TRITON_DEVICE)
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
     kw, grad_args = make_case("logits+prior", seed=5)
     kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
     upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"])
     results = {}
     for backend in ("reference", "triton"):
-        leaves = {k: kw[k].clone().requires_grad_() for k in grad_args}
-        loss = gk.fused_paco_loss(**{**kw, **leaves}, backend=backend, reduction="none")
-        loss.backward(upstream)
-        results[backend] = (loss.detach(), {k: v.grad for k, v in leaves.items()})
+        device = TRITON_DEVICE if backend == "triton" else "cpu"
+        kw_dev = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
+        leaves = {k: kw_dev[k].clone().requires_grad_() for k in grad_args}
+        loss = gk.fused_paco_loss(**{**kw_dev, **leaves}, backend=backend, reduction="none")
+        loss.backward(upstream.to(device))
+        results[backend] = (loss.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()})
     assert_close(results["triton"][0], results["reference"][0], atol=2e-5, rtol=2e-5, name="loss")
     for k in grad_args:
         assert_close(results["triton"][1][k], results["reference"][1][k], atol=2e-5, rtol=2e-5, name=f"d{k}")
