@@ -1,5 +1,6 @@
-"""Triton launch schedule (under TRITON_INTERPRET=1, or compiled on a GPU run): the column split read from the device's SM count, split ranges
-that cut through tiles and segments (forward and row backward) against the reference, the autotune setup, and the
+"""Triton launch schedule (under TRITON_INTERPRET=1, or compiled on a GPU run): the column split read from the
+device's SM count, split ranges that cut through tiles and segments (forward and row backward) against the
+reference, the autotune setup, and the
 device guard."""
 
 from __future__ import annotations
