@@ -1,4 +1,5 @@
-"""The ahead-of-time compile report (CI runs it in full): what it covers and how it reads spills. No compiling here."""
+"""The ahead-of-time compile report (CI runs it in full): what it covers and how it reads spills; and the kernels
+compiled (for sm_90, no GPU needed) the way torch.compile launches them."""
 
 from __future__ import annotations
 
@@ -70,3 +71,32 @@ def test_a_spilling_or_oversized_kernel_fails_the_report():
     assert "spills" in report.Result(**{**ok.__dict__, "stack": 40, "hot_spills": 0, "cold_spills": 9}).problems()[0]
     assert "shared memory" in report.Result(**{**ok.__dict__, "shared": 200 * 1024}).problems()[0]
     assert "compile failed" in report.Result(ok.case, error="PTXASError: x").problems()[0]
+
+
+_FP64_SCALARS = """
+import triton
+from triton.backends.compiler import GPUTarget
+from gpaco_kernels.tools import compile_report as r
+for kind in sorted(r.VARIANTS):
+    fn = r.kernel(kind)
+    for flags in r.VARIANTS[kind].values():
+        constexprs = dict(flags, BLOCK_M=32, BLOCK_N=64, BLOCK_D=64, UPCAST=False, PRECISION="tf32")
+        signature, attrs = r._signature(fn, "bf16", constexprs, float_type="fp64")
+        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=2))
+        assert "xf64>" not in compiled.asm["ttir"], (kind, flags)  # no float64 tile arithmetic
+        print(kind, "ok")
+"""
+
+
+def test_kernels_compile_with_the_fp64_float_arguments_torch_compile_passes():
+    """Inductor launches a triton_op's kernels with Python floats typed fp64 (Triton's own launcher: fp32). Without
+    the casts at each kernel's entry this fails to compile (the loop-carried max turns fp64), as seen on an H200."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    done = subprocess.run([sys.executable, "-c", _FP64_SCALARS], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split().count("ok") == sum(len(v) for v in report.VARIANTS.values())

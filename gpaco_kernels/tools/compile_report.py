@@ -147,8 +147,9 @@ def kernel_arguments(fn) -> list[tuple[str, bool]]:
     return [(p.name, p.annotation is tl.constexpr or str(p.annotation).endswith("constexpr")) for p in params]
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
-    """Triton signature and divisibility attributes for the kernel's arguments, as the JIT would derive them."""
+def _signature(fn, dtype: str, constexprs: dict, float_type: str = "fp32") -> tuple[dict, dict]:
+    """Triton signature and divisibility attributes for the kernel's arguments, as the JIT would derive them.
+    float_type: how float arguments are typed (fp32 by Triton's launcher, fp64 by torch.compile's)."""
     signature, attrs = {}, {}
     for index, (name, is_constexpr) in enumerate(kernel_arguments(fn)):
         if is_constexpr:
@@ -164,7 +165,7 @@ def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
                 signature[name] = f"*{dtype}"
             attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
         elif name in _FLOAT_SCALARS:
-            signature[name] = "fp32"
+            signature[name] = float_type
         elif name.endswith("_bucket"):  # autotune key only: powers of two
             signature[name] = "i32"
             attrs[(index,)] = [["tt.divisibility", 16]]

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import G_SCALE, gradient_factor, load_rows, segment_weights
+from .tiles import G_SCALE, as_f32, gradient_factor, load_rows, segment_weights
 
 
 @autotune("bwd_cols")
@@ -33,6 +33,12 @@ def _paco_bwd_cols_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
+    # float arguments arrive as fp64 from torch.compile (see tiles.as_f32)
+    scale = as_f32(scale)
+    alpha = as_f32(alpha)
+    beta_on = as_f32(beta_on)
+    beta_off = as_f32(beta_off)
+    gamma = as_f32(gamma)
     pid_n = tl.program_id(0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < NCOLS

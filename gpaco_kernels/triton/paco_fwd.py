@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import column_tile, load_rows, online_lse_step, weighted_logit_sum
+from .tiles import as_f32, column_tile, load_rows, online_lse_step, weighted_logit_sum
 
 
 @autotune("fwd")
@@ -33,6 +33,13 @@ def _paco_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
+    # float arguments arrive as fp64 from torch.compile (see tiles.as_f32)
+    t_scale = as_f32(t_scale)
+    c_scale = as_f32(c_scale)
+    alpha = as_f32(alpha)
+    beta_on = as_f32(beta_on)
+    beta_off = as_f32(beta_off)
+    gamma = as_f32(gamma)
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     num_splits = tl.num_programs(1)

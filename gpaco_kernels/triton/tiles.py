@@ -15,6 +15,14 @@ import triton.language as tl
 
 
 @triton.jit
+def as_f32(x):
+    """A float argument as float32. Triton's own launcher types a Python float as fp32, but torch.compile (Inductor)
+    launches a triton_op's kernels with Python floats typed fp64, which would promote every product with them to
+    float64 and change the type of the loop-carried log-sum-exp state (a compile error)."""
+    return tl.cast(x, tl.float32)
+
+
+@triton.jit
 def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr):
     """(len(rows), BLOCK_D) tile of a row-major (rows, D) matrix; 0 outside. UPCAST loads it as float32 (the
     interpreter's bfloat16 dot is wrong; compiled code keeps half precision)."""
