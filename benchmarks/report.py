@@ -330,6 +330,84 @@ def compile_table() -> str:
     return "\n".join(rows)
 
 
+def max_batch_runs(records) -> dict:
+    """{(machine slug, dtype, budget): [records of its latest full run]} of benchmarks.max_batch."""
+    runs = {}
+    for r in records:
+        if r["kind"] == "max-batch" and not r["quick"]:
+            runs.setdefault((_slug_of(r), r["dtype"], r["budget_bytes"]), {}).setdefault(r["run"], []).append(r)
+    return {key: max(by_run.values(), key=lambda g: g[0]["machine"]["date"]) for key, by_run in runs.items()}
+
+
+def _largest_peak(r) -> str:
+    ok = [t for t in r["tries"] if t["status"] == "ok" and t["size"] == r["largest"]]
+    return f"{ok[0]['peak_mb']:.0f}" if ok else "-"
+
+
+def max_batch_table(records) -> str:
+    rows = [
+        "| machine | dtype | budget | workload | provider | largest size | x dense | stopped by | peak MB at largest "
+        "| run |",
+        "|" + "---|" * 10,
+    ]
+    from .max_batch import WORKLOADS
+
+    for (name, dtype, budget), group in sorted(max_batch_runs(records).items()):
+        m = group[0]["machine"]
+        where = m.get("gpu") or m["cpu"]
+        dense = {r["workload"]: r["largest"] for r in group if r["provider"] == "dense"}
+        for r in group:
+            size = f"{r['largest']:,}" if r["largest"] else "none"
+            ratio = _ratio(r["largest"], dense.get(r["workload"])) if r["provider"] != "dense" else "1x"
+            stopped = {"oom": "memory", "timeout": f"time (> {r['time_limit_s']:.0f} s)"}.get(
+                r["stopped_by"], r["stopped_by"]
+            )
+            rows.append(
+                f"| {where} | {dtype} | {budget / 2**30:g} GiB | {r['workload']} ({WORKLOADS[r['workload']][1]}) | "
+                f"{r['provider']} | {size} | {ratio} | {stopped} | {_largest_peak(r)} | `{r['run']}` |"
+            )
+    return "\n".join(rows)
+
+
+def max_batch_plots(records, name: str) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for (slug, dtype, budget), group in sorted(max_batch_runs(records).items()):
+        if slug != name:
+            continue
+        workloads = list(dict.fromkeys(r["workload"] for r in group))
+        providers = list(dict.fromkeys(r["provider"] for r in group))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / len(providers)
+        for i, provider in enumerate(providers):
+            ys = [next((r["largest"] or 0 for r in group if r["workload"] == w and r["provider"] == provider), 0)
+                  for w in workloads]  # fmt: skip
+            ax.bar([x + i * width for x in range(len(workloads))], ys, width, label=provider)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(workloads))], workloads)
+        ax.set_yscale("log", base=2)
+        ax.set_ylabel("largest size under the budget")
+        ax.set_title(f"largest problem under {budget / 2**30:g} GiB, {dtype}", fontsize=9)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        out[f"max-batch-{dtype}-{budget / 2**30:g}gib.png"] = buffer.getvalue()
+    return out
+
+
+def max_batch_section(records) -> str:
+    links = []
+    for (name, dtype, budget) in sorted(max_batch_runs(records)):
+        links.append(f"![](benchmarks/results/{name}/max-batch-{dtype}-{budget / 2**30:g}gib.png)")
+    return max_batch_table(records) + ("\n\n" + "\n".join(links) if links else "")
+
+
 def gpu_model_table() -> str:
     rows = ["| forward + backward | dtype | model | floor (3 GEMMs at peak) | model / floor |", "|---|---|---|---|---|"]
     workload = None
@@ -371,6 +449,7 @@ def readme(text: str, records) -> str:
         "memory-probes": lambda: memory_probes(records),
         "benchmark-plots": lambda: plot_links(records),
         "goals": lambda: goals_table(records),
+        "max-batch": lambda: max_batch_section(records),
     }
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)
@@ -388,6 +467,8 @@ def outputs(records_path: Path = RECORDS) -> dict[Path, bytes]:
         folder = RESULTS / name
         files[folder / "results.md"] = machine_markdown(records, name, machine).encode()
         for file_name, data in plots(records, name, folder).items():
+            files[folder / file_name] = data
+        for file_name, data in max_batch_plots(records, name).items():
             files[folder / file_name] = data
     readme_path = ROOT / "README.md"
     files[readme_path] = readme(readme_path.read_text(), records).encode()

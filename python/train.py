@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -32,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lt_data  # noqa: E402
 from lt_models import LTNet  # noqa: E402
+from run_utils import load_checkpoint, print_table, save_checkpoint, setup_distributed  # noqa: E402
 
 import gpaco_kernels as gk  # noqa: E402
 
 LOSSES = ("ce", "balanced-softmax", "supcon-hybrid", "psc-hybrid", "paco", "gpaco")
 MAIN_JOB = ("gpaco", "ce", "balanced-softmax")
+TABLE_KEYS = ("overall", "many", "medium", "few")
 
 
 def parse_args(argv=None):
@@ -76,46 +77,6 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Processes
-
-
-def setup_distributed():
-    """(rank, world size, group): torchrun sets WORLD_SIZE; gloo on CPU, nccl when CUDA is there."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, dist.group.WORLD
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file in the same folder, then rename over the old one: a crash mid-write leaves the
-    previous checkpoint intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise RuntimeError(f"checkpoint {path} is corrupt or truncated and cannot be loaded ({exc})") from exc
-    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
-        raise RuntimeError(f"checkpoint {path} is not a train.py checkpoint (keys: {sorted(state)[:8]})")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,7 +253,7 @@ def train(args) -> dict:
     trainer = Trainer(args, data, rank, world, group)
     checkpoint = out / "checkpoint.pt"
     if args.resume:
-        trainer.load_state_dict(load_checkpoint(checkpoint))
+        trainer.load_state_dict(load_checkpoint(checkpoint, "train.py"))
     epochs = range(trainer.epoch, args.epochs)
     progress = epochs
     if rank == 0 and not args.quiet:
@@ -319,25 +280,12 @@ def train(args) -> dict:
     return metrics
 
 
-def print_table(rows: dict, note: str) -> None:
-    """rows: loss -> list of test reports over seeds. Prints mean +- std of overall, many, medium, few."""
-    print(note)
-    print(f"{'loss':<18}{'overall':>14}{'many':>14}{'medium':>14}{'few':>14}   seeds")
-    for loss, reports in rows.items():
-        cells = []
-        for key in ("overall", "many", "medium", "few"):
-            values = [r[key] for r in reports]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):7.1f} ± {spread:4.1f}")
-        print(f"{loss:<18}" + "".join(f"{c:>14}" for c in cells) + f"   {len(reports)}")
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.loss:
         metrics = train(args)
         if int(os.environ.get("RANK", "0")) == 0:
-            print_table({args.loss: [metrics["test"]]}, metrics["thresholds"])
+            print_table({args.loss: [metrics["test"]]}, TABLE_KEYS, metrics["thresholds"])
         return
     # The main job: each loss over the seeds, then one table.
     rows, note = {}, ""
@@ -349,7 +297,8 @@ def main(argv=None):
             metrics = train(run_args)
             rows.setdefault(loss, []).append(metrics["test"])
             note = metrics["thresholds"]
-    print_table(rows, f"{args.dataset}, imbalance factor {args.imbalance_factor:g}, test accuracy %; {note}")
+    title = f"{args.dataset}, imbalance factor {args.imbalance_factor:g}, test accuracy %; {note}"
+    print_table(rows, TABLE_KEYS, title)
     if args.out:
         (args.out / "compare.json").write_text(json.dumps(rows, indent=1))
 

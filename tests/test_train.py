@@ -130,4 +130,4 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path
     with pytest.raises(KeyboardInterrupt):
         train.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
     assert path.read_bytes() == good
-    assert train.load_checkpoint(path)["epoch"] == 1
+    assert train.load_checkpoint(path, "train.py")["epoch"] == 1

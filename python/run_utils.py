@@ -1,0 +1,61 @@
+"""What the training drivers (train.py, train_seg.py) share: processes under torchrun, atomic checkpoints, and the
+mean-and-spread table over seeds."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def setup_distributed():
+    """(rank, world size, group): torchrun sets WORLD_SIZE; gloo on CPU, nccl when CUDA is there."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, dist.group.WORLD
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary file in the same folder, then rename over the old one: a crash mid-write leaves the
+    previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, writer: str) -> dict:
+    """The checkpoint `writer` (train.py, train_seg.py) saved at path, with a clear error when it is missing, cut
+    short or someone else's."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise RuntimeError(f"checkpoint {path} is corrupt or truncated and cannot be loaded ({exc})") from exc
+    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise RuntimeError(f"checkpoint {path} is not a {writer} checkpoint (keys: {keys})")
+    return state
+
+
+def print_table(rows: dict, keys, note: str, extra=()) -> None:
+    """rows: method -> list of reports over seeds. Prints mean +- std of each key, then the extra keys' means."""
+    print(note)
+    print(f"{'method':<22}" + "".join(f"{k:>14}" for k in keys) + "".join(f"{k:>16}" for k in extra) + "   seeds")
+    for method, reports in rows.items():
+        cells = []
+        for key in keys:
+            values = [r[key] for r in reports]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):7.1f} ± {spread:4.1f}")
+        means = [f"{statistics.fmean([r[k] for r in reports]):.4g}" for k in extra]
+        print(f"{method:<22}" + "".join(f"{c:>14}" for c in cells) + "".join(f"{m:>16}" for m in means)
+              + f"   {len(reports)}")  # fmt: skip
