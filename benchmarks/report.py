@@ -352,7 +352,7 @@ def max_batch_table(records) -> str:
     ]
     from .max_batch import WORKLOADS
 
-    for (name, dtype, budget), group in sorted(max_batch_runs(records).items()):
+    for (_, dtype, budget), group in sorted(max_batch_runs(records).items()):
         m = group[0]["machine"]
         where = m.get("gpu") or m["cpu"]
         dense = {r["workload"]: r["largest"] for r in group if r["provider"] == "dense"}
@@ -403,9 +403,44 @@ def max_batch_plots(records, name: str) -> dict[str, bytes]:
 
 def max_batch_section(records) -> str:
     links = []
-    for (name, dtype, budget) in sorted(max_batch_runs(records)):
+    for name, dtype, budget in sorted(max_batch_runs(records)):
         links.append(f"![](benchmarks/results/{name}/max-batch-{dtype}-{budget / 2**30:g}gib.png)")
     return max_batch_table(records) + ("\n\n" + "\n".join(links) if links else "")
+
+
+def segmentation_section(records) -> str:
+    """The latest python/train_seg.py comparison (--record): mIoU per method over seeds, and the budget check."""
+    import statistics
+
+    found = [r for r in records if r["kind"] == "segmentation" and not r["quick"]]
+    if not found:
+        return "(no record yet: `python python/train_seg.py --record`)"
+    r = max(found, key=lambda r: r["machine"]["date"])
+    m = r["machine"]
+    rows = [
+        f"{m.get('gpu') or m['cpu']}, {m['threads']} threads; run `{r['run']}` at {m['commit']}; {r['note']}",
+        "",
+        "| method | mIoU % | many % | medium % | few % | peak MB of a training step | seconds per run | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, reports in r["methods"].items():
+        cells = []
+        for key in ("miou", "many", "medium", "few"):
+            values = [x[key] for x in reports]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.1f} ± {spread:.1f}")
+        peak = statistics.fmean(x["step_peak_mb"] for x in reports)
+        seconds = statistics.fmean(x["seconds"] for x in reports)
+        rows.append(f"| {method} | " + " | ".join(cells) + f" | {peak:.0f} | {seconds:.0f} | {len(reports)} |")
+    check = r.get("budget_check")
+    if check:
+        dense = check["dense"]
+        dense_text = "out of memory" if dense["status"] == "oom" else f"{dense['status']} ({dense.get('peak_mb')} MB)"
+        fused = check["fused"]
+        rows += ["", f"The pixel loss on all {check['pixels']} pixels of a batch under {check['budget']}: the "
+                 f"published dense formula: {dense_text}; the fused loss: {fused['peak_mb']:.0f} MB, "
+                 f"{fused['seconds']:.2f} s."]  # fmt: skip
+    return "\n".join(rows)
 
 
 def gpu_model_table() -> str:
@@ -450,6 +485,7 @@ def readme(text: str, records) -> str:
         "benchmark-plots": lambda: plot_links(records),
         "goals": lambda: goals_table(records),
         "max-batch": lambda: max_batch_section(records),
+        "segmentation": lambda: segmentation_section(records),
     }
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)

@@ -93,8 +93,13 @@ def miou_report(confusion: torch.Tensor, groups: dict) -> dict:
     union = confusion.sum(0) + confusion.sum(1) - inter
     iou = torch.where(union > 0, 100.0 * inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
     per_class = iou.tolist()
-    report = {"miou": float(np.nanmean(per_class))}
+
+    def mean(values):  # over the classes that have an IoU; NaN when none does
+        values = [v for v in values if not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    report = {"miou": mean(per_class)}
     for name, ids in groups.items():
-        report[name] = float(np.nanmean([per_class[i] for i in ids]))
+        report[name] = mean([per_class[i] for i in ids])
     report["per_class_iou"] = per_class
     return report

@@ -49,6 +49,8 @@ from gpaco_kernels._measure import peak_growth  # noqa: E402
 
 METHODS = ("ce", "sampled", "all-pixels")
 TABLE_KEYS = ("miou", "many", "medium", "few")
+CONFIG_KEYS = ("seeds", "epochs", "batch_size", "train_size", "test_size", "imbalance", "samples", "contrast_weight",
+               "lr", "memory_budget", "backend")  # fmt: skip
 # The published pixel loss's hyperparameters (GPaCo/Seg): alpha 0.5, temperature 0.07, no class prior.
 PIXEL_LOSS = dict(alpha=0.5, beta=1.0, gamma=1.0, temperature=0.07, center_temperature=1.0)
 
@@ -75,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--no-budget-check", action="store_true", help="skip the dense-vs-fused memory check")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--record", action="store_true", help="append the comparison to benchmarks/results/records.jsonl")
     p.add_argument("--dense-probe", type=int, help=argparse.SUPPRESS)  # child: one dense step of N pixels
     p.add_argument("--stop-after-epoch", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a stop
     args = p.parse_args(argv)
@@ -155,6 +158,18 @@ def budget_check(args) -> dict:
 # Training
 
 
+def _release_freed_memory(device):
+    """Give memory glibc keeps after frees back to the system (malloc_trim), so that the resident-memory peak of the
+    next step shows what the step touches instead of hiding it in pages an earlier step left resident."""
+    if torch.device(device).type == "cpu":
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc: the measured peak may then read low
+            pass
+
+
 class SegTrainer:
     def __init__(self, args, data: seg_data.SegSet, rank=0, world=1):
         self.args, self.data, self.rank, self.world = args, data, rank, world
@@ -224,6 +239,7 @@ class SegTrainer:
                 return loss
 
             if steps == 1:  # one measured step per epoch (after the first, which sets up the allocator)
+                _release_freed_memory(self.args.device)
                 growth, seconds, loss = peak_growth(step, self.args.device)
                 self.peak_mb, self.step_seconds = max(self.peak_mb, growth), self.step_seconds + [seconds]
             else:
@@ -311,6 +327,16 @@ def main(argv=None):
     print_table(rows, TABLE_KEYS, title, ("step_peak_mb", "seconds"))
     if args.out:
         (args.out / "compare.json").write_text(json.dumps(dict(budget_check=check, methods=rows), indent=1))
+    if args.record:  # the README's segmentation table is drawn from this record (python -m benchmarks --report)
+        import uuid
+
+        from benchmarks.machine import facts
+        from benchmarks.records import RECORDS, append
+
+        config = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
+        append(RECORDS, [dict(kind="segmentation", run=uuid.uuid4().hex[:8], quick=False, dtype="float32",
+                              machine=facts(torch.device(args.device)), config=config, note=data.note,
+                              groups=data.groups, budget_check=check, methods=rows)])  # fmt: skip
     return status
 
 
