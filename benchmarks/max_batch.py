@@ -20,7 +20,8 @@ not counted. A try that runs longer than --time-limit is stopped and counts as a
 
 Search per (workload, provider): the size doubles from the workload's start until a try fails; after an
 out-of-memory failure it bisects between the last size that fit and the first that did not (down to a ratio of
---resolution); after a failure by time it stops (the size is then limited by time, not memory, and recorded so).
+--resolution); after a failure by time it makes one more try, at the size the last step's time predicts to finish in
+80% of the limit, and stops (the size is then limited by time, not memory, and recorded so).
 Results are appended to benchmarks/results/records.jsonl (kind "max-batch"); `python -m benchmarks --report` draws
 the README table and plot. Exits 1 when a fused backend errors (a crash, not a limit), or with --quick when the dense
 formula is not the provider the budget stops first.
@@ -43,10 +44,10 @@ import torch
 from .machine import ROOT, facts
 from .records import RECORDS, append
 
-WORKLOADS = {  # name -> (start size, the size's meaning)
-    "supcon": (256, "two-view batch"),
-    "lt-queue": (4096, "queue length"),
-    "pixel": (1024, "pixels"),
+WORKLOADS = {  # name -> (start size, the size's meaning, how a step's work grows with the size: size ** power)
+    "supcon": (256, "two-view batch", 2),
+    "lt-queue": (4096, "queue length", 1),
+    "pixel": (1024, "pixels", 2),
 }
 MAX_SIZE = 1 << 22
 OOM_PATTERNS = ("out of memory", "can't allocate memory", "bad_alloc", "cannot allocate memory", "MemoryError")
@@ -168,6 +169,19 @@ def search(workload, provider, args, log=print) -> dict:
                 failed = t
                 break
         best = lo
+    elif failed is not None and failed["status"] == "timeout" and best is not None:
+        # One more try between the last size that fit and the one that ran out of time: the largest size the last
+        # step's time, scaled by the workload's growth, predicts to finish within 80% of the limit.
+        last = next(t for t in reversed(tries) if t["status"] == "ok" and t["size"] == best)
+        overhead = max(0.0, last.get("wall_s", 0.0) - last["seconds"])
+        room = (0.8 * args.time_limit - overhead) / max(last["seconds"], 1e-3)
+        size = int(best * room ** (1 / WORKLOADS[workload][2])) // 64 * 64
+        if best * 1.05 < size < failed["size"]:
+            t = run_try(workload, size, provider, args)
+            tries.append(t)
+            log(f"  {workload:8} {provider:9} {size:>9}  {t['status']:8} {t.get('peak_mb', '')}  (time-predicted)")
+            if t["status"] == "ok":
+                best = size
     stopped_by = "max-size" if failed is None else failed["status"]
     return dict(largest=best, stopped_by=stopped_by, tries=tries)
 

@@ -331,12 +331,17 @@ def compile_table() -> str:
 
 
 def max_batch_runs(records) -> dict:
-    """{(machine slug, dtype, budget): [records of its latest full run]} of benchmarks.max_batch."""
-    runs = {}
+    """{(machine slug, dtype, budget): [the latest full-run record of each (workload, provider)]} of
+    benchmarks.max_batch (a partial rerun replaces only what it measured)."""
+    latest = {}
     for r in records:
         if r["kind"] == "max-batch" and not r["quick"]:
-            runs.setdefault((_slug_of(r), r["dtype"], r["budget_bytes"]), {}).setdefault(r["run"], []).append(r)
-    return {key: max(by_run.values(), key=lambda g: g[0]["machine"]["date"]) for key, by_run in runs.items()}
+            key = (_slug_of(r), r["dtype"], r["budget_bytes"])
+            mine = latest.setdefault(key, {})
+            which = (r["workload"], r["provider"])
+            if which not in mine or r["machine"]["date"] >= mine[which]["machine"]["date"]:
+                mine[which] = r
+    return {key: list(group.values()) for key, group in latest.items()}
 
 
 def _largest_peak(r) -> str:

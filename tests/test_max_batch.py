@@ -37,13 +37,18 @@ def test_search_doubles_then_bisects_to_the_resolution(monkeypatch):
     assert found["stopped_by"] == "oom" and 3000 / 1.1 <= found["largest"] <= 3000
 
 
-def test_search_stops_at_a_time_out_without_bisecting(monkeypatch):
-    def fake(workload, size, provider, args):
-        return dict(size=size, status="ok" if size <= 1024 else "timeout")
+def test_after_a_time_out_one_more_try_at_the_size_the_time_predicts(monkeypatch):
+    def fake(workload, size, provider, args):  # a step of the pixel loss grows as size^2: 4 s at 2048
+        if size > 3000:
+            return dict(size=size, status="timeout")
+        seconds = (size / 1024) ** 2
+        return dict(size=size, status="ok", seconds=seconds, wall_s=seconds + 2.0)
 
     monkeypatch.setattr(max_batch, "run_try", fake)
     found = max_batch.search("pixel", "cpu", _args(start=1024), log=lambda *_: None)
-    assert found == dict(largest=1024, stopped_by="timeout", tries=found["tries"]) and len(found["tries"]) == 2
+    # 2048 ok (4 s + 2 s start-up), 4096 over the 10 s limit; then 2048 * sqrt((8 - 2) / 4) -> 2496 (a multiple of 64)
+    assert [t["size"] for t in found["tries"]] == [1024, 2048, 4096, 2496]
+    assert found["largest"] == 2496 and found["stopped_by"] == "timeout"
 
 
 def test_search_reports_none_when_the_first_size_fails(monkeypatch):
