@@ -305,14 +305,15 @@ def main(argv=None):
     if args.dense_probe:
         print(json.dumps(dense_probe(args.dense_probe, args.budget_bytes, args.device)))
         return 0
-    check = None if args.no_budget_check else budget_check(args)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    check = None if args.no_budget_check or not rank0 else budget_check(args)  # once, not per torchrun process
     status = 0
     if check and (check["dense"]["status"] == "ok" or check["fused"]["peak_mb"] * 2**20 > args.budget_bytes):
         print("error: at this batch the dense loss fits the budget or the fused one does not", file=sys.stderr)
         status = 1
     if args.method:
         metrics = train(args)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank0:
             print_table({args.method: [metrics["test"]]}, TABLE_KEYS, metrics["note"], ("step_peak_mb", "seconds"))
         return status
     data = seg_data.digit_canvas_lt(args.train_size, args.test_size, args.imbalance)

@@ -15,7 +15,7 @@
 #
 # DEADLINE (seconds, default 1500) bounds the whole run: each step gets at most its own limit and what is left of the
 # deadline, so a slow step cuts the next ones short instead of the run losing everything. STEPS picks steps (default:
-# install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32). GPACO_NO_EXTENSION=1 skips building the
+# install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32,max_batch). GPACO_NO_EXTENSION=1 skips building the
 # C++ CPU kernels (about a minute), which a GPU run does not use. --quick: the selfcheck's quick sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 status=0
-STEPS=",${STEPS:-install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32},"
+STEPS=",${STEPS:-install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32,max_batch},"
 step() {  # step NAME LIMIT COMMAND...: run under a time limit, append the output to log.txt, remember a failure
     local name=$1 limit=$2
     shift 2
@@ -71,6 +71,9 @@ step bench_supcon 120 python3 -m benchmarks --device cuda --dtype bfloat16 --swe
     --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 step bench_fp32 90 python3 -m benchmarks --device cuda --dtype float32 --sweeps lt-queue pixel \
     --records "$OUT/records.jsonl" --time-limit 20 --budget 1
+# The largest problem under 2 GiB of GPU memory (the CUDA allocator's limit), every provider.
+step max_batch 240 python3 -m benchmarks.max_batch --budget 2GiB --device cuda --dtype bfloat16 \
+    --records "$OUT/records.jsonl" --time-limit 60
 
 {
     echo "=== summary: $(tail -n +2 "$OUT/gpu.csv" | head -1); $(cat "$OUT/versions.txt")"
