@@ -428,7 +428,8 @@ def segmentation_section(records) -> str:
         "| method | mIoU % | many % | medium % | few % | peak MB of a training step | seconds per run | seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for method, reports in r["methods"].items():
+    order = ["ce", "sampled", "all-pixels"]
+    for method, reports in sorted(r["methods"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
         cells = []
         for key in ("miou", "many", "medium", "few"):
             values = [x[key] for x in reports]
