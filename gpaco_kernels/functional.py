@@ -180,6 +180,7 @@ def fused_psc_loss(
         features,
         labels,
         centers=prototypes,
+        arg_names={"centers": "prototypes"},
         alpha=0.0,
         beta=1.0,
         gamma=0.0,
@@ -274,16 +275,22 @@ def canonicalize(
     backend="auto",
     lse_eps=1e-12,
     batch_columns=True,
+    arg_names=None,
 ):
-    """Check every argument and build the op's (ContrastInputs, LossConfig, backend name). Nothing is modified."""
-    check.tensor("features", features, floating=True)
-    check.shape("features", features, (None, None), "(N, D)")
+    """Check every argument and build the op's (ContrastInputs, LossConfig, backend name). Nothing is modified.
+    arg_names: {name here: the name the caller's user passed} (fused_psc_loss's prototypes are centers here, the
+    published modules' sup_logits are center_logits), so that an error names what the user wrote."""
+    names = {k: k for k in ("features", "labels", "queue", "queue_labels", "center_logits", "centers")}
+    names.update(arg_names or {})
+    feat_, lab_, logit_, cent_ = names["features"], names["labels"], names["center_logits"], names["centers"]
+    check.tensor(feat_, features, floating=True)
+    check.shape(feat_, features, (None, None), "(N, D)")
     n, dim = features.shape
     if n == 0 or dim == 0:
-        raise ValueError(f"features must have at least one row and one column, got {tuple(features.shape)}")
-    check.tensor("labels", labels, floating=False)
-    check.shape("labels", labels, (n,), f"(N,) = ({n},) to match features")
-    check.same_device("labels", labels, "features", features)
+        raise ValueError(f"{feat_} must have at least one row and one column, got {tuple(features.shape)}")
+    check.tensor(lab_, labels, floating=False)
+    check.shape(lab_, labels, (n,), f"(N,) = ({n},) to match {feat_}")
+    check.same_device(lab_, labels, feat_, features)
 
     if num_anchors is None:
         num_anchors = n
@@ -299,31 +306,31 @@ def canonicalize(
         queue = queue_labels = None  # an empty queue (a MomentumQueue before its first enqueue) adds no columns
     if queue is not None:
         check.tensor("queue", queue, floating=True)
-        check.shape("queue", queue, (None, dim), f"(K, D) with D = {dim} as in features")
-        check.same_device("queue", queue, "features", features)
-        check.same_dtype("queue", queue, "features", features)
+        check.shape("queue", queue, (None, dim), f"(K, D) with D = {dim} as in {feat_}")
+        check.same_device("queue", queue, feat_, features)
+        check.same_dtype("queue", queue, feat_, features)
         check.tensor("queue_labels", queue_labels, floating=False)
         check.shape("queue_labels", queue_labels, (queue.shape[0],), f"(K,) = ({queue.shape[0]},) to match queue")
-        check.same_device("queue_labels", queue_labels, "features", features)
+        check.same_device("queue_labels", queue_labels, feat_, features)
 
     if center_logits is not None and centers is not None:
-        raise ValueError("pass center_logits or centers, not both (centers W define the logits F W^T themselves)")
+        raise ValueError(f"pass {logit_} or {cent_}, not both ({cent_} W define the logits F W^T themselves)")
     num_classes = 0
     if center_logits is not None:
-        check.tensor("center_logits", center_logits, floating=True)
-        check.shape("center_logits", center_logits, (num_anchors, None), f"(num_anchors, C) = ({num_anchors}, C)")
-        check.same_device("center_logits", center_logits, "features", features)
-        check.same_dtype("center_logits", center_logits, "features", features)
+        check.tensor(logit_, center_logits, floating=True)
+        check.shape(logit_, center_logits, (num_anchors, None), f"(num_anchors, C) = ({num_anchors}, C)")
+        check.same_device(logit_, center_logits, feat_, features)
+        check.same_dtype(logit_, center_logits, feat_, features)
         num_classes = center_logits.shape[1]
     if centers is not None:
-        check.tensor("centers", centers, floating=True)
-        check.shape("centers", centers, (None, dim), f"(C, D) with D = {dim} as in features")
-        check.same_device("centers", centers, "features", features)
-        check.same_dtype("centers", centers, "features", features)
+        check.tensor(cent_, centers, floating=True)
+        check.shape(cent_, centers, (None, dim), f"(C, D) with D = {dim} as in {feat_}")
+        check.same_device(cent_, centers, feat_, features)
+        check.same_dtype(cent_, centers, feat_, features)
         num_classes = centers.shape[0]
     has_classes = center_logits is not None or centers is not None
     if has_classes and num_classes == 0:
-        raise ValueError("the class block is empty: center_logits/centers have 0 classes")
+        raise ValueError(f"the class block is empty: {logit_ if center_logits is not None else cent_} has 0 classes")
 
     temperature = check.positive("temperature", temperature)
     center_temperature = check.positive("center_temperature", center_temperature)

@@ -147,7 +147,7 @@ def test_psc_checks():
         gk.fused_psc_loss(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), torch.randn(1, 4))
     with pytest.raises(TypeError, match="prototypes must be a floating-point tensor"):
         gk.fused_psc_loss(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), torch.ones(2, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"centers must have shape \(C, D\) with D = 4"):
+    with pytest.raises(ValueError, match=r"prototypes must have shape \(C, D\) with D = 4"):
         gk.fused_psc_loss(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), torch.randn(2, 5))
     with pytest.raises(ValueError, match="num_classes and dim must be >= 1"):
         gk.PSCLoss(num_classes=0, dim=4)
@@ -201,3 +201,15 @@ def test_bad_argument_through_the_module_raises_the_same(over, exc, words):
         gk.FusedPaCoLoss(**options)(**forward)
     for word in words:
         assert word in str(info.value), f"{word!r} missing from: {info.value}"
+
+
+def test_errors_name_the_argument_as_the_user_passed_it():
+    """fused_psc_loss takes prototypes (centers inside the op); the published modules take sup_logits (center_logits
+    inside): an error must name what the user wrote."""
+    f, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    with pytest.raises(ValueError, match=r"^prototypes must have shape \(C, D\)"):
+        gk.fused_psc_loss(f, y, torch.randn(3, 5))
+    with pytest.raises(TypeError, match=r"^prototypes has dtype torch.float64"):
+        gk.fused_psc_loss(f, y, torch.randn(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^sup_logits must have shape \(num_anchors, C\)"):
+        gk.compat.PaCoSegLoss(alpha=0.5, num_classes=3)(f, y, torch.randn(5, 3))
