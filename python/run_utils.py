@@ -4,6 +4,7 @@ mean-and-spread table over seeds."""
 from __future__ import annotations
 
 import os
+import pickle
 import statistics
 from pathlib import Path
 
@@ -37,7 +38,14 @@ def load_checkpoint(path: Path, writer: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors, numbers, strings, lists and dicts only (all a checkpoint of these drivers holds), so
+        # a checkpoint from elsewhere cannot run code when it is loaded.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(
+            f"checkpoint {path} holds objects other than tensors, numbers, strings, lists and dicts, which are not "
+            f"loaded (loading them could run code): {str(exc).splitlines()[0]}"
+        ) from exc
     except Exception as exc:
         raise RuntimeError(f"checkpoint {path} is corrupt or truncated and cannot be loaded ({exc})") from exc
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:

@@ -131,3 +131,15 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path
         train.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
     assert path.read_bytes() == good
     assert train.load_checkpoint(path, "train.py")["epoch"] == 1
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "model": {}, "payload": _RunsCode()}, path)
+    with pytest.raises(RuntimeError, match="not loaded.*could run code"):
+        train.load_checkpoint(path, "train.py")
