@@ -374,6 +374,32 @@ def max_batch_table(records) -> str:
     return "\n".join(rows)
 
 
+def summary_table(records) -> str:
+    """The README's first table: the largest problem under the budget, dense vs fused, per workload (latest run)."""
+    from .max_batch import WORKLOADS
+
+    runs = max_batch_runs(records)
+    if not runs:
+        return "(no max-batch record yet)"
+    key = max(runs, key=lambda k: max(r["machine"]["date"] for r in runs[k]))
+    group = {(r["workload"], r["provider"]): r for r in runs[key]}
+    m = runs[key][0]["machine"]
+    rows = [
+        f"| largest problem under {key[2] / 2**30:g} GiB, {key[1]}, {m.get('gpu') or m['cpu']} | dense (published) "
+        "| torch.compile(dense) | fused | fused / dense |",
+        "|---|---|---|---|---|",
+    ]
+    fused = "triton" if m.get("device") == "cuda" else "cpu"
+    for workload in WORKLOADS:
+        got = {p: group.get((workload, p), {}).get("largest") for p in ("dense", "compiled", fused)}
+        if not got["dense"] or not got[fused]:
+            continue
+        cells = [f"{got[p]:,}" if got[p] else "-" for p in ("dense", "compiled", fused)]
+        rows.append(f"| {workload} ({WORKLOADS[workload][1]}) | " + " | ".join(cells)
+                    + f" | {got[fused] / got['dense']:.1f}x |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def max_batch_plots(records, name: str) -> dict[str, bytes]:
     import matplotlib
 
@@ -491,6 +517,7 @@ def readme(text: str, records) -> str:
         "benchmark-plots": lambda: plot_links(records),
         "goals": lambda: goals_table(records),
         "max-batch": lambda: max_batch_section(records),
+        "summary": lambda: summary_table(records),
         "segmentation": lambda: segmentation_section(records),
     }
     for name, make in sections.items():

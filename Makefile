@@ -1,0 +1,24 @@
+# Two commands on a fresh machine (each creates .venv when it is missing and reuses it otherwise):
+#   make demo   install, then the main job (python/train.py: GPaCo vs CE vs balanced softmax on digits-lt, 3 seeds)
+#   make test   install, then everything CI checks (scripts/checks.sh)
+# The install is the README's: the CPU build of torch from its pin, then this package with its extras.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gpaco-installed
+
+.PHONY: demo test install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/core/*.cpp csrc/core/*.h)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0 ninja wheel "setuptools>=64"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,bench,train]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) python/train.py
+
+test: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/checks.sh
