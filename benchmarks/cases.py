@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpaco_kernels.tools.workloads import OPTIONS, make_inputs
+from tools.workloads import OPTIONS, make_inputs
 
 
 @dataclass(frozen=True)

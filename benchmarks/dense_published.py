@@ -52,7 +52,7 @@ def gpaco_dense(
 
 
 def dense_call(inputs, options):
-    """The published call for a workload of gpaco_kernels.tools.workloads."""
+    """The published call for a workload of tools.workloads."""
     feats, labels = inputs["features"], inputs["labels"]
     if "queue" in inputs:
         feats = torch.cat([feats, inputs["queue"]])

@@ -3,7 +3,7 @@
     python -m benchmarks --report [--check]
 
 Sources, all committed: benchmarks/results/records.jsonl (`python -m benchmarks`), compile_report.txt
-(`python -m gpaco_kernels.tools.compile_report --out ...`), gpu_model.txt (`python -m gpaco_kernels.tools.gpu_model >
+(`python -m tools.compile_report --out ...`), gpu_model.txt (`python -m tools.gpu_model >
 ...`) and <machine>/selfcheck.txt (`python -m gpaco_kernels.selfcheck > ...`). The README's tables sit between
 `<!-- name:begin -->` / `<!-- name:end -->` markers. --check writes nothing and exits 1 if any output would change
 (CI runs it: what is committed is what the records give).

@@ -18,7 +18,7 @@ TRITON_INTERPRET=1 python -m gpaco_kernels.selfcheck --quick
 
 # --- Triton kernels compiled ahead of time for sm_80 and sm_90 (no GPU), every autotune candidate: fails on a compile
 #     error, spills in a loop or shared memory over the arch's limit (README "Triton") ---
-python -m gpaco_kernels.tools.compile_report
+python -m tools.compile_report
 
 # --- the README's tables, results.md and the plots are what the committed records give ---
 python -m benchmarks --report --check

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpaco_kernels.tools import compile_report as report
+from tools import compile_report as report
 
 configs = pytest.importorskip("gpaco_kernels.triton.configs")
 
@@ -76,7 +76,7 @@ def test_a_spilling_or_oversized_kernel_fails_the_report():
 _FP64_SCALARS = """
 import triton
 from triton.backends.compiler import GPUTarget
-from gpaco_kernels.tools import compile_report as r
+from tools import compile_report as r
 for kind in sorted(r.VARIANTS):
     fn = r.kernel(kind)
     for flags in r.VARIANTS[kind].values():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpaco_kernels.tools.peak_memory import measure_in_subprocess
-from gpaco_kernels.tools.workloads import WORKLOADS
+from tools.peak_memory import measure_in_subprocess
+from tools.workloads import WORKLOADS
 
 
 @pytest.mark.slow

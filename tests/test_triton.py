@@ -94,7 +94,7 @@ def test_tensors_on_another_gpu_than_the_current_one():
 
 
 def test_gpu_model_counts_the_schedules_products():
-    from gpaco_kernels.tools import gpu_model
+    from tools import gpu_model
 
     # Pixel loss, 4096 pixels (a multiple of every tile): forward 1 product, row backward 2, column backward 2.
     sizes = dict(anchors=4096, batch=4096, queue=0, classes=150, dim=128)

@@ -1,7 +1,7 @@
 """Launch configurations autotune may pick, per kernel and input precision, and the autotune setup.
 
 Every configuration here is compiled for sm_80 and sm_90 at every BLOCK_D, for every flag variant, by
-`python -m gpaco_kernels.tools.compile_report` (CI runs it): none may spill or exceed shared memory. On a GPU,
+`python -m tools.compile_report` (CI runs it): none may spill or exceed shared memory. On a GPU,
 autotune times the candidates of the input's precision class once per key (shape bucket of anchors and columns,
 BLOCK_D, precision, dtypes) and keeps the fastest. Float32 dots (IEEE or TF32) take more registers than
 half-precision ones, hence smaller tiles; with 8 warps ptxas caps float32 backward kernels at 80 or 128 registers

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import gpaco_kernels as gk
-from gpaco_kernels import compat
-from gpaco_kernels.tools.peak_memory import measure_in_subprocess
-from gpaco_kernels.tools.workloads import workload_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tools/ (not in the wheel)
+
+import gpaco_kernels as gk  # noqa: E402
+from gpaco_kernels import compat  # noqa: E402
+from tools.peak_memory import measure_in_subprocess  # noqa: E402
+from tools.workloads import workload_inputs  # noqa: E402
 
 
 def published_call(inputs, options, backend):

@@ -1,6 +1,6 @@
 """A model, not a measurement: time of the Triton kernels' tile schedule on an H100, from FLOPs, exps and bytes.
 
-    python -m gpaco_kernels.tools.gpu_model [--workload gpaco-lt pixel] [--batch N] [--dtype bf16 fp32-tf32]
+    python -m tools.gpu_model [--workload gpaco-lt pixel] [--batch N] [--dtype bf16 fp32-tf32]
 
 For each kernel launch the launchers would make (grid and column splits from gpaco_kernels/triton/launch.py, tiles
 of the first autotune candidate of gpaco_kernels/triton/configs.py),

@@ -1,6 +1,6 @@
 """Peak resident-memory growth and time of one forward+backward step, measured in a fresh process.
 
-    python -m gpaco_kernels.tools.peak_memory --workload pixel --backend torch [--batch N] [--threads T] [--device D]
+    python -m tools.peak_memory --workload pixel --backend torch [--batch N] [--threads T] [--device D]
 
 prints one JSON line: workload, backend, device, batch, peak_growth_mb, seconds, loss. On CPU the growth is the peak
 resident memory during the step minus the resident memory before it (on Linux the peak is reset right before the
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
-from .._measure import peak_growth
+from gpaco_kernels._measure import peak_growth
 
 
 def measure_here(workload: str, backend: str, batch=None, threads=None, device="cpu") -> dict:
@@ -41,13 +42,14 @@ def measure_here(workload: str, backend: str, batch=None, threads=None, device="
 
 
 def measure_in_subprocess(workload: str, backend: str, batch=None, threads=None, timeout=600, device="cpu") -> dict:
-    cmd = [sys.executable, "-m", "gpaco_kernels.tools.peak_memory", "--workload", workload, "--backend", backend]
+    cmd = [sys.executable, "-m", "tools.peak_memory", "--workload", workload, "--backend", backend]
     cmd += ["--device", str(device)]
     if batch:
         cmd += ["--batch", str(batch)]
     if threads:
         cmd += ["--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # `-m tools.peak_memory` from the repo root
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

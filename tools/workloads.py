@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import fused_paco_loss
+from gpaco_kernels.functional import fused_paco_loss
 
 WORKLOADS = {
     "gpaco-lt": dict(anchors=256, batch=256, queue=8192, classes=1000, dim=128),

@@ -1,6 +1,6 @@
 """Compile every Triton kernel ahead of time for A100 (sm_80) and H100 (sm_90) and report its resources.
 
-    python -m gpaco_kernels.tools.compile_report [--arch 80 90] [--dims 16 32 64 128] [--jobs 2] [--only fwd]
+    python -m tools.compile_report [--arch 80 90] [--dims 16 32 64 128] [--jobs 2] [--only fwd]
                                                  [--out benchmarks/results/compile_report.txt]
 
 No GPU is needed: triton lowers each kernel to PTX and a cubin for the target, and the cuobjdump shipped with
