@@ -77,14 +77,17 @@ class FusedPaCoLoss(nn.Module):
 
 
 class SupConLoss(nn.Module):
-    """Module form of :func:`fused_supcon_loss`: forward(features (bsz, n_views, D), labels=None)."""
+    """Module form of :func:`fused_supcon_loss`: forward(features (bsz, n_views, D), labels=None). Every argument is
+    keyword-only: the published module (``gpaco_kernels.compat.SupConLoss``) takes (temperature, contrast_mode,
+    base_temperature) in that order, this one used to take (temperature, base_temperature, contrast_mode), and a
+    positional call must not silently swap the two."""
 
     def __init__(
         self,
+        *,
         temperature: float = 0.07,
         base_temperature: float = 0.07,
         contrast_mode: str = "all",
-        *,
         normalize: bool = False,
         ignore_index: int = -100,
         reduction: str = "mean",

@@ -213,3 +213,10 @@ def test_errors_name_the_argument_as_the_user_passed_it():
         gk.fused_psc_loss(f, y, torch.randn(3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"^sup_logits must have shape \(num_anchors, C\)"):
         gk.compat.PaCoSegLoss(alpha=0.5, num_classes=3)(f, y, torch.randn(5, 3))
+
+
+def test_the_two_supcon_modules_cannot_be_confused_positionally():
+    with pytest.raises(TypeError, match="positional"):
+        gk.SupConLoss(0.1, 0.07)  # keyword-only: its order differed from the published module's
+    published = compat.SupConLoss(0.1, "one", 0.07)  # the published order (temperature, contrast_mode, base_temperature)
+    assert (published.temperature, published.contrast_mode, published.base_temperature) == (0.1, "one", 0.07)
