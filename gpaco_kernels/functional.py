@@ -283,6 +283,7 @@ def canonicalize(
     names = {k: k for k in ("features", "labels", "queue", "queue_labels", "center_logits", "centers")}
     names.update(arg_names or {})
     feat_, lab_, logit_, cent_ = names["features"], names["labels"], names["center_logits"], names["centers"]
+    q_, ql_ = names["queue"], names["queue_labels"]
     check.tensor(feat_, features, floating=True)
     check.shape(feat_, features, (None, None), "(N, D)")
     n, dim = features.shape
@@ -299,19 +300,19 @@ def canonicalize(
         raise ValueError(f"num_anchors must be in [1, N] = [1, {n}], got {num_anchors}")
 
     if (queue is None) != (queue_labels is None):
-        given, missing = ("queue", "queue_labels") if queue is not None else ("queue_labels", "queue")
+        given, missing = (q_, ql_) if queue is not None else (ql_, q_)
         raise ValueError(f"{given} was given without {missing}; pass both or neither")
     if queue is not None and queue_labels is not None and queue.dim() == 2 and queue.shape[0] == 0:
-        check.shape("queue_labels", queue_labels, (0,), "(K,) = (0,) to match queue")
+        check.shape(ql_, queue_labels, (0,), f"(K,) = (0,) to match {q_}")
         queue = queue_labels = None  # an empty queue (a MomentumQueue before its first enqueue) adds no columns
     if queue is not None:
-        check.tensor("queue", queue, floating=True)
-        check.shape("queue", queue, (None, dim), f"(K, D) with D = {dim} as in {feat_}")
-        check.same_device("queue", queue, feat_, features)
-        check.same_dtype("queue", queue, feat_, features)
-        check.tensor("queue_labels", queue_labels, floating=False)
-        check.shape("queue_labels", queue_labels, (queue.shape[0],), f"(K,) = ({queue.shape[0]},) to match queue")
-        check.same_device("queue_labels", queue_labels, feat_, features)
+        check.tensor(q_, queue, floating=True)
+        check.shape(q_, queue, (None, dim), f"(K, D) with D = {dim} as in {feat_}")
+        check.same_device(q_, queue, feat_, features)
+        check.same_dtype(q_, queue, feat_, features)
+        check.tensor(ql_, queue_labels, floating=False)
+        check.shape(ql_, queue_labels, (queue.shape[0],), f"(K,) = ({queue.shape[0]},) to match {q_}")
+        check.same_device(ql_, queue_labels, feat_, features)
 
     if center_logits is not None and centers is not None:
         raise ValueError(f"pass {logit_} or {cent_}, not both ({cent_} W define the logits F W^T themselves)")

@@ -218,5 +218,7 @@ def test_errors_name_the_argument_as_the_user_passed_it():
 def test_the_two_supcon_modules_cannot_be_confused_positionally():
     with pytest.raises(TypeError, match="positional"):
         gk.SupConLoss(0.1, 0.07)  # keyword-only: its order differed from the published module's
-    published = compat.SupConLoss(0.1, "one", 0.07)  # the published order (temperature, contrast_mode, base_temperature)
+    published = compat.SupConLoss(
+        0.1, "one", 0.07
+    )  # the published order (temperature, contrast_mode, base_temperature)
     assert (published.temperature, published.contrast_mode, published.base_temperature) == (0.1, "one", 0.07)

@@ -20,8 +20,8 @@ import warnings
 import torch
 from torch import nn
 
-from . import _checks as check
-from .functional import _paco_loss, fused_supcon_loss
+from .. import _checks as check
+from ..functional import _paco_loss, fused_supcon_loss
 
 
 class _PublishedPaCoBase(nn.Module):
