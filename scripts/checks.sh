@@ -37,7 +37,7 @@ python -m pytest benchmarks/test_microbench.py -q --benchmark-disable -p no:cach
 
 # --- memory-limited training, quick versions (README "Largest problem under a budget", "Segmentation"): fail if a
 #     fused backend errors, or if the dense formula is not the one the budget stops ---
-python -m benchmarks.max_batch --budget 128MiB --quick --workloads supcon pixel --providers dense cpu torch \
+python -m benchmarks.max_batch --budget 128MiB --quick --workloads supcon pixel --providers dense cpu --start 512 \
     --max-size 4096 --time-limit 60 --resolution 1.5 --records build/max-batch-quick.jsonl
 python python/train_seg.py --epochs 1 --train-size 32 --test-size 16 --seeds 0 --out build/seg-quick --quiet
 
