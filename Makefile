@@ -1,13 +1,13 @@
 # Two commands on a fresh machine (each creates .venv when it is missing and reuses it otherwise):
 #   make demo   install, then the main job (python/train.py: GPaCo vs CE vs balanced softmax on digits-lt, 3 seeds)
-#   make test   install, then everything CI checks (scripts/checks.sh)
+#   make test   install, then the test suite (python -m pytest -q) and everything else CI checks (scripts/checks.sh)
 # The install is the README's: the CPU build of torch from its pin, then this package with its extras.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gpaco-installed
 
-.PHONY: demo test install
+.PHONY: demo test checks install
 
 install: $(STAMP)
 
@@ -21,4 +21,8 @@ demo: $(STAMP)
 	$(PY) python/train.py
 
 test: $(STAMP)
+	$(PY) -m pytest -q
+	$(MAKE) checks
+
+checks: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/checks.sh
