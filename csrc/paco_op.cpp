@@ -79,7 +79,7 @@ struct Problem {
   int64_t num_anchors = 0;
   double temperature = 1, center_temperature = 1;
   double alpha = 1, beta_on = 1, beta_off = 0, gamma = 1, lse_eps = 1e-12;
-  bool exclude_positive_class = false, batch_columns = true;
+  bool exclude_positive_class = false, batch_columns = true, batch_column_grad = true;
   int64_t ignore_index = -100;  // only for the label check: ignored anchors arrive with a = 0
 
   int64_t num_classes() const {
@@ -322,7 +322,8 @@ void sweep(const Problem& p, const Coefficients& k, Tensor& wl, Tensor& lse, Ten
       if (NB > 0) product(g_anchor, g_b, false, feats, false, unscale, 1.0);
       if (K > 0) product(g_anchor, g_q, false, queue, false, unscale, 1.0);
       if (centers.defined() && C > 0) product(g_anchor, g_cls, false, centers, false, unscale, 1.0);
-      if (NB > 0) product(g.features, g_b, true, anchors, false, unscale, 1.0);
+      // The batch rows as columns; without batch_column_grad they are detached copies.
+      if (NB > 0 && p.batch_column_grad) product(g.features, g_b, true, anchors, false, unscale, 1.0);
     }
     if (g.centers.defined() && C > 0) product(g.centers, g_cls, true, anchors, false, unscale, 1.0);
     timer.lap(timer.products);
@@ -345,7 +346,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
     const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
     const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
     double temperature, double center_temperature, double alpha, double beta_on, double beta_off, double gamma,
-    bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps, const OptTensor& coef,
+    bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps, bool batch_column_grad, const OptTensor& coef,
     const OptTensor& inv_pos, bool need_features, bool need_center_logits, bool need_centers, bool half_products) {
   Problem p;
   p.features = features;
@@ -366,6 +367,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
   p.ignore_index = ignore_index;
   p.batch_columns = batch_columns;
   p.lse_eps = lse_eps;
+  p.batch_column_grad = batch_column_grad;
   check_problem(p);
   const auto in = features.scalar_type();
   const bool half_in = in == at::kBFloat16 || in == at::kHalf;

@@ -275,6 +275,7 @@ def canonicalize(
     backend="auto",
     lse_eps=1e-12,
     batch_columns=True,
+    batch_column_grad=True,
     arg_names=None,
 ):
     """Check every argument and build the op's (ContrastInputs, LossConfig, backend name). Nothing is modified.
@@ -380,6 +381,7 @@ def canonicalize(
         num_classes=num_classes,
         batch_columns=batch_columns,
         lse_eps=lse_eps,
+        batch_column_grad=batch_column_grad,
         reduced=reduction != "none",
     )
     x = ContrastInputs(

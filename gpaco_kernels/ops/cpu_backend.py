@@ -106,6 +106,7 @@ def _sweep(x: ContrastInputs, p: OpParams, coef=None, inv_pos=None, needs=(False
         p.ignore_index,
         p.batch_columns,
         p.lse_eps,
+        p.batch_column_grad,
         coef,
         inv_pos,
         *needs,

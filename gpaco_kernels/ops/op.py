@@ -30,7 +30,7 @@ from torch.library import custom_op
 from .spec import ContrastInputs, OpParams, compute_dtype
 
 N_TENSORS = 7
-N_SCALARS = 12
+N_SCALARS = 13
 _GRAD_INPUTS = {"features": 0, "center_logits": 4, "centers": 5}  # inputs that take a gradient
 
 
@@ -130,6 +130,7 @@ _INPUTS = [
     ("num_anchors", int), ("temperature", float), ("center_temperature", float), ("alpha", float),
     ("beta_on", float), ("beta_off", float), ("gamma", float), ("loss_scale", float),
     ("exclude_positive_class", bool), ("ignore_index", int), ("batch_columns", bool), ("lse_eps", float),
+    ("batch_column_grad", bool),
 ]  # fmt: skip
 _FORWARD = (_INPUTS + [("unit_gradients", bool)], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor])
 _BACKWARD = (

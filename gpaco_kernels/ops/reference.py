@@ -47,7 +47,8 @@ def column_blocks(x: ContrastInputs, p: OpParams, dtype: torch.dtype):
     if p.batch_columns:
         rows = torch.arange(feats.shape[0], device=feats.device)
         w, d = sample_weights(anchor_labels, x.labels, p, rows[:A], rows, dtype)
-        blocks.append((anchors @ feats.T / p.temperature, w, d))
+        columns = feats if p.batch_column_grad else feats.detach()
+        blocks.append((anchors @ columns.T / p.temperature, w, d))
     if x.queue is not None and x.queue.shape[0] > 0:
         w, d = sample_weights(anchor_labels, x.queue_labels, p, dtype=dtype)
         # The queue is a memory of past embeddings: it never receives a gradient.

@@ -39,6 +39,8 @@ class OpParams:
     ignore_index: int  # anchors with this label add no loss and are not counted
     batch_columns: bool  # False: batch rows are not contrast columns (PSC)
     lse_eps: float  # lse = m + log(Z + lse_eps); the published PaCo code adds 1e-12, SupCon adds nothing
+    batch_column_grad: bool  # False: batch rows take a gradient as anchors only, their columns act as detached
+    # copies (a memory of the current step, as pytorch-metric-learning's CrossBatchMemory holds it)
 
     def astuple(self) -> tuple:
         # Not dataclasses.astuple: it deep-copies every field, a measurable cost on every call of the op.
@@ -62,6 +64,7 @@ class LossConfig:
     num_classes: int = 0  # C, 0 without a class block
     batch_columns: bool = True
     lse_eps: float = 1e-12
+    batch_column_grad: bool = True
     reduced: bool = False  # the per-anchor losses will be summed or averaged: one upstream gradient for all anchors
 
     @property
@@ -89,6 +92,7 @@ class LossConfig:
             ignore_index=self.ignore_index,
             batch_columns=self.batch_columns,
             lse_eps=self.lse_eps,
+            batch_column_grad=self.batch_column_grad,
         )
 
 

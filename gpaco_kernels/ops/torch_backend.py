@@ -152,7 +152,7 @@ def sweep_backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, needs):
                 continue
             if need_features:
                 grad_anchors += g @ seg.matrix[c0:c1]
-            if seg.kind == "batch" and need_features:
+            if seg.kind == "batch" and need_features and p.batch_column_grad:
                 grad_feats[c0:c1] += g.T @ anchors
             elif seg.kind == "centers" and need_centers:
                 grad_centers[c0:c1] += g.T @ anchors

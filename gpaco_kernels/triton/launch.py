@@ -256,7 +256,7 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, needs):
         grad_anchors = anchor_parts[0] if splits == 1 else anchor_parts.sum(dim=0)
         grad_features = None
         if need_features:
-            if o.N:
+            if o.N and p.batch_column_grad:  # else the batch rows are detached copies as columns
                 grad_features = columns(1, feats, scalars["t_scale"], False)
             else:
                 grad_features = torch.zeros((o.feats.shape[0], D), device=feats.device, dtype=torch.float32)
