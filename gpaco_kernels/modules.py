@@ -9,46 +9,26 @@ from torch import nn
 
 from . import _checks as check
 from .functional import fused_paco_loss, fused_psc_loss, fused_supcon_loss
+from .options import (
+    PaCoOptions,
+    PSCOptions,
+    SupConOptions,
+    as_kwargs,
+    make_options,
+    options_repr,
+    with_option_parameters,
+)
 
 
 class FusedPaCoLoss(nn.Module):
-    """Module form of :func:`fused_paco_loss`. ``class_counts`` (optional) is kept as a buffer, so the prior moves
-    with ``.to()`` and is saved in the state_dict; ``set_class_counts`` replaces it."""
+    """Module form of :func:`fused_paco_loss`; its options (``PaCoOptions``: alpha, beta, gamma, temperature, ...,
+    keyword-only, the functional's defaults) are held in ``self.options``. ``class_counts`` (optional) is kept as a
+    buffer, so the prior moves with ``.to()`` and is saved in the state_dict; ``set_class_counts`` replaces it."""
 
-    def __init__(
-        self,
-        *,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 1.0,
-        temperature: float = 0.07,
-        base_temperature: float | None = None,
-        center_temperature: float = 1.0,
-        label_smoothing: float = 0.0,
-        exclude_positive_class: bool = False,
-        ignore_index: int = -100,
-        normalize: bool = False,
-        reduction: str = "mean",
-        backend: str = "auto",
-        class_counts=None,
-        process_group=None,
-    ):
+    def __init__(self, *, class_counts=None, process_group=None, **options):
         super().__init__()
         self.process_group = process_group  # see fused_paco_loss: other ranks' batch rows become contrast columns
-        self.options = dict(
-            alpha=alpha,
-            beta=beta,
-            gamma=gamma,
-            temperature=temperature,
-            base_temperature=base_temperature,
-            center_temperature=center_temperature,
-            label_smoothing=label_smoothing,
-            exclude_positive_class=exclude_positive_class,
-            ignore_index=ignore_index,
-            normalize=normalize,
-            reduction=reduction,
-            backend=backend,
-        )
+        self.options = make_options(PaCoOptions, "FusedPaCoLoss", options)
         self.register_buffer("class_counts", None)
         if class_counts is not None:
             self.set_class_counts(class_counts)
@@ -69,48 +49,36 @@ class FusedPaCoLoss(nn.Module):
             centers=centers,
             class_counts=self.class_counts,
             process_group=self.process_group,
-            **self.options,
+            **as_kwargs(self.options),
         )
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return options_repr(self.options)
+
+
+with_option_parameters(FusedPaCoLoss.__init__, PaCoOptions)
 
 
 class SupConLoss(nn.Module):
-    """Module form of :func:`fused_supcon_loss`: forward(features (bsz, n_views, D), labels=None). Every argument is
-    keyword-only: the published module (``gpaco_kernels.compat.SupConLoss``) takes (temperature, contrast_mode,
-    base_temperature) in that order, this one used to take (temperature, base_temperature, contrast_mode), and a
-    positional call must not silently swap the two."""
+    """Module form of :func:`fused_supcon_loss`: forward(features (bsz, n_views, D), labels=None); its options
+    (``SupConOptions``) in ``self.options``. Every argument is keyword-only: the published module
+    (``gpaco_kernels.compat.SupConLoss``) takes (temperature, contrast_mode, base_temperature) in that order, this
+    one used to take (temperature, base_temperature, contrast_mode), and a positional call must not silently swap
+    the two."""
 
-    def __init__(
-        self,
-        *,
-        temperature: float = 0.07,
-        base_temperature: float = 0.07,
-        contrast_mode: str = "all",
-        normalize: bool = False,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        backend: str = "auto",
-        process_group=None,
-    ):
+    def __init__(self, *, process_group=None, **options):
         super().__init__()
         self.process_group = process_group  # see fused_supcon_loss
-        self.options = dict(
-            temperature=temperature,
-            base_temperature=base_temperature,
-            contrast_mode=contrast_mode,
-            normalize=normalize,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            backend=backend,
-        )
+        self.options = make_options(SupConOptions, "SupConLoss", options)
 
     def forward(self, features, labels=None):
-        return fused_supcon_loss(features, labels, process_group=self.process_group, **self.options)
+        return fused_supcon_loss(features, labels, process_group=self.process_group, **as_kwargs(self.options))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return options_repr(self.options)
+
+
+with_option_parameters(SupConLoss.__init__, SupConOptions)
 
 
 class PSCLoss(nn.Module):
@@ -123,13 +91,7 @@ class PSCLoss(nn.Module):
         self,
         num_classes: int,
         dim: int,
-        *,
-        temperature: float = 0.1,
-        exclude_positive_class: bool = True,
-        normalize: bool = True,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        backend: str = "auto",
+        **options,
     ):
         super().__init__()
         check.integer("num_classes", num_classes)
@@ -138,18 +100,14 @@ class PSCLoss(nn.Module):
             raise ValueError(f"num_classes and dim must be >= 1, got num_classes={num_classes}, dim={dim}")
         # Gaussian rows point in uniformly random directions; 1/sqrt(D) gives them about unit norm.
         self.prototypes = nn.Parameter(torch.randn(num_classes, dim) / math.sqrt(dim))
-        self.options = dict(
-            temperature=temperature,
-            exclude_positive_class=exclude_positive_class,
-            normalize=normalize,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            backend=backend,
-        )
+        self.options = make_options(PSCOptions, "PSCLoss", options)
 
     def forward(self, features, labels):
-        return fused_psc_loss(features, labels, self.prototypes, **self.options)
+        return fused_psc_loss(features, labels, self.prototypes, **as_kwargs(self.options))
 
     def extra_repr(self) -> str:
         num_classes, dim = self.prototypes.shape
-        return f"num_classes={num_classes}, dim={dim}, " + ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"num_classes={num_classes}, dim={dim}, " + options_repr(self.options)
+
+
+with_option_parameters(PSCLoss.__init__, PSCOptions)

@@ -77,3 +77,48 @@ def test_triton_on_cpu_tensors_without_the_interpreter_says_it_needs_cuda():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert "backend='triton' cannot run on cpu tensors" in out and "TRITON_INTERPRET=1" in out
+
+
+@pytest.mark.parametrize(
+    "functional,module,options_cls",
+    [
+        (gk.fused_paco_loss, gk.FusedPaCoLoss, "PaCoOptions"),
+        (gk.fused_supcon_loss, gk.SupConLoss, "SupConOptions"),
+        (gk.fused_psc_loss, gk.PSCLoss, "PSCOptions"),
+    ],
+)
+def test_options_are_written_once(functional, module, options_cls):
+    """Each loss's options and defaults live in gpaco_kernels.options: the functional's keyword arguments and the
+    module's constructor list exactly those, with those defaults; the argument check defaults to the PaCo ones."""
+    import dataclasses
+    import inspect
+
+    from gpaco_kernels import functional as fn
+    from gpaco_kernels import options
+
+    declared = {f.name: f.default for f in dataclasses.fields(getattr(options, options_cls))}
+    per_call = {"num_anchors", "queue", "queue_labels", "center_logits", "centers", "class_counts", "process_group"}
+    params = inspect.signature(functional).parameters.values()
+    keywords = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in per_call}
+    assert keywords == declared
+    built = {p.name: p.default for p in inspect.signature(module).parameters.values() if p.name in declared}
+    assert built == declared
+    positional = {"num_classes": 3, "dim": 4} if module is gk.PSCLoss else {}
+    assert dataclasses.asdict(module(**positional).options) == declared
+    if options_cls == "PaCoOptions":  # normalize is applied before the check, in _paco_loss
+        checked = {p.name: p.default for p in inspect.signature(fn.canonicalize).parameters.values()}
+        assert {k: checked[k] for k in declared if k != "normalize"} == {
+            k: declared[k] for k in declared if k != "normalize"
+        }
+
+
+def test_modules_name_a_misspelt_option():
+    with pytest.raises(TypeError, match=r"FusedPaCoLoss got unknown option\(s\) alpa; its options are alpha, beta"):
+        gk.FusedPaCoLoss(alpa=0.1)
+    with pytest.raises(TypeError, match=r"SupConLoss got unknown option\(s\) temprature"):
+        gk.SupConLoss(temprature=0.1)
+    loss_fn = gk.SupConLoss(temperature=0.1)
+    loss_fn.options.temperature = 0.2  # a schedule changes the next call
+    feats = torch.nn.functional.normalize(torch.randn(6, 2, 4), dim=-1)
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+    assert_close(loss_fn(feats, labels), gk.fused_supcon_loss(feats, labels, temperature=0.2), atol=0, rtol=0, name="t")
