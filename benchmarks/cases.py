@@ -127,3 +127,15 @@ def make_case(sweep: str, size: int, *, device="cpu", dtype=torch.float32, seed=
         [inputs["features"], inputs["center_logits"]],
         sizes["batch"],
     )
+
+
+def add_point_arguments(parser, *, device: str, dtype: str) -> None:
+    """The arguments that name one measured point (--sweep, --size, --provider, --device, --dtype), shared by the
+    one-point commands (memory, profile_step) with their own default device and dtype."""
+    from .providers import PROVIDERS
+
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), required=True)
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--provider", choices=PROVIDERS, required=True)
+    parser.add_argument("--device", default=device)
+    parser.add_argument("--dtype", default=dtype, choices=["float32", "bfloat16", "float16"])

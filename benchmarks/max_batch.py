@@ -33,13 +33,14 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
 import uuid
 
 import torch
+
+from gpaco_kernels._measure import is_out_of_memory
 
 from .machine import ROOT, facts
 from .records import RECORDS, append
@@ -50,7 +51,6 @@ WORKLOADS = {  # name -> (start size, the size's meaning, how a step's work grow
     "pixel": (1024, "pixels", 2),
 }
 MAX_SIZE = 1 << 22
-OOM_PATTERNS = ("out of memory", "can't allocate memory", "bad_alloc", "cannot allocate memory", "MemoryError")
 
 
 def parse_bytes(text: str) -> int:
@@ -76,14 +76,9 @@ def fused_providers(device_type: str) -> list[str]:
 # One try (the child process)
 
 
-def _address_space() -> int:
-    with open("/proc/self/status") as fh:
-        return int(re.search(r"VmSize:\s+(\d+) kB", fh.read()).group(1)) * 1024
-
-
 def try_once(workload: str, size: int, provider: str, budget: int, device: str, dtype: str) -> dict:
     """One forward+backward at `size` under the budget, in this process. Returns the try's record."""
-    from gpaco_kernels._measure import peak_growth
+    from gpaco_kernels._measure import peak_growth, set_memory_limit
 
     from .cases import make_case
     from .providers import phases
@@ -97,22 +92,12 @@ def try_once(workload: str, size: int, provider: str, budget: int, device: str, 
         phases(provider, make_case(workload, warm_size, device=dev, dtype=dtype_))["fwd+bwd"]()
     case = make_case(workload, size, device=dev, dtype=dtype_)
     step = phases(provider, case)["fwd+bwd"]
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(dev).total_memory
-        limit = torch.cuda.memory_allocated(dev) + budget
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), dev)
-        how = "the CUDA caching allocator's limit (set_per_process_memory_fraction)"
-    else:
-        limit = _address_space() + budget
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-        how = "RLIMIT_AS (address space of the process)"
+    how = set_memory_limit(dev, budget)
     try:
         growth, seconds, _ = peak_growth(step, device)
     except (RuntimeError, MemoryError) as exc:
         text = f"{type(exc).__name__}: {exc}"
-        status = "oom" if any(p.lower() in text.lower() for p in OOM_PATTERNS) else "error"
+        status = "oom" if is_out_of_memory(text) else "error"
         return dict(status=status, note=text.strip().splitlines()[0][:300], limit=how)
     return dict(status="ok", peak_mb=growth, seconds=seconds, limit=how)
 
@@ -138,7 +123,7 @@ def run_try(workload, size, provider, args) -> dict:
         return dict(size=size, wall_s=wall, **json.loads(lines[-1]))
     err = done.stderr.strip().splitlines() or ["killed"]
     killed = done.returncode in (-9, 137)
-    status = "oom" if killed or any(p.lower() in done.stderr.lower() for p in OOM_PATTERNS) else "error"
+    status = "oom" if killed or is_out_of_memory(done.stderr) else "error"
     return dict(size=size, status=status, wall_s=wall, note=err[-1][:300])
 
 

@@ -19,9 +19,9 @@ import torch
 
 from gpaco_kernels._measure import _status_kb, peak_growth
 
-from .cases import SWEEPS, make_case
+from .cases import add_point_arguments, make_case
 from .machine import facts
-from .providers import PROVIDERS, forward_fn, phases
+from .providers import forward_fn, phases
 from .records import RECORDS, append
 
 
@@ -33,11 +33,7 @@ def _resident_mb(device) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", choices=sorted(SWEEPS), required=True)
-    parser.add_argument("--size", type=int, required=True)
-    parser.add_argument("--provider", choices=PROVIDERS, required=True)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_point_arguments(parser, device="cpu", dtype="float32")
     parser.add_argument("--phase", default="step", choices=["step", "forward-held"])
     parser.add_argument("--record", action="store_true", help="append the result to benchmarks/results/records.jsonl")
     args = parser.parse_args(argv)

@@ -16,17 +16,13 @@ import time
 
 import torch
 
-from .cases import SWEEPS, make_case
-from .providers import PROVIDERS, phases
+from .cases import add_point_arguments, make_case
+from .providers import phases
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", choices=sorted(SWEEPS), required=True)
-    parser.add_argument("--size", type=int, required=True)
-    parser.add_argument("--provider", choices=PROVIDERS, required=True)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    add_point_arguments(parser, device="cuda", dtype="bfloat16")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args(argv)

@@ -150,12 +150,20 @@ def plots(records, name: str, folder: Path) -> dict[str, bytes]:
                 ax.set_title(f"{SWEEPS[sweep].title}, {label(config)}", fontsize=9)
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend(fontsize=8)
-                fig.tight_layout()
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-                plt.close(fig)
-                out[f"{sweep}-{dtype}-{what}.png"] = buffer.getvalue()
+                out[f"{sweep}-{dtype}-{what}.png"] = _png(fig)
     return out
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes, closed. No "Software" metadata: the same records give the same bytes (the CI check
+    compares them)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def headline_table(records) -> str:
@@ -424,11 +432,7 @@ def max_batch_plots(records, name: str) -> dict[str, bytes]:
         ax.set_title(f"largest problem under {budget / 2**30:g} GiB, {dtype}", fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-        plt.close(fig)
-        out[f"max-batch-{dtype}-{budget / 2**30:g}gib.png"] = buffer.getvalue()
+        out[f"max-batch-{dtype}-{budget / 2**30:g}gib.png"] = _png(fig)
     return out
 
 

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
+from gpaco_kernels._measure import is_out_of_memory
+
 from .cases import SWEEPS, make_case
 from .machine import ROOT, facts, gemm_peak, memory_available, variant
 from .providers import PROVIDERS, dense_bytes, phases, unavailable
 from .records import RECORDS, append
-
-OOM_PATTERNS = ("out of memory", "can't allocate memory", "std::bad_alloc", "CUDA out of memory")
 
 
 def seconds_of(fn, device: torch.device) -> float:
@@ -60,7 +60,7 @@ def percentile(values, q):
 
 def _failure(exc: BaseException) -> dict:
     text = f"{type(exc).__name__}: {exc}"
-    status = "oom" if any(p in text for p in OOM_PATTERNS) else "error"
+    status = "oom" if is_out_of_memory(text) else "error"
     return dict(status=status, note=text.strip().splitlines()[0][:300])
 
 
@@ -134,7 +134,7 @@ def memory_point(sweep, size, provider, device, *, timeout, dense_need, memory_b
         return dict(status="timeout", note=f"> {timeout:.0f} s")
     if done.returncode != 0:
         killed = done.returncode in (-9, 137)
-        if killed or any(p in done.stderr for p in OOM_PATTERNS):
+        if killed or is_out_of_memory(done.stderr):
             return dict(status="oom", note=(done.stderr.strip().splitlines() or ["killed"])[-1][:300])
         return dict(status="error", note=(done.stderr.strip().splitlines() or ["?"])[-1][:300])
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -49,3 +49,39 @@ def peak_growth(fn, device="cpu"):
     else:
         peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round((peak - before) / 1024, 1), round(seconds, 4), result
+
+
+# What an out-of-memory failure says, in any of the places it can come from: torch's CPU allocator, C++
+# (std::bad_alloc), the CUDA caching allocator, Python. Compared case-insensitively.
+OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "MemoryError")
+
+
+def is_out_of_memory(text: str) -> bool:
+    """Whether an error's text (or a child process's stderr) reports running out of memory."""
+    text = text.lower()
+    return any(p.lower() in text for p in OOM_PATTERNS)
+
+
+def set_memory_limit(device, budget: int) -> str:
+    """Let this process allocate at most `budget` more bytes from now on; returns how the limit is enforced.
+
+    CUDA: the caching allocator's limit (a fraction of the device's memory) at what is allocated now + budget. CPU:
+    RLIMIT_AS at the address space now + budget; address space is at least the memory touched, so the limit is
+    strict (a step that fits under it fits in that much memory), and an allocation over it fails with an error
+    rather than the process being killed. Call it after the warm-up, in a process of its own: it cannot be lifted."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, (torch.cuda.memory_allocated(device) + budget) / total), device
+        )
+        return "the CUDA caching allocator's limit (set_per_process_memory_fraction)"
+    address_space = _status_kb("VmSize")
+    if address_space is None:
+        raise RuntimeError("cannot read VmSize from /proc/self/status: a CPU memory limit needs Linux")
+    resource.setrlimit(resource.RLIMIT_AS, (address_space * 1024 + budget, resource.RLIM_INFINITY))
+    return "RLIMIT_AS (address space of the process)"

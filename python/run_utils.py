@@ -67,3 +67,31 @@ def print_table(rows: dict, keys, note: str, extra=()) -> None:
         means = [f"{statistics.fmean([r[k] for r in reports]):.4g}" for k in extra]
         print(f"{method:<22}" + "".join(f"{c:>14}" for c in cells) + "".join(f"{m:>16}" for m in means)
               + f"   {len(reports)}")  # fmt: skip
+
+
+def run_epochs(trainer, args, checkpoint: Path, writer: str, desc: str, rank: int, epoch_facts=dict) -> float:
+    """The epochs of one run, the same in both drivers: resume from `checkpoint` with --resume, then from
+    trainer.epoch to args.epochs: one trainer.train_epoch(epoch) each, its loss (and epoch_facts(), e.g. the learning
+    rate) appended to trainer.history, a checkpoint after each epoch on rank 0, a progress bar on rank 0 unless
+    --quiet, and --stop-after-epoch (to test resuming). Returns the seconds the epochs took."""
+    import sys
+    import time
+
+    if args.resume:
+        trainer.load_state_dict(load_checkpoint(checkpoint, writer))
+    epochs = range(trainer.epoch, args.epochs)
+    progress = epochs
+    if rank == 0 and not args.quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(epochs, desc=desc, unit="epoch", file=sys.stderr)
+    start = time.perf_counter()
+    for epoch in progress:
+        loss = trainer.train_epoch(epoch)
+        trainer.epoch = epoch + 1
+        trainer.history.append(dict(epoch=epoch + 1, loss=loss, **epoch_facts()))
+        if rank == 0:
+            save_checkpoint(checkpoint, trainer.state_dict())
+        if args.stop_after_epoch is not None and trainer.epoch >= args.stop_after_epoch:
+            break
+    return time.perf_counter() - start

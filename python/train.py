@@ -20,7 +20,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lt_data  # noqa: E402
 from lt_models import LTNet  # noqa: E402
-from run_utils import load_checkpoint, print_table, save_checkpoint, setup_distributed  # noqa: E402
+from run_utils import print_table, run_epochs, setup_distributed  # noqa: E402
 
 import gpaco_kernels as gk  # noqa: E402
 
@@ -251,29 +250,15 @@ def train(args) -> dict:
     out = args.out or Path("runs") / f"{args.dataset}-{args.loss}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(args, data, rank, world, group)
-    checkpoint = out / "checkpoint.pt"
-    if args.resume:
-        trainer.load_state_dict(load_checkpoint(checkpoint, "train.py"))
-    epochs = range(trainer.epoch, args.epochs)
-    progress = epochs
-    if rank == 0 and not args.quiet:
-        from tqdm import tqdm
-
-        progress = tqdm(epochs, desc=f"{args.loss} seed {args.seed}", unit="epoch", file=sys.stderr)
-    start = time.perf_counter()
-    for epoch in progress:
-        loss = trainer.train_epoch(epoch)
-        trainer.epoch = epoch + 1
-        trainer.history.append(dict(epoch=epoch + 1, loss=loss, lr=trainer.scheduler.get_last_lr()[0]))
-        if rank == 0:
-            save_checkpoint(checkpoint, trainer.state_dict())
-        if args.stop_after_epoch is not None and trainer.epoch >= args.stop_after_epoch:
-            break
+    seconds = run_epochs(
+        trainer, args, out / "checkpoint.pt", "train.py", f"{args.loss} seed {args.seed}", rank,
+        epoch_facts=lambda: dict(lr=trainer.scheduler.get_last_lr()[0]),
+    )  # fmt: skip
     metrics = dict(
         dataset=args.dataset, loss=args.loss, seed=args.seed, epochs=trainer.epoch, world_size=world,
         backend=args.backend, imbalance_factor=args.imbalance_factor,
         train_counts=data.counts.tolist(), thresholds=data.threshold_note,
-        seconds=round(time.perf_counter() - start, 1), test=trainer.evaluate(), history=trainer.history,
+        seconds=round(seconds, 1), test=trainer.evaluate(), history=trainer.history,
     )  # fmt: skip
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -27,10 +27,8 @@ import copy
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,11 +39,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # the drivers' modules, and benchmarks/ (the published dense loss)
 
 import seg_data  # noqa: E402
-from run_utils import load_checkpoint, print_table, save_checkpoint, setup_distributed  # noqa: E402
+from run_utils import print_table, run_epochs, setup_distributed  # noqa: E402
 from seg_models import SegNet  # noqa: E402
 
 import gpaco_kernels as gk  # noqa: E402
-from gpaco_kernels._measure import peak_growth  # noqa: E402
+from gpaco_kernels._measure import is_out_of_memory, peak_growth, set_memory_limit  # noqa: E402
 
 METHODS = ("ce", "sampled", "all-pixels")
 TABLE_KEYS = ("miou", "many", "medium", "few")
@@ -119,18 +117,13 @@ def dense_probe(n: int, budget: int, device: str) -> dict:
     """Child process: one forward+backward of the dense pixel loss on n pixels under the budget."""
     emb, logits, masks = _random_pixel_inputs(n, device)
     pixel_loss(*_random_pixel_inputs(256, device), "auto", dense=True).backward()  # warm-up, outside the budget
-    if torch.device(device).type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_allocated() + budget) / total))
-    else:
-        with open("/proc/self/status") as fh:
-            vm = int(next(line for line in fh if line.startswith("VmSize")).split()[1]) * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (vm + budget, resource.RLIM_INFINITY))
+    set_memory_limit(device, budget)
     try:
         growth, seconds, _ = peak_growth(lambda: pixel_loss(emb, logits, masks, "auto", dense=True).backward(), device)
         return dict(status="ok", peak_mb=growth, seconds=seconds)
     except (RuntimeError, MemoryError) as exc:
-        return dict(status="oom" if "alloc" in str(exc) or "memory" in str(exc) else "error", note=str(exc)[:200])
+        text = f"{type(exc).__name__}: {exc}"
+        return dict(status="oom" if is_out_of_memory(text) else "error", note=text[:200])
 
 
 def budget_check(args) -> dict:
@@ -269,29 +262,12 @@ def train(args, data=None) -> dict:
     out = args.out or Path("runs") / f"seg-{args.method}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     trainer = SegTrainer(args, data, rank, world)
-    checkpoint = out / "checkpoint.pt"
-    if args.resume:
-        trainer.load_state_dict(load_checkpoint(checkpoint, "train_seg.py"))
-    epochs = range(trainer.epoch, args.epochs)
-    progress = epochs
-    if rank == 0 and not args.quiet:
-        from tqdm import tqdm
-
-        progress = tqdm(epochs, desc=f"{args.method} seed {args.seed}", unit="epoch", file=sys.stderr)
-    start = time.perf_counter()
-    for epoch in progress:
-        loss = trainer.train_epoch(epoch)
-        trainer.epoch = epoch + 1
-        trainer.history.append(dict(epoch=epoch + 1, loss=loss))
-        if rank == 0:
-            save_checkpoint(checkpoint, trainer.state_dict())
-        if args.stop_after_epoch is not None and trainer.epoch >= args.stop_after_epoch:
-            break
+    seconds = run_epochs(trainer, args, out / "checkpoint.pt", "train_seg.py", f"{args.method} seed {args.seed}", rank)
     test = trainer.evaluate()
     metrics = dict(
         dataset="digit-canvas-lt", method=args.method, seed=args.seed, epochs=trainer.epoch, world_size=world,
         backend=args.backend, batch_pixels=args.batch_size * seg_data.SIZE**2, note=data.note, groups=data.groups,
-        seconds=round(time.perf_counter() - start, 1), step_peak_mb=trainer.peak_mb,
+        seconds=round(seconds, 1), step_peak_mb=trainer.peak_mb,
         step_seconds=trainer.step_seconds, test=test, history=trainer.history,
     )  # fmt: skip
     metrics["test"].update(step_peak_mb=trainer.peak_mb, seconds=metrics["seconds"])

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "python"))
 pytest.importorskip("sklearn")
 
 import lt_data  # noqa: E402
+import run_utils  # noqa: E402
 import train  # noqa: E402
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--queue-size", "48", "--warmup-epochs", "1", "--quiet"]
@@ -119,18 +120,18 @@ def test_torchrun_two_gloo_processes(tmp_path):
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(3)}})
+    run_utils.save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(3)}})
     good = path.read_bytes()
 
     def dies_mid_write(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"PK\x03\x04 half a zip")  # a few bytes, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.torch, "save", dies_mid_write)
+    monkeypatch.setattr(run_utils.torch, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
+        run_utils.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
     assert path.read_bytes() == good
-    assert train.load_checkpoint(path, "train.py")["epoch"] == 1
+    assert run_utils.load_checkpoint(path, "train.py")["epoch"] == 1
 
 
 class _RunsCode:
@@ -142,4 +143,4 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"epoch": 1, "model": {}, "payload": _RunsCode()}, path)
     with pytest.raises(RuntimeError, match="not loaded.*could run code"):
-        train.load_checkpoint(path, "train.py")
+        run_utils.load_checkpoint(path, "train.py")
