@@ -479,6 +479,37 @@ def segmentation_section(records) -> str:
     return "\n".join(rows)
 
 
+def pml_section(records) -> str:
+    """The latest `python -m benchmarks.pml --record` run per machine: PML's CrossBatchMemory(SupConLoss) against the
+    compat.pml drop-in, one training step with a full memory."""
+    latest = {}
+    for r in records:
+        if r["kind"] == "pml-memory" and not r["quick"]:
+            key = (r["machine"].get("gpu") or r["machine"]["cpu"], r["machine"]["device"])
+            if key not in latest or r["machine"]["date"] > latest[key][0]["machine"]["date"]:
+                latest[key] = [r]
+            elif r["run"] == latest[key][0]["run"]:
+                latest[key].append(r)
+    if not latest:
+        return "(no record yet: `python -m benchmarks.pml --record`)"
+    rows = ["| machine | batch x dim | memory size | PML MB | fused MB | PML / fused | PML ms | fused ms | run |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (machine, _), group in sorted(latest.items()):
+        for r in sorted(group, key=lambda r: r["memory_size"]):
+            pml, fused = r["results"]["pml"], r["results"]["fused"]
+            if pml["status"] != "ok" or fused["status"] != "ok":
+                rows.append(f"| {machine} | {r['batch']} x {r['dim']} | {r['memory_size']} | {pml['status']} | "
+                            f"{fused['status']} | | | | `{r['run']}` |")  # fmt: skip
+                continue
+            ratio = pml["peak_mb"] / max(fused["peak_mb"], 0.1)
+            rows.append(
+                f"| {machine}, {r['machine']['threads']} threads | {r['batch']} x {r['dim']} | {r['memory_size']} | "
+                f"{pml['peak_mb']:.0f} | {fused['peak_mb']:.0f} | {ratio:.1f}x | {pml['seconds'] * 1e3:.0f} | "
+                f"{fused['seconds'] * 1e3:.0f} | `{r['run']}` at {r['machine']['commit']} |"
+            )
+    return "\n".join(rows)
+
+
 def gpu_model_table() -> str:
     rows = ["| forward + backward | dtype | model | floor (3 GEMMs at peak) | model / floor |", "|---|---|---|---|---|"]
     workload = None
@@ -523,6 +554,7 @@ def readme(text: str, records) -> str:
         "max-batch": lambda: max_batch_section(records),
         "summary": lambda: summary_table(records),
         "segmentation": lambda: segmentation_section(records),
+        "pml": lambda: pml_section(records),
     }
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)

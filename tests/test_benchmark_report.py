@@ -97,3 +97,25 @@ def test_check_reports_a_difference_and_writes_nothing(records, monkeypatch, tmp
     assert target.read_text() == "old" and "would change" in capsys.readouterr().out
     assert report.regenerate(records, check=False) == 0 and target.read_text() == "new"
     assert report.regenerate(records, check=True) == 0
+
+
+def test_pml_table_shows_the_latest_run_and_its_ratios():
+    def run(name, date, size, pml_mb, fused_mb):
+        results = {p: dict(status="ok", provider=p, memory_size=size, peak_mb=mb, seconds=0.5, loss=1.0)
+                   for p, mb in (("pml", pml_mb), ("fused", fused_mb))}  # fmt: skip
+        return dict(kind="pml-memory", run=name, machine=dict(MACHINE, date=date), batch=256, dim=128,
+                    memory_size=size, quick=False, results=results)  # fmt: skip
+
+    table = report.pml_section([run("old", "2026-01-01", 4096, 50.0, 5.0), run("new", "2026-02-01", 4096, 40.0, 4.0),
+                                run("new", "2026-02-01", 65536, 640.0, 20.0)])  # fmt: skip
+    rows = [line for line in table.splitlines() if line.startswith("| Test CPU")]
+    assert len(rows) == 2 and all("`new`" in line for line in rows)
+    assert "| 40 | 4 | 10.0x |" in rows[0] and "| 640 | 20 | 32.0x |" in rows[1]
+
+
+def test_pml_benchmark_step_runs_both_and_they_agree():
+    """The benchmark's step (in this process: the peak figures are meaningless here, the losses are not)."""
+    from benchmarks.pml import step_here
+
+    pml, fused = (step_here(p, 96, 16, 8, "cpu") for p in ("pml", "fused"))
+    assert pml["loss"] == pytest.approx(fused["loss"], rel=1e-5) and pml["loss"] > 0
