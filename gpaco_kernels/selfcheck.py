@@ -8,7 +8,7 @@
 2. A short side-by-side table at the headline sizes (smaller with --quick): time of one forward+backward (median of
    a few, after a warm-up) and peak memory growth, for the fused loss (backend 'auto'), the dense formula in eager
    PyTorch (backend 'reference', which builds the anchors x columns matrix as the published code does) and
-   torch.compile of that dense formula.
+   torch.compile of that dense formula (left out with --quick: compiling it takes longer than the rest).
 
 Exits with status 1 if any check fails (the table never fails the run; a provider that runs out of memory is shown
 as such). Triton runs on CPU tensors only under TRITON_INTERPRET=1 (set before importing gpaco_kernels).
@@ -262,6 +262,7 @@ def side_by_side(device: str, quick: bool, dtype: torch.dtype, out=print) -> Non
     kind = torch.device(device).type
     sizes = SIZES[(kind, quick)]
     rounds = 3 if quick else 7
+    providers = PROVIDERS[:2] if quick else PROVIDERS  # --quick: no torch.compile column
     out(
         f"fwd+bwd per step, {str(dtype)[6:]}, median of {rounds} interleaved rounds after a warm-up; "
         "memory = peak growth of one step"
@@ -270,7 +271,7 @@ def side_by_side(device: str, quick: bool, dtype: torch.dtype, out=print) -> Non
     for title, name in HEADLINE.items():
         label = f"{title} " + ", ".join(f"{k} {v}" for k, v in sizes[name].items())
         steps, results = {}, {}
-        for provider in PROVIDERS:
+        for provider in providers:
             try:
                 steps[provider] = make_step(name, sizes[name], provider, device, dtype)
                 steps[provider]()  # warm-up (and compilation)
@@ -287,7 +288,7 @@ def side_by_side(device: str, quick: bool, dtype: torch.dtype, out=print) -> Non
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         dense = statistics.median(times["dense eager"]) if times.get("dense eager") else None
-        for provider in PROVIDERS:
+        for provider in providers:
             if provider in results:
                 out(f"  {label:<30} {provider:<22} {results[provider]}")
                 continue
@@ -327,7 +328,7 @@ def describe(device: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--quick", action="store_true", help="small problems and a small table (CI)")
+    parser.add_argument("--quick", action="store_true", help="small problems, a small table without torch.compile (CI)")
     parser.add_argument("--no-timing", action="store_true", help="the correctness checks only")
     parser.add_argument("--dtype", default=None, help="dtype of the table (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: the fresh process of a CPU memory figure

@@ -29,14 +29,15 @@ cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DGPACO_SANITIZE=ON >/dev/
 cmake --build build/sanitize -j 2 >/dev/null
 ctest --test-dir build/sanitize --output-on-failure
 
-# --- benchmarks, smoke runs (README "Benchmarks"): fail if a provider errors, not if it is slow ---
-python -m benchmarks --quick --sweeps lt-queue pixel supcon --records build/bench-quick/records.jsonl
+# --- benchmarks, smoke runs (README "Benchmarks"): fail if a provider errors, not if it is slow. One point of each
+#     sweep, and the pixel sweep's second (largest quick) point, where the fresh-process memory probes run ---
+python -m benchmarks --quick --sweeps lt-queue pixel supcon --sizes 1024 2048 256 --records build/bench-quick/records.jsonl
 python -m pytest benchmarks/test_microbench.py -q --benchmark-disable -p no:cacheprovider
 
 # --- memory-limited training, quick versions (README "Largest problem under a budget", "Segmentation"): fail if a
 #     fused backend errors, or if the dense formula is not the one the budget stops ---
-python -m benchmarks.max_batch --budget 128MiB --quick --workloads supcon pixel --providers dense cpu --start 512 \
-    --max-size 4096 --time-limit 60 --resolution 1.5 --records build/max-batch-quick.jsonl
+python -m benchmarks.max_batch --budget 128MiB --quick --workloads supcon pixel --providers dense cpu --start 1024 \
+    --max-size 2048 --time-limit 60 --resolution 1.5 --records build/max-batch-quick.jsonl
 python python/train_seg.py --epochs 1 --train-size 32 --test-size 16 --seeds 0 --out build/seg-quick --quiet
 
 # --- the main job, as a smoke run (README "Quickstart") ---
