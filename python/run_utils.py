@@ -95,3 +95,21 @@ def run_epochs(trainer, args, checkpoint: Path, writer: str, desc: str, rank: in
         if args.stop_after_epoch is not None and trainer.epoch >= args.stop_after_epoch:
             break
     return time.perf_counter() - start
+
+
+def compare_over_seeds(args, field: str, values, run, folder) -> tuple[dict, dict]:
+    """The main jobs' comparison: for each value of `field` (the losses or methods compared) and each of args.seeds,
+    one run(run_args) with its own copy of args and output folder (args.out or runs/, then folder(value, seed)).
+    Returns ({value: [its test report per seed]}, the last run's metrics)."""
+    import copy
+
+    rows, metrics = {}, {}
+    for value in values:
+        for seed in args.seeds:
+            run_args = copy.copy(args)
+            setattr(run_args, field, value)
+            run_args.seed = seed
+            run_args.out = (args.out or Path("runs")) / folder(value, seed)
+            metrics = run(run_args)
+            rows.setdefault(value, []).append(metrics["test"])
+    return rows, metrics

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lt_data  # noqa: E402
 from lt_models import LTNet  # noqa: E402
-from run_utils import print_table, run_epochs, setup_distributed  # noqa: E402
+from run_utils import compare_over_seeds, print_table, run_epochs, setup_distributed  # noqa: E402
 
 import gpaco_kernels as gk  # noqa: E402
 
@@ -273,16 +273,10 @@ def main(argv=None):
             print_table({args.loss: [metrics["test"]]}, TABLE_KEYS, metrics["thresholds"])
         return
     # The main job: each loss over the seeds, then one table.
-    rows, note = {}, ""
-    for loss in args.losses:
-        for seed in args.seeds:
-            run_args = copy.copy(args)
-            run_args.loss, run_args.seed = loss, seed
-            run_args.out = (args.out or Path("runs")) / f"{args.dataset}-{loss}-seed{seed}"
-            metrics = train(run_args)
-            rows.setdefault(loss, []).append(metrics["test"])
-            note = metrics["thresholds"]
-    title = f"{args.dataset}, imbalance factor {args.imbalance_factor:g}, test accuracy %; {note}"
+    rows, last = compare_over_seeds(
+        args, "loss", args.losses, train, lambda loss, seed: f"{args.dataset}-{loss}-seed{seed}"
+    )
+    title = f"{args.dataset}, imbalance factor {args.imbalance_factor:g}, test accuracy %; {last['thresholds']}"
     print_table(rows, TABLE_KEYS, title)
     if args.out:
         (args.out / "compare.json").write_text(json.dumps(rows, indent=1))

@@ -23,7 +23,6 @@ few digit classes, per-class IoU, peak memory of a training step, seconds). Uses
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # the drivers' modules, and benchmarks/ (the published dense loss)
 
 import seg_data  # noqa: E402
-from run_utils import print_table, run_epochs, setup_distributed  # noqa: E402
+from run_utils import compare_over_seeds, print_table, run_epochs, setup_distributed  # noqa: E402
 from seg_models import SegNet  # noqa: E402
 
 import gpaco_kernels as gk  # noqa: E402
@@ -293,13 +292,13 @@ def main(argv=None):
             print_table({args.method: [metrics["test"]]}, TABLE_KEYS, metrics["note"], ("step_peak_mb", "seconds"))
         return status
     data = seg_data.digit_canvas_lt(args.train_size, args.test_size, args.imbalance)
-    rows = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            run_args = copy.copy(args)
-            run_args.method, run_args.seed = method, seed
-            run_args.out = (args.out or Path("runs")) / f"seg-{method}-seed{seed}"
-            rows.setdefault(method, []).append(train(run_args, data)["test"])
+    rows, _ = compare_over_seeds(
+        args,
+        "method",
+        args.methods,
+        lambda run_args: train(run_args, data),
+        lambda method, seed: f"seg-{method}-seed{seed}",
+    )
     title = f"{data.note}\ntest mIoU % (many / medium / few: digit classes {data.groups}); mean ± std over seeds"
     print_table(rows, TABLE_KEYS, title, ("step_peak_mb", "seconds"))
     if args.out:

@@ -118,6 +118,17 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert metrics["world_size"] == 2 and metrics["epochs"] == 2
 
 
+def test_the_main_job_compares_each_loss_over_the_seeds(tmp_path, one_thread, capsys):
+    train.main(["--losses", "ce", "gpaco", "--seeds", "0", "1", "--out", str(tmp_path), *TINY, *one_thread])
+    rows = json.loads((tmp_path / "compare.json").read_text())
+    assert sorted(rows) == ["ce", "gpaco"] and all(len(reports) == 2 for reports in rows.values())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        f"digits-lt-{loss}-seed{seed}" for loss in ("ce", "gpaco") for seed in (0, 1)
+    ]
+    table = capsys.readouterr().out
+    assert "ce" in table and "gpaco" in table and "seeds" in table
+
+
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     run_utils.save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(3)}})
