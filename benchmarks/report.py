@@ -480,33 +480,31 @@ def segmentation_section(records) -> str:
 
 
 def pml_section(records) -> str:
-    """The latest `python -m benchmarks.pml --record` run per machine: PML's CrossBatchMemory(SupConLoss) against the
-    compat.pml drop-in, one training step with a full memory."""
+    """`python -m benchmarks.pml --record`: PML's CrossBatchMemory(SupConLoss) against the compat.pml drop-in, one
+    training step with a full memory; per machine, the latest record of each memory size (as max_batch_runs: a
+    partial rerun replaces only what it measured)."""
     latest = {}
     for r in records:
         if r["kind"] == "pml-memory" and not r["quick"]:
-            key = (r["machine"].get("gpu") or r["machine"]["cpu"], r["machine"]["device"])
-            if key not in latest or r["machine"]["date"] > latest[key][0]["machine"]["date"]:
-                latest[key] = [r]
-            elif r["run"] == latest[key][0]["run"]:
-                latest[key].append(r)
+            mine = latest.setdefault(_slug_of(r), {})
+            size = r["memory_size"]
+            if size not in mine or r["machine"]["date"] >= mine[size]["machine"]["date"]:
+                mine[size] = r
     if not latest:
         return "(no record yet: `python -m benchmarks.pml --record`)"
     rows = ["| machine | batch x dim | memory size | PML MB | fused MB | PML / fused | PML ms | fused ms | run |",
             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (machine, _), group in sorted(latest.items()):
-        for r in sorted(group, key=lambda r: r["memory_size"]):
-            pml, fused = r["results"]["pml"], r["results"]["fused"]
+    for _, group in sorted(latest.items()):
+        for size, r in sorted(group.items()):
+            m, pml, fused = r["machine"], r["results"]["pml"], r["results"]["fused"]
+            head = f"| {m.get('gpu') or m['cpu']}, {m['threads']} threads | {r['batch']} x {r['dim']} | {size} | "
+            run = f"`{r['run']}` at {m['commit']} |"
             if pml["status"] != "ok" or fused["status"] != "ok":
-                rows.append(f"| {machine} | {r['batch']} x {r['dim']} | {r['memory_size']} | {pml['status']} | "
-                            f"{fused['status']} | | | | `{r['run']}` |")  # fmt: skip
+                rows.append(head + f"{pml['status']} | {fused['status']} | | | | " + run)
                 continue
             ratio = pml["peak_mb"] / max(fused["peak_mb"], 0.1)
-            rows.append(
-                f"| {machine}, {r['machine']['threads']} threads | {r['batch']} x {r['dim']} | {r['memory_size']} | "
-                f"{pml['peak_mb']:.0f} | {fused['peak_mb']:.0f} | {ratio:.1f}x | {pml['seconds'] * 1e3:.0f} | "
-                f"{fused['seconds'] * 1e3:.0f} | `{r['run']}` at {r['machine']['commit']} |"
-            )
+            rows.append(head + f"{pml['peak_mb']:.0f} | {fused['peak_mb']:.0f} | {ratio:.1f}x | "
+                        f"{pml['seconds'] * 1e3:.0f} | {fused['seconds'] * 1e3:.0f} | " + run)  # fmt: skip
     return "\n".join(rows)
 
 
