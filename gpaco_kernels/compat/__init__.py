@@ -85,17 +85,18 @@ class _PublishedPaCoBase(nn.Module):
             )
         return labels.reshape(-1)
 
-    def _loss(self, features, labels, sup_logits, num_anchors, *, center_temperature, **options):
-        n_batch = features.shape[0] - self.K
-        if n_batch < 1:
-            raise ValueError(f"features must have more than K={self.K} rows ([batch; queue]), got {features.shape[0]}")
-        queue = features[n_batch:] if self.K else None
+    def _loss(self, features, labels, sup_logits, num_anchors, *, center_temperature, queue_rows=None, **options):
+        """The published call on the op: the last queue_rows rows (default K) of features are the queue."""
+        K = self.K if queue_rows is None else queue_rows
+        n_batch = features.shape[0] - K
+        if K and n_batch < 1:  # without a queue, the op's own check names an empty features
+            raise ValueError(f"features must have more than K={K} rows ([batch; queue]), got {features.shape[0]}")
         return _paco_loss(
             features[:n_batch],
             labels[:n_batch],
             num_anchors=num_anchors,
-            queue=queue,
-            queue_labels=labels[n_batch:] if self.K else None,
+            queue=features[n_batch:] if K else None,
+            queue_labels=labels[n_batch:] if K else None,
             center_logits=sup_logits,
             arg_names={"center_logits": "sup_logits"},
             alpha=self.alpha,
@@ -171,19 +172,9 @@ class PaCoSegLoss(_PublishedPaCoBase):
 
     def forward(self, features, labels=None, sup_logits=None, mask=None, epoch=None):
         labels = self._flat_labels(features, labels, sup_logits, mask)
-        return _paco_loss(
-            features,
-            labels,
-            center_logits=sup_logits,
-            arg_names={"center_logits": "sup_logits"},
-            alpha=self.alpha,
-            beta=self.beta,
-            gamma=self.gamma,
-            temperature=self.temperature,
-            base_temperature=self.base_temperature,
-            center_temperature=1.0,
-            ignore_index=self.num_classes,
-            backend=self.backend,
+        # No queue (K is accepted and unused, as published), no supt, ignored pixels labelled num_classes.
+        return self._loss(
+            features, labels, sup_logits, None, center_temperature=1.0, queue_rows=0, ignore_index=self.num_classes
         )
 
 
