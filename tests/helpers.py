@@ -4,6 +4,10 @@ tolerances of each backend (gpaco_kernels.tolerances, the one table)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +82,17 @@ def assert_within(got, truth, same_dtype_ref, backend, dtype, name="tensor"):
 
 def max_abs_err(actual, expected) -> float:
     return (actual.detach().double() - expected.detach().double()).abs().max().item() if actual.numel() else 0.0
+
+
+# torchrun of this interpreter's environment, else the one on PATH: the drivers' two-process tests.
+_TORCHRUN_HERE = Path(sys.executable).with_name("torchrun")
+TORCHRUN = str(_TORCHRUN_HERE) if _TORCHRUN_HERE.exists() else shutil.which("torchrun")
+needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+
+
+def torchrun_two_gloo_processes(script: Path, port: int, args: list[str]) -> None:
+    """Run a training driver as two gloo processes on this machine; fails with its stderr if it does not exit 0."""
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port), str(script), *args]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as a user runs them: no Triton interpreter
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]

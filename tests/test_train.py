@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from helpers import needs_torchrun, torchrun_two_gloo_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
@@ -105,15 +105,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_not_overwritten(tmp_path, on
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")  # fmt: skip
+@needs_torchrun
 def test_torchrun_two_gloo_processes(tmp_path):
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(ROOT / "python" / "train.py"),
-           "--loss", "gpaco", "--out", str(tmp_path), "--threads", "1", *TINY]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--loss", "gpaco", "--out", str(tmp_path), "--threads", "1", *TINY]
+    torchrun_two_gloo_processes(ROOT / "python" / "train.py", 29533, args)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs"] == 2
 

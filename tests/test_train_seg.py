@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import needs_torchrun, torchrun_two_gloo_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
@@ -93,14 +92,9 @@ def test_a_bad_budget_names_the_argument():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")  # fmt: skip
+@needs_torchrun
 def test_torchrun_two_gloo_processes(tmp_path):
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29541", str(ROOT / "python" / "train_seg.py"),
-           "--method", "all-pixels", "--out", str(tmp_path), *TINY]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--method", "all-pixels", "--out", str(tmp_path), *TINY]
+    torchrun_two_gloo_processes(ROOT / "python" / "train_seg.py", 29541, args)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs"] == 2
