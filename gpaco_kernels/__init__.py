@@ -5,6 +5,7 @@ log-sum-exp and never holds the anchors x columns similarity matrix.
 """
 
 from . import compat
+from ._checks import sync_checks
 from ._version import __version__
 from .functional import fused_paco_loss, fused_psc_loss, fused_supcon_loss
 from .modules import FusedPaCoLoss, PSCLoss, SupConLoss
@@ -29,4 +30,5 @@ __all__ = [
     "fused_paco_loss",
     "fused_psc_loss",
     "fused_supcon_loss",
+    "sync_checks",
 ]

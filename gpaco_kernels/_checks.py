@@ -4,6 +4,8 @@ ValueError (wrong shape, range or value) naming the argument and what was seen, 
 from __future__ import annotations
 
 import math
+import numbers
+import os
 
 import torch
 
@@ -75,31 +77,78 @@ def choice(name: str, value, options) -> str:
     return value
 
 
-def reading_values_allowed() -> bool:
-    """Checks that read tensor values (a host sync) are skipped while torch.compile traces: they would break the
-    graph. The compiled kernels check label ranges themselves."""
-    return not torch.compiler.is_compiling()
+# -- checks of tensor values ------------------------------------------------------------------------------------
+# Reading a tensor's values on the host is free for CPU tensors and a stream synchronization anywhere else. So value
+# checks read values only where the tensors are on the CPU (and a CPU backend computes); elsewhere (CUDA, meta, and
+# the Triton backend, whose kernels check labels themselves) they are queued on the device with
+# torch._assert_async, which fails the stream without a sync (on CUDA: a device-side assert at the next sync). For
+# debugging, sync_checks(True) or GPACO_SYNC_CHECKS=1 reads values on every device and raises ValueError naming the
+# argument and the value seen, at the cost of a synchronization per check.
+
+_SYNC_CHECKS = os.environ.get("GPACO_SYNC_CHECKS", "") not in ("", "0")
 
 
-def label_range(name: str, labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """Labels other than ignore_index must index the class block."""
-    if not reading_values_allowed():
+def sync_checks(enabled: bool | None = None) -> bool:
+    """Whether value checks read values back on every device (a host sync each) to raise a clear ValueError;
+    with an argument, set it. Default False, or GPACO_SYNC_CHECKS=1. Returns the setting in force."""
+    global _SYNC_CHECKS
+    if enabled is not None:
+        _SYNC_CHECKS = flag("enabled", enabled)
+    return _SYNC_CHECKS
+
+
+def reads_values(device: torch.device) -> bool:
+    """Whether a value check may read tensors on this device back to the host. Never while torch.compile traces
+    (a read would break the graph)."""
+    if torch.compiler.is_compiling():
+        return False
+    return device.type == "cpu" or (_SYNC_CHECKS and device.type != "meta")
+
+
+def out_of_range(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Bool mask of labels that are neither a class index nor ignore_index."""
+    return ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+
+
+def range_message(name: str, num_classes: int, ignore_index: int) -> str:
+    return f"{name} must be in [0, {num_classes}) (the number of classes) or equal ignore_index={ignore_index}"
+
+
+def label_range(name: str, labels: torch.Tensor, num_classes: int, ignore_index: int, *, on_host: bool) -> None:
+    """Labels other than ignore_index must index the class block. on_host: read the values and raise ValueError with
+    the first bad one; else queue the check on the device (no sync)."""
+    bad = out_of_range(labels, num_classes, ignore_index)
+    if not on_host:
+        torch._assert_async(~bad.any(), range_message(name, num_classes, ignore_index) + ", found a value outside")
         return
-    kept = labels[labels != ignore_index]
-    if kept.numel() == 0:
-        return
-    low, high = int(kept.min()), int(kept.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{name} must be in [0, {num_classes}) (the number of classes) or equal ignore_index={ignore_index}, "
-            f"found {bad}"
-        )
+    if bool(bad.any()):
+        raise ValueError(f"{range_message(name, num_classes, ignore_index)}, found {int(labels[bad][0])}")
 
 
-def class_counts(value, num_classes: int | None, device: torch.device) -> torch.Tensor:
-    """Counts as a float64 tensor on device; the prior they define must exist (non-negative, positive sum).
-    num_classes None accepts any length."""
+def host_class_counts(value, num_classes: int | None) -> torch.Tensor:
+    """class_counts checked and kept on the CPU, where the check reads values for free: what a module holds, set
+    once and reused by every step."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    return class_counts(value, num_classes)
+
+
+def _host_counts(values) -> None:
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError("class_counts must be finite and >= 0")
+    if values and sum(values) <= 0:
+        raise ValueError("class_counts must have a positive sum")
+
+
+def class_counts(value, num_classes: int | None) -> torch.Tensor:
+    """Counts as a float64 tensor on the device they came on (a list: the CPU); the prior they define must exist
+    (finite, non-negative, positive sum). num_classes None accepts any length."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+        _host_counts(value)  # Python numbers: checked as such, before any tensor exists (no tensor op reads them)
+        if not value or (num_classes is not None and len(value) != num_classes):
+            expected = "(C,)" if num_classes is None else f"({num_classes},)"
+            raise ValueError(f"class_counts must have shape {expected} (one count per class), got ({len(value)},)")
+        return torch.tensor(value, dtype=torch.float64)
     if isinstance(value, torch.Tensor):
         counts = value.detach()
     else:
@@ -114,10 +163,14 @@ def class_counts(value, num_classes: int | None, device: torch.device) -> torch.
     if counts.dim() != 1 or counts.shape[0] == 0 or (num_classes is not None and counts.shape[0] != num_classes):
         expected = "(C,)" if num_classes is None else f"({num_classes},)"
         raise ValueError(f"class_counts must have shape {expected} (one count per class), got {tuple(counts.shape)}")
-    counts = counts.to(device=device, dtype=torch.float64)
-    if not reading_values_allowed():
+    counts = counts.to(torch.float64)
+    if torch.compiler.is_compiling():
         return counts
-    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+    valid = torch.isfinite(counts).all() & (counts >= 0).all()
+    if not reads_values(counts.device):
+        torch._assert_async(valid & (counts.sum() > 0), "class_counts must be finite and >= 0 with a positive sum")
+        return counts
+    if not bool(valid):
         raise ValueError("class_counts must be finite and >= 0")
     if float(counts.sum()) <= 0:
         raise ValueError("class_counts must have a positive sum")

@@ -7,15 +7,50 @@ fused_psc_loss     the prototypical supervised contrastive loss of Wang et al. 2
 
 from __future__ import annotations
 
+import numbers
+import weakref
+from collections import OrderedDict
+
 import torch
-import torch.nn.functional as nnf
 
 from . import _checks as check
 from .distributed import ddp_scale, gather_columns, gather_rows
-from .ops import BACKEND_NAMES, ContrastInputs, LossConfig, per_anchor_loss, resolve_backend
+from .ops import BACKEND_NAMES, ContrastInputs, LossConfig, resolve_backend
+from .ops import loss as op_loss
 from .options import PACO, PSC, SUPCON
 
 REDUCTIONS = ("mean", "sum", "none")
+
+# Priors computed from class counts, most recent last: a training loop passes the same counts on every step, and the
+# check and the log prior (several launches, and a copy to the device for a list) then run once.
+_PRIORS: OrderedDict = OrderedDict()
+PRIOR_CACHE_SIZE = 16
+
+
+def prior_bias(class_counts, num_classes: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """log(n_c / sum(n) + 1e-9) on device in dtype, checked and computed once per counts: a tensor is known by its
+    identity and version (changed in place, it is checked and computed again), a sequence of numbers by its values."""
+    key = None
+    if not torch.compiler.is_compiling():
+        if isinstance(class_counts, torch.Tensor):
+            key = ("tensor", id(class_counts), class_counts._version, device, dtype, num_classes)
+        elif isinstance(class_counts, (list, tuple)) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in class_counts
+        ):
+            key = ("values", tuple(class_counts), device, dtype, num_classes)
+    hit = _PRIORS.get(key) if key is not None else None
+    if hit is not None and (hit[0] is None or hit[0]() is class_counts):
+        _PRIORS.move_to_end(key)
+        return hit[1]
+    counts = check.class_counts(class_counts, num_classes).to(device)
+    prior = counts.to(dtype)
+    bias = torch.log(prior / prior.sum() + 1e-9)
+    if key is not None:
+        source = weakref.ref(class_counts) if isinstance(class_counts, torch.Tensor) else None
+        _PRIORS[key] = (source, bias)
+        while len(_PRIORS) > PRIOR_CACHE_SIZE:
+            _PRIORS.popitem(last=False)
+    return bias
 
 
 def fused_paco_loss(
@@ -199,36 +234,21 @@ def _paco_loss(
         if options["num_anchors"] is None:
             options["num_anchors"] = features.shape[0]
         features, labels = gather_columns(features, labels, process_group)
+    distributed = process_group is not None and reduction != "none"
     x, cfg, backend_name = canonicalize(
-        features, labels, reduction=reduction, lse_eps=lse_eps, batch_columns=batch_columns, **options
+        features,
+        labels,
+        reduction="none" if distributed else reduction,
+        normalize=normalize,
+        lse_eps=lse_eps,
+        batch_columns=batch_columns,
+        **options,
     )
-    if normalize:
-        x = ContrastInputs(
-            nnf.normalize(x.features, dim=1),
-            x.labels,
-            None if x.queue is None else nnf.normalize(x.queue, dim=1),
-            x.queue_labels,
-            x.center_logits,
-            None if x.centers is None else nnf.normalize(x.centers, dim=1),
-            x.center_bias,
-        )
-    losses = per_anchor_loss(x, cfg, backend_name)
-    anchor_labels = x.labels[: cfg.num_anchors]
-    if process_group is not None and reduction != "none":
-        counted = (anchor_labels != cfg.ignore_index).sum()
-        return ddp_scale(losses.sum(), counted, reduction, process_group).to(features.dtype)
-    return reduce(losses, anchor_labels, cfg.ignore_index, reduction).to(features.dtype)
-
-
-def reduce(losses: torch.Tensor, anchor_labels: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
-    """'mean' divides by the anchors not ignored (no host sync); with none counted it is 0 with zero gradients."""
-    if reduction == "none":
-        return losses
-    total = losses.sum()
-    if reduction == "sum":
-        return total
-    counted = (anchor_labels != ignore_index).sum().clamp(min=1)
-    return total / counted
+    loss = op_loss(x, cfg, backend_name)
+    if distributed:  # this rank's share of the global mean or sum (see fused_paco_loss)
+        counted = (x.labels[: cfg.num_anchors] != cfg.ignore_index).sum()
+        return ddp_scale(loss.sum(), counted, reduction, process_group).to(features.dtype)
+    return loss
 
 
 def canonicalize(
@@ -252,6 +272,7 @@ def canonicalize(
     ignore_index=PACO.ignore_index,
     reduction=PACO.reduction,
     backend=PACO.backend,
+    normalize=PACO.normalize,
     lse_eps=1e-12,
     batch_columns=True,
     batch_column_grad=True,
@@ -329,23 +350,25 @@ def canonicalize(
         raise ValueError("exclude_positive_class=True needs a class block (center_logits or centers)")
     check.integer("ignore_index", ignore_index)
     check.choice("reduction", reduction, REDUCTIONS)
+    check.flag("normalize", normalize)
     check.choice("backend", backend, BACKEND_NAMES)
 
     center_bias = None
     if class_counts is not None:
         if not has_classes:
             raise ValueError("class_counts was given without a class block (center_logits or centers)")
-        counts = check.class_counts(class_counts, num_classes, features.device)
         # In the features' compute dtype, as the published code (float32 there) computes it.
-        prior = counts.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
-        center_bias = torch.log(prior / prior.sum() + 1e-9)
-
-    if has_classes:
-        check.label_range("labels", labels, num_classes, ignore_index)
-        if queue_labels is not None:
-            check.label_range("queue_labels", queue_labels, num_classes, ignore_index)
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        center_bias = prior_bias(class_counts, num_classes, features.device, dtype)
 
     backend_name = resolve_backend(backend, features.device.type)
+    # The Triton kernels check label ranges as they load labels (no sync); elsewhere the check reads values where
+    # that is free (CPU tensors) and is queued on the device otherwise (_checks: value checks).
+    if has_classes and (backend_name != "triton" or check.sync_checks()):
+        on_host = check.reads_values(features.device)
+        check.label_range(lab_, labels, num_classes, ignore_index, on_host=on_host)
+        if queue_labels is not None:
+            check.label_range(ql_, queue_labels, num_classes, ignore_index, on_host=on_host)
     cfg = LossConfig(
         num_anchors=num_anchors,
         temperature=temperature,
@@ -361,7 +384,8 @@ def canonicalize(
         batch_columns=batch_columns,
         lse_eps=lse_eps,
         batch_column_grad=batch_column_grad,
-        reduced=reduction != "none",
+        normalize=normalize,
+        reduction=reduction,
     )
     x = ContrastInputs(
         features=features,

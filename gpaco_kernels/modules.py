@@ -34,7 +34,7 @@ class FusedPaCoLoss(nn.Module):
             self.set_class_counts(class_counts)
 
     def set_class_counts(self, class_counts) -> None:
-        self.class_counts = check.class_counts(class_counts, None, torch.device("cpu"))
+        self.class_counts = check.host_class_counts(class_counts, None)
 
     def forward(
         self, features, labels, *, num_anchors=None, queue=None, queue_labels=None, center_logits=None, centers=None

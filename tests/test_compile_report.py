@@ -33,7 +33,8 @@ def test_every_kernel_and_autotune_candidate_is_covered():
     import gpaco_kernels.triton as package
 
     files = {p.stem for p in pathlib.Path(package.__file__).parent.glob("paco_*.py")}
-    assert {f"paco_{kind}" for kind in report.VARIANTS} == files == {f"paco_{k}" for k in configs.KERNELS}
+    launched = {*configs.KERNELS, *configs.FIXED}
+    assert {f"paco_{kind}" for kind in report.VARIANTS} == files == {f"paco_{k}" for k in launched}
     todo = report.cases([80, 90], [16, 32, 64, 128])
     for (kind, precision_class), candidates in configs.CANDIDATES.items():
         dtypes = ["fp32"] if precision_class == "fp32" else ["bf16", "fp16"]
@@ -48,17 +49,24 @@ def test_every_kernel_and_autotune_candidate_is_covered():
                 assert covered == {(a, d) for a in (80, 90) for d in (16, 32, 64, 128)}, (kind, dtype, candidate)
                 variants = {c.variant for c in mine if c.block_d == 128}
                 assert variants == set(report.VARIANTS[kind]), (kind, candidate)
+    for kind in configs.FIXED:  # one configuration, every variant and precision, both archs
+        mine = [c for c in todo if c.kind == kind]
+        assert {(c.variant, c.precision, c.arch) for c in mine} == {
+            (v, p, a) for v in report.VARIANTS[kind] for p in report.PRECISIONS for a in (80, 90)
+        }, kind
 
 
 @pytest.mark.parametrize("kind", sorted(report.VARIANTS))
 def test_signatures_name_every_argument(kind):
     fn = report.kernel(kind)
-    for flags in report.VARIANTS[kind].values():
-        constexprs = dict(flags, BLOCK_M=16, BLOCK_N=16, BLOCK_D=32, UPCAST=False, PRECISION="ieee")
+    for case in report.cases([90], [32], only=[kind]):
+        constexprs, _, _ = report.launch_constexprs(case)
         signature, attrs = report._signature(fn, "bf16", constexprs)
         assert list(signature) == [name for name, _ in report.kernel_arguments(fn)]
         assert {n for n, t in signature.items() if t == "constexpr"} == set(constexprs)
-        assert signature["label_ptr"] == "*i64" and signature["feat_ptr"] == "*bf16"
+        assert signature["label_ptr" if kind != "epilogue" else "x_ptr"] in ("*i64", "*bf16")
+        if "feat_ptr" in signature:
+            assert signature["feat_ptr"] == "*bf16"
 
 
 def test_a_spilling_or_oversized_kernel_fails_the_report():
@@ -79,13 +87,15 @@ from triton.backends.compiler import GPUTarget
 from tools import compile_report as r
 for kind in sorted(r.VARIANTS):
     fn = r.kernel(kind)
-    for flags in r.VARIANTS[kind].values():
-        constexprs = dict(flags, BLOCK_M=32, BLOCK_N=64, BLOCK_D=64, UPCAST=False, PRECISION="tf32")
+    for case in r.cases([90], [64], only=[kind]):
+        if case.precision != "bf16" or case.config not in ((32, 64, 4, 2), (32, 64, 4, 3), r.FIXED_CONFIG):
+            continue
+        constexprs, options, _ = r.launch_constexprs(case)
         signature, attrs = r._signature(fn, "bf16", constexprs, float_type="fp64")
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=2))
-        assert "xf64>" not in compiled.asm["ttir"], (kind, flags)  # no float64 tile arithmetic
-        print(kind, "ok")
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        assert "xf64>" not in compiled.asm["ttir"], (kind, case.variant)  # no float64 tile arithmetic
+        print(kind, case.variant, "ok")
 """
 
 
@@ -99,4 +109,4 @@ def test_kernels_compile_with_the_fp64_float_arguments_torch_compile_passes():
     env = dict(os.environ, TRITON_INTERPRET="0")
     done = subprocess.run([sys.executable, "-c", _FP64_SCALARS], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split().count("ok") == sum(len(v) for v in report.VARIANTS.values())
+    assert done.stdout.split().count("ok") == sum(len(v) for v in report.VARIANTS.values()), done.stdout

@@ -4,6 +4,8 @@ Triton runs under the interpreter here; what the toolchain refuses there is asse
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -59,6 +61,20 @@ def test_every_backend_has_the_same_schema():
     assert len(set(schemas.values())) == 1, schemas
 
 
+# (reduction, normalize) pairs the op is checked with: each reduction, and normalization inside the op.
+OP_MODES = [("none", False), ("mean", True), ("sum", False)]
+
+
+def _params(cfg, reduction, normalize):
+    return dataclasses.replace(cfg.op_params(), reduction=reduction, normalize=normalize)
+
+
+def _grad_loss(p, like):
+    if p.reduction == "none":
+        return torch.linspace(-1, 2, p.num_anchors, dtype=like.dtype, device=like.device)
+    return torch.tensor(-1.75, dtype=like.dtype, device=like.device)
+
+
 @pytest.mark.parametrize("variant", ["logits", "centers", "none"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_forward(backend, variant):
@@ -66,9 +82,10 @@ def test_opcheck_forward(backend, variant):
     unit_options = [False, True] if getattr(load_backend(backend), "UNIT_GRADIENTS", False) else [False]
     for dtype in _dtypes(backend):
         x, cfg = _problem(variant, dtype)
-        for unit in unit_options:
-            args = (*x.tensors(), *cfg.op_params().astuple(), unit)
-            torch.library.opcheck(forward._opoverload, args, test_utils=_checks(backend))
+        for reduction, normalize in OP_MODES:
+            for unit in unit_options:
+                args = (*x.tensors(), *_params(cfg, reduction, normalize).astuple(), unit)
+                torch.library.opcheck(forward._opoverload, args, test_utils=_checks(backend))
 
 
 @pytest.mark.parametrize("variant", ["logits", "centers"])
@@ -77,13 +94,14 @@ def test_opcheck_backward(backend, variant):
     forward, backward = _ops(backend)
     for dtype in _dtypes(backend):
         x, cfg = _problem(variant, dtype)
-        p = cfg.op_params()
-        with torch.no_grad():
-            _, lse, pos, *units = call_forward(forward, x, p, False)
-        grad_loss = torch.linspace(-1, 2, p.num_anchors, dtype=lse.dtype)
-        needs = (True, x.center_logits is not None, x.centers is not None)
-        args = (*[t.detach() if t is not None else None for t in x.tensors()], *p.astuple(), lse, pos, grad_loss)
-        torch.library.opcheck(backward._opoverload, (*args, *units, *needs), test_utils=_checks(backend)[:3])
+        for reduction, normalize in OP_MODES:
+            p = _params(cfg, reduction, normalize)
+            with torch.no_grad():
+                loss, lse, pos, counted, *units = call_forward(forward, x, p, False)
+            needs = (True, x.center_logits is not None, x.centers is not None)
+            tensors = [t.detach() if t is not None else None for t in x.tensors()]
+            args = (*tensors, *p.astuple(), lse, pos, counted, _grad_loss(p, loss))
+            torch.library.opcheck(backward._opoverload, (*args, *units, *needs), test_utils=_checks(backend)[:3])
 
 
 @pytest.mark.skipif(TRITON_DEVICE != "cpu", reason="the interpreter is off: the CUDA test below runs instead")
@@ -157,17 +175,18 @@ def test_triton_opcheck_on_cuda_with_aot_dispatch(variant):
     forward, backward = _ops("triton", "cuda")
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         x, cfg = _problem(variant, dtype, device="cuda")
-        p = cfg.op_params()
-        args = (*x.tensors(), *p.astuple(), False)
-        torch.library.opcheck(forward._opoverload, args, test_utils=ALL_CHECKS)
-        if variant == "none":
-            continue
-        with torch.no_grad():
-            _, lse, pos, *units = call_forward(forward, x, p, False)
-        grad_loss = torch.linspace(-1, 2, p.num_anchors, dtype=lse.dtype, device="cuda")
-        needs = (True, x.center_logits is not None, x.centers is not None)
-        bargs = (*[t.detach() if t is not None else None for t in x.tensors()], *p.astuple(), lse, pos, grad_loss)
-        torch.library.opcheck(backward._opoverload, (*bargs, *units, *needs), test_utils=ALL_CHECKS)
+        for reduction, normalize in OP_MODES:
+            p = _params(cfg, reduction, normalize)
+            args = (*x.tensors(), *p.astuple(), False)
+            torch.library.opcheck(forward._opoverload, args, test_utils=ALL_CHECKS)
+            if variant == "none":
+                continue
+            with torch.no_grad():
+                loss, lse, pos, counted, *units = call_forward(forward, x, p, False)
+            needs = (True, x.center_logits is not None, x.centers is not None)
+            tensors = [t.detach() if t is not None else None for t in x.tensors()]
+            bargs = (*tensors, *p.astuple(), lse, pos, counted, _grad_loss(p, loss))
+            torch.library.opcheck(backward._opoverload, (*bargs, *units, *needs), test_utils=ALL_CHECKS)
 
 
 @needs_cuda

@@ -43,43 +43,56 @@ PRECISIONS = {  # name -> (input dtype, tl.dot input_precision for float32 opera
     "fp16": ("fp16", "tf32"),
 }
 
-_ROW_FLAGS = ("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "EXCLUDE", "HAS_BATCH", "HAS_QUEUE")
+_ROW_FLAGS = ("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "EXCLUDE", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE")
+MEAN, NONE = 2, 0  # the kernels' REDUCTION constexpr (launch.REDUCTIONS)
 
 
-def _flags(*on: str) -> dict:
-    return {name: name in on for name in _ROW_FLAGS}
+def _flags(*on: str, **more) -> dict:
+    return dict({name: name in on for name in _ROW_FLAGS}, **more)
 
 
 # The constexpr flag sets the losses launch. The first variant of each kernel has the most live tiles (it is
 # compiled at every BLOCK_D); the others at D = 128 only.
 VARIANTS = {
     "fwd": {
-        "paco-centers": _flags("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"),
-        "gpaco-logits": _flags("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"),
-        "pixel": _flags("HAS_CLASSES", "HAS_BATCH"),
+        "paco-centers": _flags("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE"),
+        "gpaco-logits": _flags("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE"),
+        "pixel": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE"),
         "psc": _flags("HAS_CLASSES", "EXCLUDE"),
         "supcon": _flags("HAS_BATCH"),
     },
     "bwd_rows": {
-        "paco-centers": dict(_flags("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"), NEED_LOGITS=False),
-        "gpaco-logits": dict(
-            _flags("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"), NEED_LOGITS=True
+        "paco-centers": _flags(
+            "HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE", NEED_LOGITS=False, REDUCTION=MEAN
         ),
-        "pixel": dict(_flags("HAS_CLASSES", "HAS_BATCH"), NEED_LOGITS=False),
-        "psc": dict(_flags("HAS_CLASSES", "EXCLUDE"), NEED_LOGITS=False),
-        "supcon": dict(_flags("HAS_BATCH"), NEED_LOGITS=False),
+        "gpaco-logits": _flags(
+            "HAS_CLASSES",
+            "FROM_LOGITS",
+            "HAS_BIAS",
+            "HAS_BATCH",
+            "HAS_QUEUE",
+            "NORMALIZE",
+            NEED_LOGITS=True,
+            REDUCTION=MEAN,
+        ),
+        "pixel": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", NEED_LOGITS=False, REDUCTION=MEAN),
+        "psc": _flags("HAS_CLASSES", "EXCLUDE", NEED_LOGITS=False, REDUCTION=NONE),
+        "supcon": _flags("HAS_BATCH", NEED_LOGITS=False, REDUCTION=MEAN),
     },
     "bwd_cols": {
-        "centers-bias": dict(SEGMENT=0, HAS_BIAS=True, EXCLUDE=False),
-        "batch": dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False),
-        "psc-centers": dict(SEGMENT=0, HAS_BIAS=False, EXCLUDE=True),
+        "centers-bias": dict(SEGMENT=0, HAS_BIAS=True, EXCLUDE=False, NORMALIZE=True, REDUCTION=MEAN, HAS_PARTS=False),
+        "batch": dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False, NORMALIZE=True, REDUCTION=MEAN, HAS_PARTS=True),
+        "psc-centers": dict(SEGMENT=0, HAS_BIAS=False, EXCLUDE=True, NORMALIZE=False, REDUCTION=NONE, HAS_PARTS=False),
     },
+    "finalize": {"mean": dict(REDUCTION=MEAN), "none": dict(REDUCTION=NONE)},
+    "epilogue": {"normalize": dict(NORMALIZE=True), "plain": dict(NORMALIZE=False)},
 }
 
 # Pointer arguments that are not of the input dtype.
 _INDEX_POINTERS = {"label_ptr", "queue_label_ptr"}
-_FLOAT32_POINTERS = {"part_ptr", "bias_ptr", "lse_ptr", "coef_ptr", "inv_pos_ptr", "grad_anchor_ptr", "grad_cols_ptr"}
-_FLOAT_SCALARS = {"t_scale", "c_scale", "scale", "alpha", "beta_on", "beta_off", "gamma"}
+_INT32_POINTERS = {"ok_ptr"}
+_FLOAT32_POINTERS = {"part_ptr", "parts_ptr", "bias_ptr", "lse_ptr", "pos_ptr", "counted_ptr", "grad_anchor_ptr"}
+_FLOAT_SCALARS = {"t_scale", "c_scale", "scale", "alpha", "beta_on", "beta_off", "gamma", "loss_scale", "lse_eps"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,7 @@ class Result:
 
 
 def cases(archs, dims, only=None) -> list[Case]:
-    from gpaco_kernels.triton.configs import CANDIDATES
+    from gpaco_kernels.triton.configs import CANDIDATES, FIXED
 
     out = []
     for kind, variants in VARIANTS.items():
@@ -130,10 +143,35 @@ def cases(archs, dims, only=None) -> list[Case]:
         for i, variant in enumerate(variants):
             for precision in PRECISIONS:
                 klass = "fp32" if PRECISIONS[precision][0] == "fp32" else "half"
-                for config in CANDIDATES[(kind, klass)]:
-                    for block_d in dims if i == 0 else [max(dims)]:
+                # a fixed kernel: its one configuration (tile, num_warps, 1 stage); finalize has no BLOCK_D
+                configs = CANDIDATES[(kind, klass)] if kind not in FIXED else [FIXED_CONFIG]
+                has_d = "BLOCK_D" in {name for name, _ in kernel_arguments(kernel(kind))}
+                for config in configs:
+                    for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
                         out.extend(Case(kind, variant, precision, block_d, arch, config) for arch in archs)
     return out
+
+
+FIXED_CONFIG = ("fixed",)  # Case.config of a kernel launched with configs.FIXED's one configuration
+
+
+def launch_constexprs(case: Case) -> tuple[dict, dict, str]:
+    """(constexprs, compile options, label) of one case: the variant's flags, the tiles of its configuration, and
+    UPCAST/PRECISION where the kernel takes them."""
+    from gpaco_kernels.triton.configs import FIXED
+
+    names = {name for name, is_constexpr in kernel_arguments(kernel(case.kind)) if is_constexpr}
+    if case.kind in FIXED:
+        tiles, num_warps = FIXED[case.kind]
+        num_stages, label = 1, " ".join(f"{k}{v}" for k, v in tiles.items()) + f" w{num_warps}"
+        tiles = dict(tiles, BLOCK_D=case.block_d)
+    else:
+        block_m, block_n, num_warps, num_stages = case.config
+        tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=case.block_d)
+        label = f"{block_m}x{block_n} w{num_warps} s{num_stages}"
+    extra = dict(UPCAST=False, PRECISION=PRECISIONS[case.precision][1])
+    constexprs = {k: v for k, v in {**VARIANTS[case.kind][case.variant], **tiles, **extra}.items() if k in names}
+    return constexprs, dict(num_warps=num_warps, num_stages=num_stages), label
 
 
 def kernel_arguments(fn) -> list[tuple[str, bool]]:
@@ -159,6 +197,8 @@ def _signature(fn, dtype: str, constexprs: dict, float_type: str = "fp32") -> tu
         elif name.endswith("_ptr"):
             if name in _INDEX_POINTERS:
                 signature[name] = "*i64"
+            elif name in _INT32_POINTERS:
+                signature[name] = "*i32"
             elif name in _FLOAT32_POINTERS:
                 signature[name] = "*fp32"
             else:
@@ -217,12 +257,13 @@ def spill_instructions(sass: str) -> tuple[int, int]:
 
 
 def kernel(kind: str):
-    """The @triton.jit function of kernel `kind` (fwd, bwd_rows, bwd_cols), unwrapped from its autotuner."""
+    """The @triton.jit function of kernel `kind` (fwd, bwd_rows, bwd_cols, finalize, epilogue), unwrapped from its
+    autotuner."""
     import importlib
 
     module = importlib.import_module(f"gpaco_kernels.triton.paco_{kind}")
     fn = getattr(module, f"_paco_{kind}_kernel")
-    return getattr(fn, "fn", fn)
+    return fn.fn if hasattr(fn, "configs") else fn  # an Autotuner wraps the JIT function; fixed kernels are one
 
 
 def compile_case(case: Case) -> Result:
@@ -231,16 +272,13 @@ def compile_case(case: Case) -> Result:
     from triton.backends.compiler import GPUTarget
 
     fn = kernel(case.kind)
-    dtype, input_precision = PRECISIONS[case.precision]
-    block_m, block_n, num_warps, num_stages = case.config
-    tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=case.block_d)
-    constexprs = dict(VARIANTS[case.kind][case.variant], **tiles, UPCAST=False, PRECISION=input_precision)
-    result = Result(case, config=f"{block_m}x{block_n} w{num_warps} s{num_stages}")
+    dtype = PRECISIONS[case.precision][0]
+    constexprs, options, label = launch_constexprs(case)
+    result = Result(case, config=label)
     start = time.perf_counter()
     try:
         signature, attrs = _signature(fn, dtype, constexprs)
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        options = dict(num_warps=num_warps, num_stages=num_stages)
         compiled = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
         cubin = compiled.asm["cubin"]
         result.registers, result.stack = _resource_usage(_cuobjdump(cubin, "--dump-resource-usage"))

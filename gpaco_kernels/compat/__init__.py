@@ -61,7 +61,7 @@ class _PublishedPaCoBase(nn.Module):
 
     def cal_weight_for_classes(self, cls_num_list):
         """Set the rebalancing prior from the training-set count of each class."""
-        self.class_counts = check.class_counts(cls_num_list, self.num_classes, torch.device("cpu"))
+        self.class_counts = check.host_class_counts(cls_num_list, self.num_classes)
 
     def _flat_labels(self, features, labels, sup_logits, mask):
         check.tensor("features", features, floating=True)

@@ -1,7 +1,7 @@
 """The one op behind every loss: canonical inputs and shared algebra (spec), the op's registration (op), the
 dispatcher, and one file per backend."""
 
-from .dispatch import BACKEND_NAMES, available_backends, per_anchor_loss, resolve_backend
+from .dispatch import BACKEND_NAMES, available_backends, loss, resolve_backend
 from .spec import ContrastInputs, LossConfig, OpParams
 
 __all__ = [
@@ -10,6 +10,6 @@ __all__ = [
     "LossConfig",
     "OpParams",
     "available_backends",
-    "per_anchor_loss",
+    "loss",
     "resolve_backend",
 ]

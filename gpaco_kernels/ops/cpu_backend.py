@@ -8,7 +8,7 @@ The op's outputs are in the compute dtype, its gradients in the input dtype, as 
 
 With 'mean' or 'sum' the forward is asked for the gradients of an upstream gradient of 1 (UNIT_GRADIENTS): a row's
 lse is known while its logits are still in cache, so they cost one product less than a second sweep; the backward
-then scales them when the upstream gradient is one value on every anchor, and sweeps again otherwise.
+then scales them by the one upstream gradient; with 'none' it sweeps again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,18 @@ import os
 import torch
 
 from .op import define_backend_ops
-from .spec import ContrastInputs, OpParams, anchor_scale, compute_dtype, finalize_loss, gradient_coefficients
+from .spec import (
+    ContrastInputs,
+    OpParams,
+    anchor_scale,
+    compute_dtype,
+    finalize_loss,
+    finish_gradients,
+    gradient_coefficients,
+    normalized,
+    per_anchor_grad,
+    reduce_losses,
+)
 
 NAME = "cpu"
 UNIT_GRADIENTS = True
@@ -116,28 +127,31 @@ def _sweep(x: ContrastInputs, p: OpParams, coef=None, inv_pos=None, needs=(False
 
 def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
     anchor_labels = x.labels[: p.num_anchors]
+    xn = normalized(x) if p.normalize else x
     coef = None
     if unit_gradients:
         coef = anchor_scale(torch.ones(p.num_anchors, dtype=compute_dtype(x.features.dtype)), anchor_labels, p)
     needs = (True, x.center_logits is not None, x.centers is not None)
-    wl, lse, pos, *units = _sweep(x, p, coef, None, needs)
-    return (finalize_loss(wl, pos, lse, anchor_labels, p), lse, pos, *units)
+    wl, lse, pos, *units = _sweep(xn, p, coef, None, needs)
+    loss, counted = reduce_losses(finalize_loss(wl, pos, lse, anchor_labels, p), anchor_labels, p)
+    return (loss.to(x.features.dtype), lse, pos, counted, *units)
 
 
-def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
+def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, units, needs):
     like = (x.features, x.center_logits, x.centers)
     needs = tuple(n and t is not None for n, t in zip(needs, like))
-    g = grad_loss.to(compute_dtype(x.features.dtype))
-    if units[0].numel() > 0 and bool((g == g[0]).all()):
-        # Every anchor got the same upstream gradient ('mean', 'sum'): the forward's gradients, scaled, written
-        # straight in the input dtype (one rounding, and no float32 copy next to the saved ones).
-        return tuple(
-            torch.mul(u, g[0], out=torch.empty(t.shape, dtype=t.dtype)) if n else lse.new_empty((0,))
-            for u, n, t in zip(units, needs, like)
+    g = grad_loss.to(lse.dtype)
+    if p.reduced and units[0].numel() > 0:
+        # One upstream gradient for every anchor ('mean', 'sum'): the forward's unit gradients, scaled.
+        scale = g if p.reduction == "sum" else g / counted[0].clamp(min=1)
+        grads = tuple(u * scale if n else None for u, n in zip(units, needs))
+    else:
+        a, inv_pos = gradient_coefficients(
+            per_anchor_grad(g, counted, p, p.num_anchors), pos, x.labels[: p.num_anchors], p
         )
-    a, inv_pos = gradient_coefficients(g, pos, x.labels[: p.num_anchors], p)
-    grads = _sweep(x, p, a, inv_pos, needs)[3:]
-    return tuple(gr.to(t.dtype).contiguous() if n else lse.new_empty((0,)) for gr, n, t in zip(grads, needs, like))
+        swept = _sweep(normalized(x) if p.normalize else x, p, a, inv_pos, needs)[3:]
+        grads = tuple(gr if n else None for gr, n in zip(swept, needs))
+    return finish_gradients(x, p, grads, lse)
 
 
 OPS = define_backend_ops(NAME, _forward, _backward, device_types="cpu") if _C is not None else None

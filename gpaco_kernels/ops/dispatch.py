@@ -7,8 +7,10 @@
                            autograd formula around this backend's two implementations (absent when unavailable)
     UNIT_GRADIENTS         optional: True when its forward can also return the gradients for an upstream gradient
                            of 1 (worth asking for with 'mean' and 'sum')
+    eager_loss(x, p, grads_wanted)  optional: the same op computed without the dispatcher in eager mode (a backend whose
+                           per-call dispatch costs more than its kernels); torch.compile always goes through OPS
 
-except "reference", which exposes per_anchor_loss(x, p) and is differentiated by plain autograd (the oracle).
+except "reference", which exposes loss(x, p) and is differentiated by plain autograd (the oracle).
 """
 
 from __future__ import annotations
@@ -105,14 +107,18 @@ def resolve_backend(name: str, device_type: str = "cpu") -> str:
     return name
 
 
-def per_anchor_loss(x: ContrastInputs, cfg: LossConfig, backend_name: str) -> torch.Tensor:
-    """Loss of each anchor (A,) in the compute dtype, through the named (already resolved) backend."""
+def loss(x: ContrastInputs, cfg: LossConfig, backend_name: str) -> torch.Tensor:
+    """The op's loss through the named (already resolved) backend, reduced as cfg.reduction says, in the features'
+    dtype."""
     p = cfg.op_params()
     backend = load_backend(backend_name)
     if backend_name == "reference":
-        return backend.per_anchor_loss(x, p)
+        return backend.loss(x, p)
     grads_wanted = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x.features, x.center_logits, x.centers)
     )
+    eager = getattr(backend, "eager_loss", None)
+    if eager is not None and not torch.compiler.is_compiling():
+        return eager(x, p, grads_wanted)
     unit = getattr(backend, "UNIT_GRADIENTS", False) and cfg.reduced and grads_wanted
     return call_forward(backend.OPS[0], x, p, unit)[0]

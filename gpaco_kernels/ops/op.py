@@ -2,19 +2,22 @@
 
 Every compiled or streaming backend ("torch", "cpu", "triton") implements the same pair of operators
 
-    gpaco::<backend>_forward   inputs -> (loss, lse, pos, unit_grad_features, unit_grad_center_logits,
+    gpaco::<backend>_forward   inputs -> (loss, lse, pos, counted, unit_grad_features, unit_grad_center_logits,
                                unit_grad_centers)
-    gpaco::<backend>_backward  inputs, lse, pos, grad_loss, unit grads, needs -> (grad_features,
+    gpaco::<backend>_backward  inputs, lse, pos, counted, grad_loss, unit grads, needs -> (grad_features,
                                grad_center_logits, grad_centers)
 
 with one schema, the fake implementation `_fake_forward` / `_fake_backward` and the autograd formula
 `_setup_context` / `_backward_formula`, all written once here and registered on each backend's pair by
 `define_backend_ops` (the schema is inferred from the one annotated argument list, `_INPUTS`). A backend supplies
-only its two implementations. Its forward returns the per-anchor loss
-(reductions happen outside, in autograd, so the backward always receives one upstream gradient per anchor) and saves
-(lse, P) per anchor, nothing of size A x M. The "unit" gradients are the gradients for an upstream gradient of 1 on
-every anchor, which a backend that learns each row's lse while the row is still in cache can produce in the forward
-for almost nothing (the cpu backend with 'mean' or 'sum'); other backends are never asked for them.
+only its two implementations. Its forward returns the loss, reduced as the `reduction` scalar says (the (A,)
+per-anchor losses, their sum or their mean over the counted anchors) in the dtype of the features, normalizes the
+inputs itself when `normalize` is set (so that a step is the op's launches, not a chain of small ATen ops around it),
+and saves (lse, P) per anchor and the number of counted anchors, nothing of size A x M. The "unit" gradients are the
+gradients for an upstream gradient of 1 on every anchor, which a backend that learns each row's lse while the row is
+still in cache can produce in the forward for almost nothing (the cpu backend with 'mean' or 'sum'); other backends
+are never asked for them. A backend may also offer an eager path that skips the dispatcher (ops/dispatch.py,
+eager_loss); torch.compile always sees these operators.
 
 Double backward is refused with a clear error on every backend but "reference" (plain autograd, the oracle).
 """
@@ -30,7 +33,7 @@ from torch.library import custom_op
 from .spec import ContrastInputs, OpParams, compute_dtype
 
 N_TENSORS = 7
-N_SCALARS = 13
+N_SCALARS = 15
 _GRAD_INPUTS = {"features": 0, "center_logits": 4, "centers": 5}  # inputs that take a gradient
 
 
@@ -70,17 +73,32 @@ def _empty(features: torch.Tensor) -> torch.Tensor:
     return features.new_empty((0,), dtype=compute_dtype(features.dtype))
 
 
+def no_unit_gradients(like: torch.Tensor) -> tuple:
+    """The forward's three unit-gradient outputs when it computes none: distinct (0,) tensors (outputs may not alias
+    each other; new_empty launches nothing, a clone of an empty tensor still does)."""
+    return tuple(like.new_empty((0,)) for _ in range(3))
+
+
+def loss_shape(p: OpParams) -> tuple:
+    return (p.num_anchors,) if p.reduction == "none" else ()
+
+
 def _fake_forward(x: ContrastInputs, p: OpParams, unit: bool):
+    torch._check(p.reduction in ("none", "sum", "mean"), lambda: f"reduction must be none, sum or mean: {p.reduction}")
     stat = x.features.new_empty((p.num_anchors,), dtype=compute_dtype(x.features.dtype))
+    loss = x.features.new_empty(loss_shape(p))
+    counted = stat.new_empty((1,))
 
     def unit_grad(t):
         return t.new_empty(t.shape, dtype=compute_dtype(t.dtype)) if unit and t is not None else _empty(x.features)
 
-    return stat, stat.clone(), stat.clone(), unit_grad(x.features), unit_grad(x.center_logits), unit_grad(x.centers)
+    units = (unit_grad(x.features), unit_grad(x.center_logits), unit_grad(x.centers))
+    return loss, stat, stat.new_empty(stat.shape), counted, *units
 
 
-def _fake_backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
-    torch._check(grad_loss.shape == (p.num_anchors,), lambda: f"grad_loss must be ({p.num_anchors},)")
+def _fake_backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, units, needs):
+    shape = loss_shape(p)
+    torch._check(tuple(grad_loss.shape) == shape, lambda: f"grad_loss must have shape {shape}")
     empty = _empty(x.features)
 
     def grad(t, need):
@@ -90,16 +108,17 @@ def _fake_backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, n
 
 
 def _setup_context(ctx, inputs, output):
-    _, lse, pos, *units = output
+    _, lse, pos, counted, *units = output
     ctx.scalars = inputs[N_TENSORS : N_TENSORS + N_SCALARS]
-    ctx.save_for_backward(*inputs[:N_TENSORS], lse, pos, *units)
+    ctx.save_for_backward(*inputs[:N_TENSORS], lse, pos, counted, *units)
 
 
 def _backward_formula(backward_op):
     def backward(ctx, grad_loss, *_grads_of_statistics):
-        *tensors, lse, pos, unit_f, unit_s, unit_w = ctx.saved_tensors
+        *tensors, lse, pos, counted, unit_f, unit_s, unit_w = ctx.saved_tensors
         need = [ctx.needs_input_grad[i] for i in _GRAD_INPUTS.values()]
-        grads = backward_op(*tensors, *ctx.scalars, lse, pos, grad_loss.contiguous(), unit_f, unit_s, unit_w, *need)
+        grad_loss = grad_loss.contiguous()
+        grads = backward_op(*tensors, *ctx.scalars, lse, pos, counted, grad_loss, unit_f, unit_s, unit_w, *need)
         out = [None] * (N_TENSORS + N_SCALARS + 1)
         for (_, index), wanted, g in zip(_GRAD_INPUTS.items(), need, grads):
             out[index] = g if wanted else None
@@ -130,12 +149,12 @@ _INPUTS = [
     ("num_anchors", int), ("temperature", float), ("center_temperature", float), ("alpha", float),
     ("beta_on", float), ("beta_off", float), ("gamma", float), ("loss_scale", float),
     ("exclude_positive_class", bool), ("ignore_index", int), ("batch_columns", bool), ("lse_eps", float),
-    ("batch_column_grad", bool),
+    ("batch_column_grad", bool), ("normalize", bool), ("reduction", str),
 ]  # fmt: skip
-_FORWARD = (_INPUTS + [("unit_gradients", bool)], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor])
+_FORWARD = (_INPUTS + [("unit_gradients", bool)], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor])
 _BACKWARD = (
     _INPUTS
-    + [(name, Tensor) for name in ("lse", "pos", "grad_loss")]
+    + [(name, Tensor) for name in ("lse", "pos", "counted", "grad_loss")]
     + [(name, Tensor) for name in ("unit_grad_features", "unit_grad_center_logits", "unit_grad_centers")]
     + [(name, bool) for name in ("need_features", "need_center_logits", "need_centers")],
     tuple[Tensor, Tensor, Tensor],
@@ -161,7 +180,7 @@ def _unpack(args):
 
 def _forward_signature(impl):
     """impl(x, p, unit_gradients) as a function of the forward operator's arguments:
-    -> (loss, lse, pos, unit_grad_features, unit_grad_center_logits, unit_grad_centers)."""
+    -> (loss, lse, pos, counted, unit_grad_features, unit_grad_center_logits, unit_grad_centers)."""
 
     def forward(*args):
         x, p, (unit_gradients,) = _unpack(args)
@@ -171,12 +190,12 @@ def _forward_signature(impl):
 
 
 def _backward_signature(impl):
-    """impl(x, p, lse, pos, grad_loss, unit_grads, needs) as a function of the backward operator's arguments:
-    -> (grad_features, grad_center_logits, grad_centers)."""
+    """impl(x, p, lse, pos, counted, grad_loss, unit_grads, needs) as a function of the backward operator's
+    arguments: -> (grad_features, grad_center_logits, grad_centers)."""
 
     def backward(*args):
-        x, p, (lse, pos, grad_loss, *rest) = _unpack(args)
-        return impl(x, p, lse, pos, grad_loss, tuple(rest[:3]), tuple(rest[3:]))
+        x, p, (lse, pos, counted, grad_loss, *rest) = _unpack(args)
+        return impl(x, p, lse, pos, counted, grad_loss, tuple(rest[:3]), tuple(rest[3:]))
 
     return _with_signature(backward, _BACKWARD)
 
@@ -186,7 +205,7 @@ def define_backend_ops(backend: str, forward_impl, backward_impl, *, device_type
 
     forward_impl(x, p, unit_gradients) -> the six outputs of the forward signature (contiguous, dtypes as
     _fake_forward);
-    backward_impl(x, p, lse, pos, grad_loss, unit_grads, needs) -> the three gradients (as _fake_backward).
+    backward_impl(x, p, lse, pos, counted, grad_loss, unit_grads, needs) -> the three gradients (as _fake_backward).
     factory: torch.library.custom_op (default; opaque to torch.compile) or torch.library.triton_op (torch.compile
     sees the Triton kernels inside). Returns (forward op, backward op)."""
     options = {} if factory is not None else {"device_types": device_types}

@@ -16,6 +16,8 @@ from .spec import (
     compute_dtype,
     denominator_terms,
     finalize_loss,
+    normalized,
+    reduce_losses,
     sample_weights,
     weighted_logits,
 )
@@ -54,6 +56,12 @@ def column_blocks(x: ContrastInputs, p: OpParams, dtype: torch.dtype):
         # The queue is a memory of past embeddings: it never receives a gradient.
         blocks.append((anchors @ x.queue.detach().to(dtype).T / p.temperature, w, d))
     return blocks
+
+
+def loss(x: ContrastInputs, p: OpParams) -> torch.Tensor:
+    """The op's loss (reduced as p.reduction says) in the features' dtype."""
+    losses = per_anchor_loss(normalized(x) if p.normalize else x, p)
+    return reduce_losses(losses, x.labels[: p.num_anchors], p)[0].to(x.features.dtype)
 
 
 def per_anchor_loss(x: ContrastInputs, p: OpParams) -> torch.Tensor:

@@ -41,6 +41,13 @@ class OpParams:
     lse_eps: float  # lse = m + log(Z + lse_eps); the published PaCo code adds 1e-12, SupCon adds nothing
     batch_column_grad: bool  # False: batch rows take a gradient as anchors only, their columns act as detached
     # copies (a memory of the current step, as pytorch-metric-learning's CrossBatchMemory holds it)
+    normalize: bool  # L2-normalize features, queue and centers inside the op (the gradient chains through it)
+    reduction: str  # "none": the (A,) per-anchor losses; "sum" / "mean" (over the counted anchors): one number
+
+    @property
+    def reduced(self) -> bool:
+        """The op returns one number: one upstream gradient for all anchors."""
+        return self.reduction != "none"
 
     def astuple(self) -> tuple:
         # Not dataclasses.astuple: it deep-copies every field, a measurable cost on every call of the op.
@@ -65,7 +72,13 @@ class LossConfig:
     batch_columns: bool = True
     lse_eps: float = 1e-12
     batch_column_grad: bool = True
-    reduced: bool = False  # the per-anchor losses will be summed or averaged: one upstream gradient for all anchors
+    normalize: bool = False
+    reduction: str = "none"
+
+    @property
+    def reduced(self) -> bool:
+        """The op returns one number: one upstream gradient for all anchors."""
+        return self.reduction != "none"
 
     @property
     def loss_scale(self) -> float:
@@ -93,6 +106,8 @@ class LossConfig:
             batch_columns=self.batch_columns,
             lse_eps=self.lse_eps,
             batch_column_grad=self.batch_column_grad,
+            normalize=self.normalize,
+            reduction=self.reduction,
         )
 
 
@@ -185,6 +200,74 @@ def finalize_loss(wl, pos, lse, anchor_labels, p: OpParams) -> torch.Tensor:
     valid = (pos > 0) & counted_anchors(anchor_labels, p)
     loss = p.loss_scale * (wl - pos * lse) / torch.where(valid, pos, torch.ones_like(pos))
     return torch.where(valid, loss, torch.zeros_like(loss))
+
+
+def reduce_losses(losses, anchor_labels, p: OpParams):
+    """(the op's loss, the number of counted anchors as a (1,) tensor): 'none' keeps the (A,) losses, 'sum' adds
+    them, 'mean' divides the sum by the anchors not ignored (no host sync; with none counted it is 0 with zero
+    gradients)."""
+    counted = counted_anchors(anchor_labels, p).sum().to(losses.dtype).reshape(1)
+    if p.reduction == "none":
+        return losses, counted
+    total = losses.sum()
+    if p.reduction == "sum":
+        return total, counted
+    return total / counted[0].clamp(min=1), counted
+
+
+def per_anchor_grad(grad_loss, counted, p: OpParams, num_anchors: int) -> torch.Tensor:
+    """The upstream gradient of each anchor's loss, (A,), from the gradient of the op's loss (() or (A,))."""
+    if p.reduction == "none":
+        return grad_loss
+    g = grad_loss if p.reduction == "sum" else grad_loss / counted[0].clamp(min=1)
+    return g.reshape(1).expand(num_anchors)
+
+
+def normalized(x: ContrastInputs) -> ContrastInputs:
+    """x with features, queue and centers L2-normalized (as torch.nn.functional.normalize: x / max(|x|, 1e-12)), see
+    unit_rows."""
+    return ContrastInputs(
+        unit_rows(x.features),
+        x.labels,
+        None if x.queue is None else unit_rows(x.queue),
+        x.queue_labels,
+        x.center_logits,
+        None if x.centers is None else unit_rows(x.centers),
+        x.center_bias,
+    )
+
+
+NORM_EPS = 1e-12
+
+
+def unit_rows(t: torch.Tensor) -> torch.Tensor:
+    """Rows divided by max(|row|, NORM_EPS), computed in float32 (at least) and rounded once to t's dtype: what every
+    backend does (the Triton kernels as they load a tile), so that half-precision runs share the rounding."""
+    return torch.nn.functional.normalize(t.to(compute_dtype(t.dtype)), dim=1, eps=NORM_EPS).to(t.dtype)
+
+
+def normalize_backward(raw: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """Gradient with respect to the raw rows x from the gradient with respect to x / max(|x|, eps):
+    (g - u <u, g>) / |x| where |x| > eps (u the unit row), g / eps where the norm was clamped. In grad_unit's dtype."""
+    x = raw.to(grad_unit.dtype)
+    norm = x.norm(dim=1, keepdim=True)
+    clamped = norm <= NORM_EPS
+    u = x / norm.clamp(min=NORM_EPS)
+    radial = torch.where(clamped, torch.zeros_like(norm), (u * grad_unit).sum(dim=1, keepdim=True))
+    return (grad_unit - u * radial) / norm.clamp(min=NORM_EPS)
+
+
+def finish_gradients(x: ContrastInputs, p: OpParams, grads, like: torch.Tensor) -> tuple:
+    """The op's three gradients (features, center_logits, centers) from a backend's gradients with respect to the
+    inputs it computed with (normalized ones with `normalize`; None where not needed): chained through the
+    normalization, in the dtype of each input, contiguous; absent ones as (0,) tensors of like's dtype."""
+    grad_features, grad_logits, grad_centers = grads
+    if p.normalize:
+        grad_features = None if grad_features is None else normalize_backward(x.features, grad_features)
+        grad_centers = None if grad_centers is None else normalize_backward(x.centers, grad_centers)
+    out = (grad_features, grad_logits, grad_centers)
+    inputs = (x.features, x.center_logits, x.centers)
+    return tuple(like.new_empty((0,)) if g is None else g.to(t.dtype).contiguous() for g, t in zip(out, inputs))
 
 
 def anchor_scale(grad_loss, anchor_labels, p: OpParams) -> torch.Tensor:

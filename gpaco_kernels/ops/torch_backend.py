@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .op import define_backend_ops
+from .op import define_backend_ops, no_unit_gradients
 from .spec import (
     ContrastInputs,
     OpParams,
@@ -21,7 +21,11 @@ from .spec import (
     compute_dtype,
     denominator_terms,
     finalize_loss,
+    finish_gradients,
     gradient_coefficients,
+    normalized,
+    per_anchor_grad,
+    reduce_losses,
     sample_weights,
     weighted_logits,
 )
@@ -164,16 +168,16 @@ def sweep_backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, needs):
 def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
     if unit_gradients:
         raise ValueError("the torch backend does not compute unit gradients in its forward")
-    loss, lse, pos = sweep_forward(x, p)
-    empty = loss.new_empty((0,))
-    return loss, lse, pos, empty, empty.clone(), empty.clone()
+    losses, lse, pos = sweep_forward(normalized(x) if p.normalize else x, p)
+    loss, counted = reduce_losses(losses, x.labels[: p.num_anchors], p)
+    return loss.to(x.features.dtype), lse, pos, counted, *no_unit_gradients(lse)
 
 
-def _backward(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, units, needs):
+def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, units, needs):
     needs = (needs[0], needs[1] and x.center_logits is not None, needs[2] and x.centers is not None)
-    grads = sweep_backward(x, p, lse, pos, grad_loss, needs)
-    like = (x.features, x.center_logits, x.centers)
-    return tuple(lse.new_empty((0,)) if g is None else g.to(t.dtype).contiguous() for g, t in zip(grads, like))
+    g = per_anchor_grad(grad_loss.to(lse.dtype), counted, p, p.num_anchors)
+    grads = sweep_backward(normalized(x) if p.normalize else x, p, lse, pos, g, needs)
+    return finish_gradients(x, p, grads, lse)
 
 
 OPS = define_backend_ops(NAME, _forward, _backward)

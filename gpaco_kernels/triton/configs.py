@@ -30,7 +30,11 @@ CANDIDATES = {
     ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1)],
     ("bwd_cols", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1)],
 }
-KERNELS = ("fwd", "bwd_rows", "bwd_cols")
+KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the autotuned kernels
+# Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
+# kind -> (tile constexprs, num_warps). finalize: one program over the anchors, BLOCK at a time; epilogue:
+# BLOCK_R rows of dFeatures per program.
+FIXED = {"finalize": ({"BLOCK": 1024}, 4), "epilogue": ({"BLOCK_R": 32}, 4)}
 INTERPRET_CONFIG = (32, 32, 4, 1)
 SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
 AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]

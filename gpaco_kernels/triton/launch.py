@@ -1,10 +1,18 @@
-"""Launchers of the Triton kernels: paco_fwd (the forward) and paco_bwd (both backward kernels).
+"""Launchers of the Triton kernels: paco_fwd (the forward: sweep and finalize) and paco_bwd (the backward: row and
+column sweeps, and an epilogue where no column sweep finishes dFeatures).
 
-Each launcher makes every tensor it passes contiguous (labels included: a strided int64 view read as contiguous gives
-wrong labels), derives the kernels' constexpr flags in one place (`_Operands.flags`), launches on the tensors' device
-(Triton launches on the current CUDA device otherwise), and leaves the loss algebra to ops/spec.py. Kernels go through
-torch.library.wrap_triton, so that torch.compile sees them inside the op (ops/triton_backend.py registers the op
-with torch.library.triton_op).
+A step is its kernels and nothing else on the device: normalization, the split merge, the loss and its reduction,
+the backward coefficients, the split sum of dAnchors, the normalization's backward and the output casts all happen
+inside the kernels; the launchers only allocate outputs. Nothing is read back to the host: the label range is
+checked by the kernels and asserted on the device (torch._assert_async, as torch's cross-entropy asserts its
+targets). Each launcher makes every tensor it passes contiguous (labels included: a strided int64 view read as
+contiguous gives wrong labels; a no-op for the contiguous tensors of a training step), derives the kernels' constexpr
+flags in one place (`_Operands.flags`) and launches on the tensors' device (Triton launches on the current CUDA
+device otherwise).
+
+`launch` wraps each kernel before it is launched: torch.library.wrap_triton inside the op registered with
+torch.library.triton_op (ops/triton_backend.py), so that torch.compile sees the kernels; `direct` (the kernel
+itself) on the eager path, which skips wrap_triton's per-call tracing machinery.
 
 Split heuristic: with few anchor blocks (PaCo: 256 anchors against a queue of thousands) the columns are split over a
 second grid dimension until there are about two programs per SM of the device, each split at least 256 columns
@@ -21,10 +29,12 @@ import torch
 import triton
 from torch.library import wrap_triton
 
-from ..ops.spec import ContrastInputs, OpParams, finalize_loss, gradient_coefficients
-from .configs import CANDIDATES, INTERPRET, SPLIT_UNIT, bucket, precision_class
+from ..ops.spec import ContrastInputs, OpParams
+from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, bucket, precision_class
 from .paco_bwd_cols import _paco_bwd_cols_kernel
 from .paco_bwd_rows import _paco_bwd_rows_kernel
+from .paco_epilogue import _paco_epilogue_kernel
+from .paco_finalize import _paco_finalize_kernel
 from .paco_fwd import _paco_fwd_kernel
 
 MAX_DIM = 128  # the backward keeps a BLOCK x D accumulator in registers; the configurations are sized for D <= 128
@@ -32,6 +42,9 @@ PROGRAMS_PER_SM = 2  # split the columns until the grid has about this many prog
 MIN_SPLIT_COLUMNS = 256
 INTERPRETER_SM_COUNT = 132  # the interpreter has no device: the split is computed as for an H100
 FORCE_COLS_PER_SPLIT = None  # tests set it to exercise the split-columns variant on small shapes
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernels' REDUCTION constexpr
+FINALIZE_BLOCK = FIXED["finalize"][0]["BLOCK"]  # tests make these small, to run several blocks
+EPILOGUE_BLOCK_R = FIXED["epilogue"][0]["BLOCK_R"]
 
 
 @functools.cache
@@ -168,18 +181,31 @@ def check_supported(x: ContrastInputs) -> None:
         raise ValueError(f"backend='triton' supports feature dims up to {MAX_DIM}, got D = {x.features.shape[1]}")
 
 
-def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None):
-    """Per-anchor loss, lse and P (float32, each (A,)). cols_per_split overrides the split heuristic."""
+def direct(kernel):
+    """The eager path's `launch`: the kernel itself."""
+    return kernel
+
+
+def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=wrap_triton):
+    """(loss, lse, P, counted): the loss reduced as p.reduction says, in the features' dtype ((A,) for 'none', else
+    ()), lse and P per anchor (float32, (A,)) and the number of anchors not ignored (float32, (1,)).
+    cols_per_split overrides the split heuristic."""
     check_supported(x)
     o = _Operands.of(x, p)
     cols_per_split, splits = o.split(cols_per_split)
-    part = torch.empty((4, splits, o.A), device=o.feats.device, dtype=torch.float32)
+    device = o.feats.device
+    part = torch.empty((5, splits, o.A), device=device, dtype=torch.float32)
+    loss = torch.empty((o.A,) if p.reduction == "none" else (), device=device, dtype=o.feats.dtype)
+    lse = torch.empty((o.A,), device=device, dtype=torch.float32)
+    pos = torch.empty_like(lse)
+    counted = torch.empty((1,), device=device, dtype=torch.float32)
+    ok = torch.empty((1,), device=device, dtype=torch.int32)
 
     def grid(meta):
         return (triton.cdiv(o.A, meta["BLOCK_M"]), splits)
 
     with _on_device(o.feats):
-        wrap_triton(_paco_fwd_kernel)[grid](
+        launch(_paco_fwd_kernel)[grid](
             # data pointers
             o.feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias, part,
             # shapes and strides
@@ -187,83 +213,89 @@ def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None):
             o.feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),
             bucket(o.A), bucket(o.total_cols),
             # constants
-            **_scalars(p), **o.flags(), **o.tiles(),
+            **_scalars(p), ignore_index=p.ignore_index, **o.flags(), NORMALIZE=p.normalize, **o.tiles(),
         )  # fmt: skip
-    return _merge_splits(part, o.labels[: o.A], p)
+        launch(_paco_finalize_kernel)[(1,)](
+            part, o.labels, loss, lse, pos, counted, ok,
+            o.A, splits,
+            p.ignore_index, p.loss_scale, p.lse_eps,
+            REDUCTION=REDUCTIONS[p.reduction], BLOCK=min(FINALIZE_BLOCK, max(16, triton.next_power_of_2(o.A))),
+            num_warps=FIXED["finalize"][1],
+        )  # fmt: skip
+    if o.C:  # labels index the class block: a label outside it is an error, found on the device, raised without a sync
+        torch._assert_async(ok, _range_message(x, p))
+    return loss, lse, pos, counted
 
 
-def _merge_splits(part, anchor_labels, p: OpParams):
-    """Exact merge of the splits' partial sums: m = max m_s, z = sum z_s exp(m_s - m), the plain sums add."""
-    m_s, z_s, wl_s, pos_s = part
-    m = m_s.max(dim=0).values
-    shift = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # a row of -inf logits: exp(-inf - 0) = 0
-    z = (z_s * torch.exp(m_s - shift)).sum(dim=0)
-    wl, pos = wl_s.sum(dim=0), pos_s.sum(dim=0)
-    lse = m + torch.log(z + p.lse_eps)
-    return finalize_loss(wl, pos, lse, anchor_labels, p), lse, pos
+def _range_message(x: ContrastInputs, p: OpParams) -> str:
+    names = "labels" if x.queue is None else "labels or queue_labels"
+    return (
+        f"gpaco_kernels: {names} must be in [0, {x.num_classes}) (the number of classes) or equal "
+        f"ignore_index={p.ignore_index}, found a value outside (checked on the device by backend='triton'; "
+        "gpaco_kernels.sync_checks(True) names the value, with a host sync)"
+    )
 
 
-def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, grad_loss, needs):
-    """Gradients (features, center_logits, centers) in the dtypes of those inputs, each None when not needed."""
+def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs, launch=wrap_triton):
+    """Gradients (features, center_logits, centers) in the dtypes of those inputs, each None when not needed.
+    grad_loss has the loss's shape; lse, pos and counted are paco_fwd's."""
     need_features, need_logits, need_centers = needs
     check_supported(x)
     o = _Operands.of(x, p)
     feats, A, D = o.feats, o.A, o.D
-    a, inv_pos = gradient_coefficients(grad_loss.to(torch.float32), pos, o.labels[:A], p)
-    lse = lse.to(torch.float32).contiguous()
+    grad_loss = grad_loss.contiguous()
     scalars, tiles = _scalars(p), o.tiles()
+    common = dict(loss_scale=p.loss_scale, ignore_index=p.ignore_index, NORMALIZE=p.normalize)
+    reduction = REDUCTIONS[p.reduction]
     # Few anchors against many columns: the columns are split as in the forward; each split writes its own part of
-    # dAnchors, summed below in a fixed order (deterministic).
+    # dAnchors, summed in a fixed order (deterministic) by whichever kernel finishes dFeatures.
     cols_per_split, splits = o.split()
-    anchor_parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)
+    parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)
     grad_logits = torch.empty_like(o.logits) if need_logits else o.logits
 
     def row_grid(meta):
         return (triton.cdiv(A, meta["BLOCK_M"]), splits)
 
-    # The column kernel rounds a H to the input dtype: a normalised to |a| <= 1 there, the scale restored after.
-    a_max = a.abs().max().clamp(min=torch.finfo(torch.float32).tiny)
-    a_unit = (a / a_max).contiguous()
-
-    def columns(segment, matrix, scale, with_bias):
-        out = torch.empty((matrix.shape[0], D), device=feats.device, dtype=torch.float32)
-        wrap_triton(_paco_bwd_cols_kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
+    def columns(segment, matrix, scale, with_bias, with_parts):
+        """The finished gradient of the rows of `matrix` (features or centers), in its dtype."""
+        out = torch.empty_like(matrix)
+        launch(_paco_bwd_cols_kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
             # data pointers
-            feats, o.labels, matrix, o.bias, lse, a_unit, inv_pos, out,
+            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, parts, out,
             # shapes and strides
-            A, matrix.shape[0], D, feats.stride(0), matrix.stride(0), out.stride(0),
+            A, matrix.shape[0], D, splits, feats.stride(0), matrix.stride(0), out.stride(0),
             bucket(A), bucket(matrix.shape[0]),
             # constants
-            scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"],
-            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, **tiles,
+            scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"], **common,
+            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, HAS_PARTS=with_parts,
+            **tiles,
         )  # fmt: skip
-        return out * a_max
+        return out
 
+    grad_features = grad_centers = None
     with _on_device(feats):
-        wrap_triton(_paco_bwd_rows_kernel)[row_grid](
+        launch(_paco_bwd_rows_kernel)[row_grid](
             # data pointers
             feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias,
-            lse, a, inv_pos,
-            anchor_parts, grad_logits,
+            lse, pos, grad_loss, counted, parts, grad_logits,
             # shapes and strides
             A, o.N, o.K, o.C, D, cols_per_split,
             feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),
-            anchor_parts.stride(1), grad_logits.stride(0),
+            parts.stride(1), grad_logits.stride(0),
             bucket(A), bucket(o.total_cols),
             # constants
-            **scalars, **o.flags(), NEED_LOGITS=need_logits, **tiles,
+            **scalars, **common, **o.flags(), REDUCTION=reduction, NEED_LOGITS=need_logits, **tiles,
         )  # fmt: skip
-        grad_anchors = anchor_parts[0] if splits == 1 else anchor_parts.sum(dim=0)
-        grad_features = None
-        if need_features:
-            if o.N and p.batch_column_grad:  # else the batch rows are detached copies as columns
-                grad_features = columns(1, feats, scalars["t_scale"], False)
-            else:
-                grad_features = torch.zeros((o.feats.shape[0], D), device=feats.device, dtype=torch.float32)
-            grad_features[:A] += grad_anchors
-        grad_centers = columns(0, o.centers, scalars["c_scale"], o.has_bias) if need_centers else None
-    return (
-        None if grad_features is None else grad_features.to(x.features.dtype),
-        grad_logits if need_logits else None,
-        None if grad_centers is None else grad_centers.to(x.centers.dtype),
-    )
+        if need_features and o.N and p.batch_column_grad:  # the column sweep adds dAnchors and finishes dFeatures
+            grad_features = columns(1, feats, scalars["t_scale"], False, True)
+        elif need_features:  # batch rows absent or detached as columns: dFeatures is dAnchors, zero past them
+            grad_features = torch.empty_like(feats)
+            launch(_paco_epilogue_kernel)[(triton.cdiv(feats.shape[0], EPILOGUE_BLOCK_R),)](
+                parts, feats, grad_features,
+                feats.shape[0], A, splits, D, feats.stride(0), grad_features.stride(0),
+                NORMALIZE=p.normalize, BLOCK_R=EPILOGUE_BLOCK_R, BLOCK_D=tiles["BLOCK_D"],
+                num_warps=FIXED["epilogue"][1],
+            )  # fmt: skip
+        if need_centers:
+            grad_centers = columns(0, o.centers, scalars["c_scale"], o.has_bias, False)
+    return grad_features, grad_logits if need_logits else None, grad_centers

@@ -1,10 +1,13 @@
 """_paco_bwd_cols_kernel: the column-parallel backward, dContrast of batch columns and dW of centers.
 
 Grid (cdiv(NCOLS, BLOCK_N),). One program: BLOCK_N contrast columns of one segment (SEGMENT 1: batch rows of
-features, 0: centers W) against every anchor; recomputes the logits, forms a' H with H = w / P - d exp(l - lse) and
-a' = a / max|a| (so |a' H| <= 1 whatever the reduction: it is rounded to the input dtype for the product), and
-accumulates dX = sum_i a'_i H[i, col] A[i] / temperature; the launcher multiplies by max|a|. Each program owns its
-output rows: no atomics. Saves nothing.
+features, 0: centers W) against every anchor; forms each anchor tile's (a, 1/P) from the op's upstream gradient
+(tiles.anchor_coefficients), recomputes the logits (rows normalized as loaded with NORMALIZE), forms a' H with
+H = w / P - d exp(l - lse) and a' = a / max|a| over the anchor tile (so |a' H| <= 1 whatever the reduction: it is
+rounded to the input dtype for the product), and accumulates dX = sum_i max|a| a'_i H[i, col] A[i] / temperature, the
+tile's max|a| applied to the float32 product. Each program owns its output rows (no atomics) and finishes them: with
+HAS_PARTS (batch columns, whose first A rows are the anchors) it adds the row kernel's split parts of dAnchors, with
+NORMALIZE it chains the gradient through the normalization, and it stores the input's dtype. Saves nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import G_SCALE, as_f32, gradient_factor, load_rows, segment_weights
+from .tiles import (
+    G_SCALE,
+    add_split_parts,
+    anchor_coefficients,
+    as_f32,
+    gradient_factor,
+    load_rows,
+    normalize_backward,
+    segment_weights,
+)
 
 
 @autotune("bwd_cols")
@@ -22,14 +34,17 @@ def _paco_bwd_cols_kernel(
     # data pointers
     feat_ptr, label_ptr,  # anchors (the first A rows of features) and their labels; labels of batch columns
     cols_ptr, bias_ptr,  # (NCOLS, D) the column rows X (features or centers), (C,) float32 class bias
-    lse_ptr, coef_ptr, inv_pos_ptr,  # (A,) float32 each: lse, a / max|a|, 1/P
-    grad_cols_ptr,  # (NCOLS, D) float32 out
+    lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
+    grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
+    parts_ptr,  # (SPLITS, A, D) float32: the row kernel's parts of dAnchors, added to the first A rows (HAS_PARTS)
+    grad_cols_ptr,  # (NCOLS, D) out, the dtype of the column rows: the finished gradient of those rows
     # shapes and strides
-    A, NCOLS, D, stride_f, stride_x, stride_g,
+    A, NCOLS, D, SPLITS, stride_f, stride_x, stride_g,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
-    scale, alpha, beta_on, beta_off, gamma,
-    SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+    scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
+    SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr, NORMALIZE: tl.constexpr,
+    REDUCTION: tl.constexpr, HAS_PARTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -39,6 +54,7 @@ def _paco_bwd_cols_kernel(
     beta_on = as_f32(beta_on)
     beta_off = as_f32(beta_off)
     gamma = as_f32(gamma)
+    loss_scale = as_f32(loss_scale)
     pid_n = tl.program_id(0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < NCOLS
@@ -52,13 +68,15 @@ def _paco_bwd_cols_kernel(
     for r0 in range(0, A, BLOCK_M):
         rows = r0 + offs_m
         row_mask = rows < A
-        anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST)
+        anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
         row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-        coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
-        inv_pos = tl.load(inv_pos_ptr + rows, mask=row_mask, other=0.0)
+        coef, inv_pos = anchor_coefficients(
+            grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
+        )
+        coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
         # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spills registers for float32.
-        x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
         l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
         if HAS_BIAS:
             l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
@@ -66,9 +84,13 @@ def _paco_bwd_cols_kernel(
         w, d = segment_weights(
             SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE
         )
-        h = gradient_factor(l, w, d, lse, inv_pos) * coef[:, None]
+        h = gradient_factor(l, w, d, lse, inv_pos) * (coef / coef_max)[:, None]
         h = tl.where(row_mask[:, None], h, 0.0)
-        acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION)
+        acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
     acc = acc * (scale / G_SCALE)
+    if HAS_PARTS:  # these rows are also anchors (batch columns): add their dAnchors, so one pass finishes them
+        acc = add_split_parts(acc, parts_ptr, cols, col_mask & (cols < A), A, SPLITS, offs_d, D)
+    if NORMALIZE:
+        acc = normalize_backward(acc, cols_ptr, cols, col_mask, stride_x, offs_d, D)
     out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]
-    tl.store(out, acc, mask=col_mask[:, None] & (offs_d[None, :] < D))
+    tl.store(out, acc.to(grad_cols_ptr.dtype.element_ty), mask=col_mask[:, None] & (offs_d[None, :] < D))

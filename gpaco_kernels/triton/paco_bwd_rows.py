@@ -1,10 +1,12 @@
 """_paco_bwd_rows_kernel: the row-parallel backward, dAnchors and dS.
 
 Grid (cdiv(A, BLOCK_M), SPLITS), the forward's split of the columns. One program: BLOCK_M anchors against the
-columns [pid_s * cols_per_split, (pid_s + 1) * cols_per_split); recomputes each tile's logits, forms
+columns [pid_s * cols_per_split, (pid_s + 1) * cols_per_split); forms each anchor's (a, 1/P) from the op's upstream
+gradient (tiles.anchor_coefficients), recomputes each tile's logits (rows normalized as loaded with NORMALIZE), forms
 H = w / P - d exp(l - lse) and accumulates its split's part of sum_j H[:, j] X[j] / temperature over batch, queue and
 centers, times each anchor's a at the end (in float32: a is 1/A after a mean); writes dS = a H / tc for given class
-logits (disjoint columns). Saves nothing; the launcher sums the splits' parts in a fixed order (deterministic).
+logits (disjoint columns). Saves nothing; the kernel that finishes dFeatures (_paco_bwd_cols_kernel with batch
+columns, else _paco_epilogue_kernel) sums the splits' parts in a fixed order (deterministic).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import G_SCALE, as_f32, column_tile, gradient_factor, load_rows
+from .tiles import G_SCALE, anchor_coefficients, as_f32, column_tile, gradient_factor, load_rows
 
 
 @autotune("bwd_rows")
@@ -21,16 +23,18 @@ from .tiles import G_SCALE, as_f32, column_tile, gradient_factor, load_rows
 def _paco_bwd_rows_kernel(
     # data pointers
     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,  # as the forward
-    lse_ptr, coef_ptr, inv_pos_ptr,  # (A,) float32 each: lse, a = g (-t/tb) (0 if no loss), 1/P (0 if no loss)
+    lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
+    grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
     grad_anchor_ptr,  # (SPLITS, A, D) float32 out: each split's part of dAnchors
     grad_logits_ptr,  # (A, C) out, dtype of the class logits
     # shapes and strides
     A, N, K, C, D, cols_per_split, stride_f, stride_q, stride_s, stride_w, stride_ga, stride_gs,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
-    t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+    t_scale, c_scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
-    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NEED_LOGITS: tl.constexpr,
+    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr, REDUCTION: tl.constexpr,
+    NEED_LOGITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -41,6 +45,7 @@ def _paco_bwd_rows_kernel(
     beta_on = as_f32(beta_on)
     beta_off = as_f32(beta_off)
     gamma = as_f32(gamma)
+    loss_scale = as_f32(loss_scale)
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     c_start = pid_s * cols_per_split
@@ -49,11 +54,12 @@ def _paco_bwd_rows_kernel(
     row_mask = rows < A
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST)
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
-    inv_pos = tl.load(inv_pos_ptr + rows, mask=row_mask, other=0.0)
+    coef, inv_pos = anchor_coefficients(
+        grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
+    )
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     offset = 0
     for seg in tl.static_range(3):
@@ -66,11 +72,11 @@ def _paco_bwd_rows_kernel(
             for c0 in range(lo, hi, BLOCK_N):
                 cols = c0 + offs_n
                 col_mask = cols < hi
-                l, w, d = column_tile(
+                l, w, d, _ = column_tile(
                     seg, anchors, rows, row_mask, row_labels, cols, col_mask,
                     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
                     stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
-                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION,
+                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
                 )  # fmt: skip
                 h = gradient_factor(l, w, d, lse, inv_pos)
                 if seg == 0 and FROM_LOGITS:
@@ -83,11 +89,11 @@ def _paco_bwd_rows_kernel(
                         )
                 else:
                     if seg == 0:
-                        x = load_rows(centers_ptr, cols, col_mask, stride_w, offs_d, D, UPCAST)
+                        x = load_rows(centers_ptr, cols, col_mask, stride_w, offs_d, D, UPCAST, NORMALIZE)
                     elif seg == 1:
-                        x = load_rows(feat_ptr, cols, col_mask, stride_f, offs_d, D, UPCAST)
+                        x = load_rows(feat_ptr, cols, col_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
                     else:
-                        x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST)
+                        x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST, NORMALIZE)
                     part = tl.dot((h * G_SCALE).to(x.dtype), x, input_precision=PRECISION)
                     acc += part * (scale / G_SCALE)
             offset += size

@@ -2,8 +2,10 @@
 
 Grid (cdiv(A, BLOCK_M), SPLITS). One program: BLOCK_M anchors against the columns
 [pid_s * cols_per_split, (pid_s + 1) * cols_per_split) of [class block | batch | queue], streamed in tiles of BLOCK_N
-with an online log-sum-exp. Saves, per anchor and split, the partial m (max), z = sum d exp(l - m), sum w l and
-P = sum w; the launcher merges the splits exactly and forms the loss (ops/spec.py).
+with an online log-sum-exp, the rows normalized as they are loaded with NORMALIZE. Saves, per anchor and split, the
+partial m (max), z = sum d exp(l - m), sum w l and P = sum w, and a flag that is 1 when a label the program read is
+out of the class range (CHECK_LABELS: with a class block, labels index it). _paco_finalize_kernel merges the splits
+exactly and forms the loss.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import as_f32, column_tile, load_rows, online_lse_step, weighted_logit_sum
+from .tiles import as_f32, column_tile, load_rows, online_lse_step, out_of_range, weighted_logit_sum
 
 
 @autotune("fwd")
@@ -22,14 +24,14 @@ def _paco_fwd_kernel(
     feat_ptr, label_ptr,  # (N, D), (N,) int64
     queue_ptr, queue_label_ptr,  # (K, D), (K,) int64
     logits_ptr, centers_ptr, bias_ptr,  # (A, C) class logits S, (C, D) centers W, (C,) float32 log prior
-    part_ptr,  # (4, SPLITS, A) float32 out: m, z, sum w l, P of each split
+    part_ptr,  # (5, SPLITS, A) float32 out: m, z, sum w l, P of each split, and the label-range flag
     # shapes and strides
     A, N, K, C, D, cols_per_split, stride_f, stride_q, stride_s, stride_w,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
-    t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+    t_scale, c_scale, alpha, beta_on, beta_off, gamma, ignore_index,
     HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
-    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr,
+    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -47,8 +49,11 @@ def _paco_fwd_kernel(
     row_mask = rows < A
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST)
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
+    bad_label = tl.zeros((), tl.int32)
+    if HAS_CLASSES:
+        bad_label = out_of_range(row_labels, row_mask, C, ignore_index)
     c_start = pid_s * cols_per_split
     c_end = c_start + cols_per_split
 
@@ -66,12 +71,14 @@ def _paco_fwd_kernel(
             for c0 in range(lo, hi, BLOCK_N):
                 cols = c0 + offs_n
                 col_mask = cols < hi
-                l, w, d = column_tile(
+                l, w, d, col_labels = column_tile(
                     seg, anchors, rows, row_mask, row_labels, cols, col_mask,
                     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
                     stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
-                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION,
+                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
                 )  # fmt: skip
+                if HAS_CLASSES and seg > 0:  # batch and queue labels: every one is read by some program
+                    bad_label = tl.maximum(bad_label, out_of_range(col_labels, col_mask, C, ignore_index))
                 m, z = online_lse_step(m, z, l, d)
                 wl += weighted_logit_sum(w, l)
                 pos += tl.sum(w, axis=1)
@@ -83,3 +90,4 @@ def _paco_fwd_kernel(
     tl.store(out + stride_part, z, mask=row_mask)
     tl.store(out + 2 * stride_part, wl, mask=row_mask)
     tl.store(out + 3 * stride_part, pos, mask=row_mask)
+    tl.store(out + 4 * stride_part, tl.zeros((BLOCK_M,), tl.float32) + bad_label.to(tl.float32), mask=row_mask)

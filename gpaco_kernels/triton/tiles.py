@@ -23,14 +23,47 @@ def as_f32(x):
 
 
 @triton.jit
-def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr):
+def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr = False):
     """(len(rows), BLOCK_D) tile of a row-major (rows, D) matrix; 0 outside. UPCAST loads it as float32 (the
-    interpreter's bfloat16 dot is wrong; compiled code keeps half precision)."""
+    interpreter's bfloat16 dot is wrong; compiled code keeps half precision). NORMALIZE divides each row by
+    max(|row|, NORM_EPS) in float32 and rounds back to the tile's dtype, as torch.nn.functional.normalize does
+    before a product: the op normalizes its inputs tile by tile, with no normalized copy in memory."""
     offsets = rows.to(tl.int64)[:, None] * stride + offs_d[None, :]
     x = tl.load(ptr + offsets, mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
+    if NORMALIZE:
+        xf = x.to(tl.float32)
+        inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), NORM_EPS)
+        x = (xf * inv_norm[:, None]).to(x.dtype)
     return x
+
+
+@triton.jit
+def anchor_coefficients(
+    grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION: tl.constexpr
+):  # fmt: skip
+    """(a, 1/P) of a tile of anchors, both 0 on anchors that add no loss: ops/spec.py's gradient_coefficients of the
+    upstream gradient of each anchor, which per_anchor_grad forms from the op's gradient (REDUCTION 0 'none': one
+    per anchor; 1 'sum': one for all; 2 'mean': one for all, divided by the counted anchors)."""
+    pos = tl.load(pos_ptr + rows, mask=row_mask, other=0.0)
+    if REDUCTION == 0:
+        g = tl.load(grad_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+    else:
+        g = tl.load(grad_ptr).to(tl.float32)
+        if REDUCTION == 2:
+            g = g / tl.maximum(tl.load(counted_ptr), 1.0)
+    valid = row_mask & (pos > 0) & (row_labels != ignore_index)
+    a = tl.where(valid, g * loss_scale, 0.0)
+    inv_pos = tl.where(valid, 1.0 / tl.where(valid, pos, 1.0), 0.0)
+    return a, inv_pos
+
+
+@triton.jit
+def out_of_range(labels, mask, num_classes, ignore_index):
+    """1 when a label of the tile (where mask) is neither a class index nor ignore_index, else 0 (int32)."""
+    bad = mask & (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    return tl.max(bad.to(tl.int32), axis=0)
 
 
 @triton.jit
@@ -65,14 +98,15 @@ def segment_weights(
 def segment_logits(
     FROM_LOGITS: tl.constexpr, anchors, rows, row_mask, cols, col_mask, x_ptr, stride_x, s_ptr, stride_s, bias_ptr,
     scale, offs_d, D, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    NORMALIZE: tl.constexpr,
 ):  # fmt: skip
-    """Logits of a (rows x cols) tile of one segment: given class logits S, or anchors . X^T; then bias and scale.
-    Masked columns hold -inf (they never win the max)."""
+    """Logits of a (rows x cols) tile of one segment: given class logits S, or anchors . X^T (X normalized with
+    NORMALIZE; the anchors come normalized); then bias and scale. Masked columns hold -inf (they never win the max)."""
     if FROM_LOGITS:
         offsets = rows.to(tl.int64)[:, None] * stride_s + cols[None, :]
         l = tl.load(s_ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
     else:
-        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
         l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
     if HAS_BIAS:
         l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
@@ -85,27 +119,28 @@ def column_tile(
     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
     stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
     offs_d, D, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
 ):  # fmt: skip
-    """Logits l and weights (w, d) of a (rows x cols) tile of segment SEGMENT: the one place the kernels that sweep
-    anchors over columns turn a tile of columns into numbers."""
+    """Logits l, weights (w, d) and the column labels (the class index in the class block) of a (rows x cols) tile
+    of segment SEGMENT: the one place the kernels that sweep anchors over columns turn a tile of columns into
+    numbers."""
     # fmt: off
     if SEGMENT == 0:
         l = segment_logits(FROM_LOGITS, anchors, rows, row_mask, cols, col_mask, centers_ptr, stride_w,
-                           logits_ptr, stride_s, bias_ptr, c_scale, offs_d, D, HAS_BIAS, UPCAST, PRECISION)
+                           logits_ptr, stride_s, bias_ptr, c_scale, offs_d, D, HAS_BIAS, UPCAST, PRECISION, NORMALIZE)
         col_labels = cols
     elif SEGMENT == 1:
         l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, feat_ptr, stride_f,
-                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION, NORMALIZE)
         col_labels = tl.load(label_ptr + cols, mask=col_mask, other=-1)
     else:
         l = segment_logits(False, anchors, rows, row_mask, cols, col_mask, queue_ptr, stride_q,
-                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION)
+                           logits_ptr, stride_s, bias_ptr, t_scale, offs_d, D, False, UPCAST, PRECISION, NORMALIZE)
         col_labels = tl.load(queue_label_ptr + cols, mask=col_mask, other=-1)
     w, d = segment_weights(SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off,
                            gamma, EXCLUDE)
     # fmt: on
-    return l, w, d
+    return l, w, d, col_labels
 
 
 @triton.jit
@@ -131,6 +166,33 @@ def gradient_factor(l, w, d, lse, inv_pos):
     p = d * tl.exp(tl.where(d > 0, l - lse[:, None], float("-inf")))
     return w * inv_pos[:, None] - p
 
+
+@triton.jit
+def add_split_parts(g, parts_ptr, rows, rows_mask, A, SPLITS, offs_d, D):
+    """g plus the SPLITS float32 parts (SPLITS, A, D) of the rows where rows_mask, added in split order (a fixed
+    order: deterministic)."""
+    mask = rows_mask[:, None] & (offs_d[None, :] < D)
+    for s in range(SPLITS):
+        offsets = (s * A + rows.to(tl.int64))[:, None] * D + offs_d[None, :]
+        g += tl.load(parts_ptr + offsets, mask=mask, other=0.0)
+    return g
+
+
+@triton.jit
+def normalize_backward(g, x_ptr, rows, row_mask, stride_x, offs_d, D):
+    """The gradient g with respect to unit rows u = x / max(|x|, NORM_EPS), taken back to the raw rows x (read
+    again here): (g - u <u, g>) / |x|, or g / NORM_EPS where the norm was clamped (ops/spec.py normalize_backward)."""
+    offsets = rows.to(tl.int64)[:, None] * stride_x + offs_d[None, :]
+    x = tl.load(x_ptr + offsets, mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
+    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    inv_norm = 1.0 / tl.maximum(norm, NORM_EPS)
+    u = x * inv_norm[:, None]
+    radial = tl.where(norm <= NORM_EPS, 0.0, tl.sum(u * g, axis=1))
+    return (g - u * radial[:, None]) * inv_norm[:, None]
+
+
+# Rows are divided by max(|row|, NORM_EPS), as torch.nn.functional.normalize does (ops/spec.py NORM_EPS).
+NORM_EPS: tl.constexpr = tl.constexpr(1e-12)
 
 # H is scaled by G_SCALE (a power of two, exact) before it is rounded to the input dtype for a tensor-core product,
 # and the product is scaled back in float32: probabilities of order 1/M stay normal float16 numbers up to M ~ 2^29
