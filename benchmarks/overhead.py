@@ -2,7 +2,8 @@
 the bare `(a @ c.T).logsumexp(1).sum().backward()` of the same size, and the device launches and host reads of a step.
 
     python -m benchmarks.overhead [--device cpu|cuda] [--backends torch cpu triton] [--repeats 300] [--record]
-    python -m benchmarks.overhead --report      # the README table from the records (also `python -m benchmarks --report`)
+                                  [--records FILE] [--workloads ...] [--verbose]
+    python -m benchmarks.overhead --report   # the README tables from the records (as `python -m benchmarks --report`)
 
 At a tiny size (A 8 anchors, queue 64, C 16 classes, D 16) the kernels cost microseconds and what is measured is
 the host path: argument checks, the prior, dispatch, launches. Each provider's step (loss and its gradients through
@@ -11,7 +12,9 @@ median is reported with its ratio to the bare step's median of the same rounds. 
 enqueue a step (the stream is synchronized before each step, outside the timing) and the wall time, synchronized
 after the step, is reported as well. Launches and host reads come from one more step under
 tools.launch_count.StepTrace. The triton backend on CPU runs under the Triton interpreter: its launches and reads are
-counted, its time is not measured (an interpreter's time says nothing about a GPU's).
+counted, its time is not measured (an interpreter's time says nothing about a GPU's). --via-op adds each backend
+once more through its torch.library operators (the route torch.compile takes; eager mode skips the dispatcher),
+which shows what the dispatcher costs.
 
 --record appends one record per (workload, provider) (kind "overhead") to benchmarks/results/records.jsonl, with
 the machine's CPU model and flags, thread count, GPU and commit.
@@ -25,6 +28,7 @@ import statistics
 import sys
 import time
 import uuid
+from pathlib import Path
 
 A, K, C, D = 8, 64, 16, 16
 BARE = "bare mm+lse"
@@ -107,6 +111,23 @@ def _workload(name: str, backend: str, device):
     return step, leaves
 
 
+def _through_the_operators(backend: str, step):
+    """step with the backend's eager path switched off: the loss goes through its torch.library operators (what
+    torch.compile sees), for the dispatcher's cost next to the eager path's."""
+    from gpaco_kernels.ops.dispatch import load_backend
+
+    module = load_backend(backend)
+
+    def via_op():
+        eager, module.EAGER = module.EAGER, None
+        try:
+            return step()
+        finally:
+            module.EAGER = eager
+
+    return via_op
+
+
 def _bare(columns: int, device):
     import torch
 
@@ -128,8 +149,9 @@ def _trace(step):
     return trace
 
 
-def measure(workload: str, backends, device, repeats: int) -> list[dict]:
-    """One result per provider (the bare step first): median host microseconds, and the trace of one step."""
+def measure(workload: str, backends, device, repeats: int, via_op=()) -> list[dict]:
+    """One result per provider (the bare step first): median host microseconds, and the trace of one step. via_op:
+    backends also measured through their operators (provider "<backend>:op")."""
     import torch
 
     on_cuda = device.type == "cuda"
@@ -137,7 +159,9 @@ def measure(workload: str, backends, device, repeats: int) -> list[dict]:
     steps = {BARE: _bare(WORKLOADS[workload][1], device)}
     for backend in backends:
         steps[backend] = _workload(workload, backend, device)[0]
-    timed = [p for p in steps if not (p == "triton" and interpreted)]
+        if backend in via_op:
+            steps[f"{backend}:op"] = _through_the_operators(backend, _workload(workload, backend, device)[0])
+    timed = [p for p in steps if not (p.startswith("triton") and interpreted)]
     for step in steps.values():  # warm-up: compilation, autotune, caches, thread pools
         for _ in range(3):
             step()
@@ -157,7 +181,7 @@ def measure(workload: str, backends, device, repeats: int) -> list[dict]:
     for provider, step in steps.items():
         trace = _trace(step)
         result = dict(workload=workload, provider=provider, launches=trace.launches, host_reads=trace.reads,
-                      trace=trace.summary(), interpreted=provider == "triton" and interpreted)  # fmt: skip
+                      trace=trace.summary(), interpreted=provider.startswith("triton") and interpreted)  # fmt: skip
         if provider in host:
             result["host_us"] = statistics.median(host[provider]) * 1e6
             result["host_us_p10_p90"] = [_quantile(host[provider], q) * 1e6 for q in (0.1, 0.9)]
@@ -188,8 +212,12 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=300, help="timed rounds (each provider once per round)")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/results/records.jsonl")
+    parser.add_argument("--records", help="append the results to this JSONL file instead (implies --record)")
     parser.add_argument("--report", action="store_true", help="regenerate the README tables from the records")
     parser.add_argument("--verbose", action="store_true", help="print each step's launches and reads by op")
+    parser.add_argument("--via-op", nargs="*", default=None, metavar="BACKEND",
+                        help="also time these backends (default: the timed ones) through their torch.library "
+                             "operators, as torch.compile calls them, next to the eager path")  # fmt: skip
     args = parser.parse_args(argv)
     if args.report:
         from .report import regenerate
@@ -205,16 +233,20 @@ def main(argv=None) -> int:
     from .records import RECORDS, append
 
     device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
     backends = args.backends or [b for b in gk.available_backends(device.type) if b != "reference"]
     machine = facts(device)
     run = uuid.uuid4().hex[:8]
     print(f"{machine.get('gpu') or machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; "
           f"median of {args.repeats} interleaved rounds")  # fmt: skip
     wall_head = " | wall us" if device.type == "cuda" else ""
-    print(f"{'workload':<17} | {'provider':<12} | {'host us/step':>13} | {'/ bare':>7}{wall_head} | launches | host reads")
+    print(
+        f"{'workload':<17} | {'provider':<12} | {'host us/step':>13} | {'/ bare':>7}{wall_head} | launches | host reads"
+    )
     records = []
     for workload in args.workloads:
-        results = measure(workload, backends, device, args.repeats)
+        via_op = () if args.via_op is None else (args.via_op or [b for b in backends if b != "triton" or on_cuda])
+        results = measure(workload, backends, device, args.repeats, via_op)
         bare = results[0]
         for result in results:
             print(_row(result, bare))
@@ -222,9 +254,10 @@ def main(argv=None) -> int:
                 print("    " + result["trace"])
             records.append(dict(kind="overhead", run=run, machine=machine, quick=args.repeats < 100,
                                 repeats=args.repeats, description=WORKLOADS[workload][0], **result))  # fmt: skip
-    if args.record:
-        append(RECORDS, records)
-        print(f"appended {len(records)} records to {RECORDS}")
+    if args.record or args.records:
+        path = Path(args.records) if args.records else RECORDS
+        append(path, records)
+        print(f"appended {len(records)} records to {path}")
     return 0
 
 

@@ -508,6 +508,44 @@ def pml_section(records) -> str:
     return "\n".join(rows)
 
 
+def overhead_section(records) -> str:
+    """`python -m benchmarks.overhead --record`: per machine and device, the latest full run: host time of one tiny
+    forward + backward per workload and provider, its ratio to the bare mm + logsumexp step of the same run, and
+    the launches and host reads counted in one step."""
+    runs = {}
+    for r in records:
+        if r["kind"] == "overhead" and not r["quick"]:
+            key = (_slug_of(r), r["machine"]["device"])
+            if key not in runs or r["machine"]["date"] > runs[key]["machine"]["date"]:
+                runs[key] = r
+    if not runs:
+        return "(no record yet: `python -m benchmarks.overhead --record`)"
+    out = []
+    for (_, device), latest in sorted(runs.items()):
+        mine = [r for r in records if r["kind"] == "overhead" and r["run"] == latest["run"]]
+        m = latest["machine"]
+        flags = " ".join(f for f in m.get("cpu_flags", []) if f.startswith(("avx512f", "amx_bf16", "avx2")))
+        where = m.get("gpu") or f"{m['cpu']} ({flags}), {m['threads']} threads"
+        out.append(f"{where}, {device} tensors, torch {m['torch']}, median of {latest['repeats']} interleaved rounds, "
+                   f"run `{latest['run']}` at {m['commit']}:")  # fmt: skip
+        out.append("")
+        wall = device == "cuda"
+        out.append("| workload | provider | host us / step | / bare | " + ("wall us | " if wall else "")
+                   + "launches | host reads |")  # fmt: skip
+        out.append("|---|---|---|---|" + ("---|" if wall else "") + "---|---|")
+        bare = {r["workload"]: r for r in mine if r["provider"] == "bare mm+lse"}
+        for r in mine:
+            host = r.get("host_us")
+            cell = f"{host:.0f}" if host is not None else "interpreter, not timed"
+            base = bare.get(r["workload"])
+            ratio = f"{host / base['host_us']:.2f}x" if host is not None and base and r is not base else ""
+            wall_cell = (f"{r['wall_us']:.0f} | " if "wall_us" in r else " | ") if wall else ""
+            out.append(f"| {r['workload']} | {r['provider']} | {cell} | {ratio} | {wall_cell}{r['launches']} | "
+                       f"{r['host_reads']} |")  # fmt: skip
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def gpu_model_table() -> str:
     rows = ["| forward + backward | dtype | model | floor (3 GEMMs at peak) | model / floor |", "|---|---|---|---|---|"]
     workload = None
@@ -553,6 +591,7 @@ def readme(text: str, records) -> str:
         "summary": lambda: summary_table(records),
         "segmentation": lambda: segmentation_section(records),
         "pml": lambda: pml_section(records),
+        "overhead": lambda: overhead_section(records),
     }
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)

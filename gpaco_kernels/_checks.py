@@ -117,10 +117,16 @@ def range_message(name: str, num_classes: int, ignore_index: int) -> str:
 def label_range(name: str, labels: torch.Tensor, num_classes: int, ignore_index: int, *, on_host: bool) -> None:
     """Labels other than ignore_index must index the class block. on_host: read the values and raise ValueError with
     the first bad one; else queue the check on the device (no sync)."""
-    bad = out_of_range(labels, num_classes, ignore_index)
     if not on_host:
+        bad = out_of_range(labels, num_classes, ignore_index)
         torch._assert_async(~bad.any(), range_message(name, num_classes, ignore_index) + ", found a value outside")
         return
+    if labels.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # two small ops, one read
+    if 0 <= lo and hi < num_classes:
+        return  # the common case: every label is a class (ignored ones, when present, are outside and go below)
+    bad = out_of_range(labels, num_classes, ignore_index)
     if bool(bad.any()):
         raise ValueError(f"{range_message(name, num_classes, ignore_index)}, found {int(labels[bad][0])}")
 

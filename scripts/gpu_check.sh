@@ -15,7 +15,7 @@
 #
 # DEADLINE (seconds, default 1500) bounds the whole run: each step gets at most its own limit and what is left of the
 # deadline, so a slow step cuts the next ones short instead of the run losing everything. STEPS picks steps (default:
-# install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32,max_batch). GPACO_NO_EXTENSION=1 skips building the
+# install,tests,selfcheck,overhead,profile,bench_bf16,bench_supcon,bench_fp32,max_batch). GPACO_NO_EXTENSION=1 skips building the
 # C++ CPU kernels (about a minute), which a GPU run does not use. --quick: the selfcheck's quick sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 status=0
-STEPS=",${STEPS:-install,tests,selfcheck,profile,bench_bf16,bench_supcon,bench_fp32,max_batch},"
+STEPS=",${STEPS:-install,tests,selfcheck,overhead,profile,bench_bf16,bench_supcon,bench_fp32,max_batch},"
 step() {  # step NAME LIMIT COMMAND...: run under a time limit, append the output to log.txt, remember a failure
     local name=$1 limit=$2
     shift 2
@@ -59,8 +59,10 @@ export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 export TRITON_PRINT_AUTOTUNING=1
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider -k "cuda or split or gpu" \
-    tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py
+    tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py
 step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] && echo --quick)
+# The fixed cost of a tiny step per loss and backend (host and wall time, launches, host reads).
+step overhead 90 python3 -m benchmarks.overhead --device cuda --repeats 200 --records "$OUT/records.jsonl"
 # Host time against device time of one step (the LT step is small enough to be bound by the host).
 step profile 90 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider triton &&
     python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider dense --rows 10 &&
@@ -81,6 +83,7 @@ step max_batch 240 python3 -m benchmarks.max_batch --budget 2GiB --device cuda -
     grep -h -E "passed|failed|error" "$OUT/log.txt" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -3
     grep -h "selfcheck:" "$OUT/log.txt" || true
     grep -h "ms per step" "$OUT/log.txt" || true
+    grep -h -E "^(gpaco-lt|pixel) .*\| (bare|triton|torch)" "$OUT/log.txt" || true
     sed -n '/fwd+bwd per step/,/dense\/this > 1/p' "$OUT/log.txt" || true
     [ -s "$OUT/records.jsonl" ] && python3 - "$OUT/records.jsonl" <<'EOF'
 import json, sys

@@ -310,7 +310,7 @@ def test_triton_step_captures_in_a_cuda_graph_and_replays_equal_to_eager(step):
 
 
 @needs_cuda
-def test_triton_step_under_torch_compile_reduce_overhead_equals_eager():
+def test_triton_step_under_torch_compile_reduce_overhead_on_cuda_equals_eager():
     need_backend("triton", "cuda")
     torch._dynamo.reset()
     loss_fn, leaves, _ = STEPS["gpaco-logits-prior"]("cuda", "triton")

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .op import define_backend_ops
+from .op import define_backend_ops, define_eager
 from .spec import (
     ContrastInputs,
     OpParams,
@@ -155,3 +155,4 @@ def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, unit
 
 
 OPS = define_backend_ops(NAME, _forward, _backward, device_types="cpu") if _C is not None else None
+EAGER = define_eager(NAME, _forward, _backward, device_types=("cpu",)) if _C is not None else None

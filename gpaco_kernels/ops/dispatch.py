@@ -7,8 +7,9 @@
                            autograd formula around this backend's two implementations (absent when unavailable)
     UNIT_GRADIENTS         optional: True when its forward can also return the gradients for an upstream gradient
                            of 1 (worth asking for with 'mean' and 'sum')
-    eager_loss(x, p, grads_wanted)  optional: the same op computed without the dispatcher in eager mode (a backend whose
-                           per-call dispatch costs more than its kernels); torch.compile always goes through OPS
+    EAGER                  optional: ops.op.define_eager of the same two implementations, the loss without the
+                           dispatcher in eager mode (whose per-call cost is more than small kernels'); torch.compile,
+                           opcheck and fake tensors always go through OPS
 
 except "reference", which exposes loss(x, p) and is differentiated by plain autograd (the oracle).
 """
@@ -117,8 +118,10 @@ def loss(x: ContrastInputs, cfg: LossConfig, backend_name: str) -> torch.Tensor:
     grads_wanted = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x.features, x.center_logits, x.centers)
     )
-    eager = getattr(backend, "eager_loss", None)
-    if eager is not None and not torch.compiler.is_compiling():
-        return eager(x, p, grads_wanted)
     unit = getattr(backend, "UNIT_GRADIENTS", False) and cfg.reduced and grads_wanted
+    eager = getattr(backend, "EAGER", None)
+    if eager is not None and not torch.compiler.is_compiling():
+        out = eager(x, p, unit)
+        if out is not None:
+            return out
     return call_forward(backend.OPS[0], x, p, unit)[0]

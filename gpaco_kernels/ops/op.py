@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import custom_op
 
 from .spec import ContrastInputs, OpParams, compute_dtype
@@ -221,3 +222,60 @@ def define_backend_ops(backend: str, forward_impl, backward_impl, *, device_type
 
 def call_forward(forward_op, x: ContrastInputs, p: OpParams, unit_gradients: bool):
     return forward_op(*x.tensors(), *p.astuple(), unit_gradients)
+
+
+# --- the eager path -----------------------------------------------------------------------------------------------
+# The dispatcher's route through a custom_op with register_autograd costs a few hundred microseconds of Python per
+# step in this torch (argument defaults re-read from the schema on every call, two redispatches, the autograd
+# wrapper), and a triton_op adds wrap_triton's tracing on every launch: at small and medium sizes more than the
+# kernels. In eager mode the loss therefore calls the same two implementations through one autograd.Function with
+# the same formula as _setup_context / _backward_formula; torch.compile, opcheck and fake tensors always take the
+# operators above.
+
+
+def define_eager(backend: str, forward_impl, backward_impl, device_types=None):
+    """The loss through forward_impl / backward_impl without the dispatcher: a function (x, p, unit_gradients) ->
+    the loss, differentiable as the operators are (double backward refused). device_types: where the
+    implementations run on real tensors (None: any device torch runs, meta included)."""
+
+    class _NoDoubleBackward(torch.autograd.Function):
+        """Identity on the gradients, made a function of the op's inputs (so that under create_graph=True they
+        require grad, as the backward operator's outputs do); differentiating them raises."""
+
+        @staticmethod
+        def forward(ctx, *inputs_and_grads):
+            return tuple(g.view_as(g) for g in inputs_and_grads[-3:])
+
+        backward = staticmethod(_refuse_double_backward(backend))
+
+    class _Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, p, unit_gradients, *tensors):
+            x = ContrastInputs(*tensors)
+            check_inputs(x, p)
+            loss, lse, pos, counted, *units = forward_impl(x, p, unit_gradients)
+            ctx.p = p
+            ctx.save_for_backward(*tensors, lse, pos, counted, *units)
+            return loss
+
+        @staticmethod
+        def backward(ctx, grad_loss):
+            *tensors, lse, pos, counted, unit_f, unit_s, unit_w = ctx.saved_tensors
+            need = [ctx.needs_input_grad[2 + i] for i in _GRAD_INPUTS.values()]
+            x = ContrastInputs(*tensors)
+            grads = backward_impl(x, ctx.p, lse, pos, counted, grad_loss.contiguous(), (unit_f, unit_s, unit_w), need)
+            if torch.is_grad_enabled():  # create_graph=True
+                grads = _NoDoubleBackward.apply(*tensors, *grads)
+            out = [None] * (2 + N_TENSORS)
+            for index, wanted, g in zip(_GRAD_INPUTS.values(), need, grads):
+                out[2 + index] = g if wanted else None
+            return tuple(out)
+
+    def loss(x: ContrastInputs, p: OpParams, unit_gradients: bool):
+        """The loss, or None when these tensors must take the operators (fake tensors, another device)."""
+        f = x.features
+        if is_fake(f) or (device_types is not None and f.device.type not in device_types):
+            return None
+        return _Eager.apply(p, unit_gradients, *x.tensors())
+
+    return loss

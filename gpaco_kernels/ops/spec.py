@@ -51,7 +51,10 @@ class OpParams:
 
     def astuple(self) -> tuple:
         # Not dataclasses.astuple: it deep-copies every field, a measurable cost on every call of the op.
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return tuple(getattr(self, name) for name in _OP_PARAM_NAMES)
+
+
+_OP_PARAM_NAMES = tuple(f.name for f in fields(OpParams))
 
 
 @dataclass(frozen=True)

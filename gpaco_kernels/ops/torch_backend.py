@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .op import define_backend_ops, no_unit_gradients
+from .op import define_backend_ops, define_eager, no_unit_gradients
 from .spec import (
     ContrastInputs,
     OpParams,
@@ -181,3 +181,4 @@ def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, unit
 
 
 OPS = define_backend_ops(NAME, _forward, _backward)
+EAGER = define_eager(NAME, _forward, _backward)

@@ -8,9 +8,9 @@ float32, bfloat16 or float16 (accumulated in float32); float64 is left to the cp
 
 from __future__ import annotations
 
-import torch
+import functools
 
-from .op import _refuse_double_backward, check_inputs, define_backend_ops, no_unit_gradients
+from .op import define_backend_ops, define_eager, no_unit_gradients
 from .spec import ContrastInputs, OpParams
 
 NAME = "triton"
@@ -63,47 +63,14 @@ def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, unit
 OPS = define_backend_ops(NAME, _forward, _backward, factory=triton_op) if _launch is not None else None
 
 
-class _EagerLoss(torch.autograd.Function):
-    """The op in eager mode without the dispatcher: the same launchers, kernels launched directly (no
-    torch.library dispatch, no wrap_triton tracing), with the op's autograd formula. torch.compile goes through OPS."""
-
-    @staticmethod
-    def forward(ctx, features, labels, queue, queue_labels, center_logits, centers, center_bias, p):
-        x = ContrastInputs(features, labels, queue, queue_labels, center_logits, centers, center_bias)
-        check_inputs(x, p)
-        loss, lse, pos, counted, *_ = _forward(x, p, False, launch=_launch.direct)
-        ctx.p = p
-        ctx.save_for_backward(features, labels, queue, queue_labels, center_logits, centers, center_bias, lse, pos,
-                              counted)  # fmt: skip
-        ctx.mark_non_differentiable(lse, pos, counted)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        *tensors, lse, pos, counted = ctx.saved_tensors
-        x = ContrastInputs(*tensors)
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
-        grads = _backward(x, ctx.p, lse, pos, counted, grad_loss, (), needs, launch=_launch.direct)
-        if torch.is_grad_enabled():  # create_graph=True: the gradients are marked so that differentiating them raises
-            grads = _NoDoubleBackward.apply(*tensors, *grads)
-        features, logits, centers = (g if need else None for g, need in zip(grads, needs))
-        return features, None, None, None, logits, centers, None, None
-
-
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on the gradients, made a function of the op's inputs (so that they require grad under create_graph,
-    as the op's backward outputs do); its backward refuses double backward with the op's message."""
-
-    @staticmethod
-    def forward(ctx, *inputs_and_grads):
-        return tuple(g.view_as(g) for g in inputs_and_grads[-3:])
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _refuse_double_backward(NAME)(ctx, *grads)
-
-
-def eager_loss(x: ContrastInputs, p: OpParams, grads_wanted: bool) -> torch.Tensor:
-    """The loss of the op (ops/op.py) in eager mode, its kernels launched directly: what dispatch.loss calls
-    outside torch.compile. Double backward raises, as the op's does."""
-    return _EagerLoss.apply(*x.tensors(), p)
+# Eager mode: the kernels launched directly (ops/op.py define_eager); torch.compile sees them through OPS.
+EAGER = (
+    define_eager(
+        NAME,
+        functools.partial(_forward, launch=_launch.direct),
+        functools.partial(_backward, launch=_launch.direct),
+        device_types=("cuda", "cpu"),
+    )
+    if _launch is not None
+    else None
+)

@@ -34,9 +34,15 @@ def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr, NORM
         x = x.to(tl.float32)
     if NORMALIZE:
         xf = x.to(tl.float32)
-        inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), NORM_EPS)
-        x = (xf * inv_norm[:, None]).to(x.dtype)
+        x = (xf * inverse_norm(tl.sum(xf * xf, axis=1))[:, None]).to(x.dtype)
     return x
+
+
+@triton.jit
+def inverse_norm(sum_sq):
+    """1 / max(|x|, NORM_EPS) from |x|^2, as one reciprocal square root (MUFU.RSQ, a few ulp in float32): a
+    correctly rounded sqrt and division cost a long instruction sequence per row (and ptxas seconds per kernel)."""
+    return tl.math.rsqrt(tl.maximum(sum_sq, NORM_EPS * NORM_EPS))
 
 
 @triton.jit
@@ -184,10 +190,10 @@ def normalize_backward(g, x_ptr, rows, row_mask, stride_x, offs_d, D):
     again here): (g - u <u, g>) / |x|, or g / NORM_EPS where the norm was clamped (ops/spec.py normalize_backward)."""
     offsets = rows.to(tl.int64)[:, None] * stride_x + offs_d[None, :]
     x = tl.load(x_ptr + offsets, mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
-    norm = tl.sqrt(tl.sum(x * x, axis=1))
-    inv_norm = 1.0 / tl.maximum(norm, NORM_EPS)
+    sum_sq = tl.sum(x * x, axis=1)
+    inv_norm = inverse_norm(sum_sq)
     u = x * inv_norm[:, None]
-    radial = tl.where(norm <= NORM_EPS, 0.0, tl.sum(u * g, axis=1))
+    radial = tl.where(sum_sq <= NORM_EPS * NORM_EPS, 0.0, tl.sum(u * g, axis=1))
     return (g - u * radial[:, None]) * inv_norm[:, None]
 
 
