@@ -1,8 +1,9 @@
 // CPU kernels of the fused loss: ATen/BLAS products into a row-block buffer and the per-row core of
-// core/paco_rows.h. Exposed to Python as one function, `sweep`, which the cpu backend's implementation of the op
-// (gpaco::cpu_forward / cpu_backward, registered with its schema, fake and autograd formula in
-// gpaco_kernels/ops/op.py) calls; the loss itself is formed from the sums returned here, in Python, as for every
-// backend.
+// core/paco_rows.h. Exposed to Python as `forward` and `backward`, the whole of the op's two directions (the
+// normalization, the sweep, the loss and its reduction, the backward's coefficients), which the cpu backend's
+// implementation of the op (gpaco::cpu_forward / cpu_backward, registered with its schema, fake and autograd
+// formula in gpaco_kernels/ops/op.py) calls; and `sweep` alone, for benchmarks and tests. The formulas are those of
+// ops/spec.py, written here as loops over the anchors so that a small step costs no small tensor ops.
 //
 // Sweep: anchors are processed in blocks of R rows. For each block, one buffer of R x M (M = C + N + K columns)
 // receives the logits (class block copied from S or computed from W; batch and queue from GEMMs with alpha = 1/t);
@@ -26,6 +27,7 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "core/paco_rows.h"
 
@@ -134,15 +136,18 @@ void check_problem(const Problem& p) {
   if (p.center_bias.defined())
     TORCH_CHECK(p.center_bias.dim() == 1 && p.center_bias.size(0) == C, "center_bias must have shape (", C, ")");
   if (C > 0) {
-    // Anchor labels index the class block: check them here too, so a compiled graph (which skips the Python
-    // checks that read values) never indexes out of range.
-    auto anchor_labels = p.labels.narrow(0, 0, p.num_anchors);
-    auto kept = anchor_labels.masked_select(anchor_labels != p.ignore_index);
-    if (kept.numel() > 0) {
-      const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < C, "labels must be in [0, ", C, ") or equal ignore_index=", p.ignore_index,
-                  ", found ", lo < 0 ? lo : hi);
-    }
+    // Labels index the class block: checked here too (a plain loop, no tensor op), so that a compiled graph never
+    // indexes out of range whatever the Python checks did.
+    auto check = [&](const Tensor& t, int64_t n, const char* name) {
+      const Tensor c = t.contiguous();
+      const int64_t* v = c.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        TORCH_CHECK(v[i] == p.ignore_index || (v[i] >= 0 && v[i] < C), name, " must be in [0, ", C,
+                    ") or equal ignore_index=", p.ignore_index, ", found ", v[i]);
+      }
+    };
+    check(p.labels, p.batch_columns ? N : p.num_anchors, "labels");
+    if (p.queue_labels.defined()) check(p.queue_labels, p.queue_labels.size(0), "queue_labels");
   }
 }
 
@@ -403,11 +408,168 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sweep_op(
   return {wl, lse, pos, or_empty(g.features, acc), or_empty(g.center_logits, acc), or_empty(g.centers, acc)};
 }
 
+
+// --- the op's forward and backward, whole -------------------------------------------------------------------------
+// What ops/spec.py states in PyTorch (normalized inputs, the per-anchor loss, the reduction, the backward's
+// coefficients and the normalization's backward), done here around the sweep: one call per direction, so that a
+// small step costs its products and a few loops over A, not dozens of small tensor ops from Python.
+
+constexpr double kNormEps = 1e-12;  // ops/spec.py NORM_EPS
+
+// Rows divided by max(|row|, eps), computed in the accumulation dtype and rounded once to the input's.
+Tensor unit_rows(const Tensor& x) {
+  if (!x.defined()) return x;
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor xf = x.to(acc);
+  return (xf / at::linalg_vector_norm(xf, 2, {1}, true).clamp_min(kNormEps)).to(x.scalar_type());
+}
+
+// d/dx of x / max(|x|, eps) applied to g: (g - u <u, g>) / |x|, or g / eps where the norm was clamped.
+Tensor normalize_backward(const Tensor& raw, const Tensor& g) {
+  const Tensor x = raw.to(g.scalar_type());
+  const Tensor norm = at::linalg_vector_norm(x, 2, {1}, true);
+  const Tensor clamped = norm.clamp_min(kNormEps);
+  const Tensor u = x / clamped;
+  const Tensor radial = at::where(norm <= kNormEps, at::zeros_like(norm), (u * g).sum(1, true));
+  return (g - u * radial) / clamped;
+}
+
+enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
+
+// The first element of a CPU tensor, read from its memory (no tensor op: a step's scalars cost nothing to read).
+double first_value(const Tensor& t) {
+  double v = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "gpaco_first_value",
+                                  [&] { v = static_cast<double>(*t.const_data_ptr<scalar_t>()); });
+  return v;
+}
+
+struct StepParams {
+  int64_t num_anchors, ignore_index, reduction;
+  double loss_scale;
+  bool normalize;
+};
+
+// (loss in the features' dtype, () or (A,), and the number of counted anchors, (1,)) from the sweep's sums.
+std::tuple<Tensor, Tensor> finalize(const Tensor& wl, const Tensor& lse, const Tensor& pos, const Tensor& labels,
+                                    const StepParams& s, at::ScalarType out_dtype) {
+  const int64_t A = s.num_anchors;
+  const Tensor lab = labels.contiguous();
+  const int64_t* y = lab.data_ptr<int64_t>();
+  Tensor losses = at::empty({A}, wl.options());
+  double total = 0, counted = 0;
+  AT_DISPATCH_FLOATING_TYPES(wl.scalar_type(), "gpaco_finalize", [&] {
+    const scalar_t *w = wl.data_ptr<scalar_t>(), *l = lse.data_ptr<scalar_t>(), *P = pos.data_ptr<scalar_t>();
+    scalar_t* out = losses.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < A; ++i) {
+      const bool kept = y[i] != s.ignore_index;
+      counted += kept;
+      // Anchors without positives add 0 (the published PaCo code divides 0 by 0 there); lse is not read for them.
+      out[i] = kept && P[i] > 0 ? static_cast<scalar_t>(s.loss_scale * (w[i] - P[i] * l[i]) / P[i]) : scalar_t(0);
+      total += out[i];
+    }
+  });
+  Tensor n = at::full({1}, counted, wl.options());
+  if (s.reduction == kNone) return {losses.to(out_dtype), n};
+  const double value = s.reduction == kSum ? total : total / std::max(counted, 1.0);
+  return {at::scalar_tensor(value, wl.options().dtype(out_dtype)), n};
+}
+
+// The forward: (loss, lse, P, counted, and with unit_gradients the gradients for an upstream gradient of 1).
+std::vector<Tensor> forward_op(
+    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
+    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
+    double temperature, double center_temperature, double alpha, double beta_on, double beta_off, double gamma,
+    double loss_scale, bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps,
+    bool batch_column_grad, bool normalize, int64_t reduction, bool unit_gradients, bool half_products) {
+  const StepParams s{num_anchors, ignore_index, reduction, loss_scale, normalize};
+  const auto acc = features.options().dtype(features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  OptTensor coef;
+  if (unit_gradients) {
+    // a = loss scale on every counted anchor (the gradient of an upstream 1); each row then uses its own 1/P.
+    const Tensor lab = labels.contiguous();
+    const int64_t* y = lab.data_ptr<int64_t>();
+    Tensor a = at::empty({num_anchors}, acc.dtype(at::kDouble));
+    double* ap = a.data_ptr<double>();
+    for (int64_t i = 0; i < num_anchors; ++i) ap[i] = y[i] != ignore_index ? loss_scale : 0.0;
+    coef = a;
+  }
+  auto opt = [&](const OptTensor& t) { return normalize && t.has_value() ? OptTensor(unit_rows(*t)) : t; };
+  auto [wl, lse, pos, gf, gs, gw] =
+      sweep_op(normalize ? unit_rows(features) : features, labels, opt(queue), queue_labels, center_logits,
+               opt(centers), center_bias, num_anchors, temperature, center_temperature, alpha, beta_on, beta_off,
+               gamma, exclude_positive_class, ignore_index, batch_columns, lse_eps, batch_column_grad, coef,
+               OptTensor(), true, center_logits.has_value(), centers.has_value(), half_products);
+  auto [loss, counted] = finalize(wl, lse, pos, labels, s, features.scalar_type());
+  return {loss, lse, pos, counted, gf, gs, gw};
+}
+
+// The backward: the three gradients in the dtypes of their inputs, (0,) where not needed.
+std::vector<Tensor> backward_op(
+    const Tensor& features, const Tensor& labels, const OptTensor& queue, const OptTensor& queue_labels,
+    const OptTensor& center_logits, const OptTensor& centers, const OptTensor& center_bias, int64_t num_anchors,
+    double temperature, double center_temperature, double alpha, double beta_on, double beta_off, double gamma,
+    double loss_scale, bool exclude_positive_class, int64_t ignore_index, bool batch_columns, double lse_eps,
+    bool batch_column_grad, bool normalize, int64_t reduction, const Tensor& lse, const Tensor& pos,
+    const Tensor& counted, const Tensor& grad_loss, const Tensor& unit_features, const Tensor& unit_center_logits,
+    const Tensor& unit_centers, bool need_features, bool need_center_logits, bool need_centers, bool half_products) {
+  const int64_t A = num_anchors;
+  need_center_logits = need_center_logits && center_logits.has_value();
+  need_centers = need_centers && centers.has_value();
+  const auto acc = lse.options();
+  const double n = std::max(first_value(counted), 1.0);
+  Tensor gf, gs, gw;
+  if (reduction != kNone && unit_features.numel() > 0) {
+    // One upstream gradient for every anchor ('mean', 'sum'): the forward's unit gradients, scaled.
+    const double g = first_value(grad_loss) / (reduction == kMean ? n : 1.0);
+    if (need_features) gf = unit_features * g;
+    if (need_center_logits) gs = unit_center_logits * g;
+    if (need_centers) gw = unit_centers * g;
+  } else {
+    // Per-anchor (a, 1/P) from each anchor's upstream gradient; both 0 where the anchor adds no loss.
+    const Tensor lab = labels.contiguous();
+    const int64_t* y = lab.data_ptr<int64_t>();
+    const Tensor gl = grad_loss.to(at::kDouble).contiguous();
+    const double* gp = gl.data_ptr<double>();
+    const Tensor P = pos.to(at::kDouble).contiguous();
+    const double* pp = P.data_ptr<double>();
+    Tensor a = at::empty({A}, acc.dtype(at::kDouble)), inv_pos = at::empty({A}, acc.dtype(at::kDouble));
+    double *ap = a.data_ptr<double>(), *ip = inv_pos.data_ptr<double>();
+    for (int64_t i = 0; i < A; ++i) {
+      const double g = reduction == kNone ? gp[i] : gp[0] / (reduction == kMean ? n : 1.0);
+      const bool valid = y[i] != ignore_index && pp[i] > 0;
+      ap[i] = valid ? g * loss_scale : 0.0;
+      ip[i] = valid ? 1.0 / pp[i] : 0.0;
+    }
+    auto opt = [&](const OptTensor& t) { return normalize && t.has_value() ? OptTensor(unit_rows(*t)) : t; };
+    auto swept = sweep_op(normalize ? unit_rows(features) : features, labels, opt(queue), queue_labels,
+                          center_logits, opt(centers), center_bias, num_anchors, temperature, center_temperature,
+                          alpha, beta_on, beta_off, gamma, exclude_positive_class, ignore_index, batch_columns,
+                          lse_eps, batch_column_grad, a, inv_pos, need_features, need_center_logits, need_centers,
+                          half_products);
+    if (need_features) gf = std::get<3>(swept);
+    if (need_center_logits) gs = std::get<4>(swept);
+    if (need_centers) gw = std::get<5>(swept);
+  }
+  if (normalize) {
+    if (gf.defined()) gf = normalize_backward(features, gf);
+    if (gw.defined()) gw = normalize_backward(*centers, gw);
+  }
+  auto finish = [&](const Tensor& g, const OptTensor& like) {
+    return g.defined() ? g.to(like->scalar_type()).contiguous() : at::empty({0}, acc);
+  };
+  return {finish(gf, features), finish(gs, center_logits), finish(gw, centers)};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "gpaco_kernels CPU kernels, called by the cpu backend of the op (gpaco_kernels/ops/cpu_backend.py)";
   module.def("sweep", &sweep_op, "(sum w l, lse, P) of every anchor and, with coef, the gradients",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("forward", &forward_op, "the op's forward: (loss, lse, P, counted, unit gradients)",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("backward", &backward_op, "the op's backward: the three gradients in their inputs' dtypes",
              pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def(
       "product",

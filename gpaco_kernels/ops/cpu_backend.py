@@ -18,18 +18,7 @@ import os
 import torch
 
 from .op import define_backend_ops, define_eager
-from .spec import (
-    ContrastInputs,
-    OpParams,
-    anchor_scale,
-    compute_dtype,
-    finalize_loss,
-    finish_gradients,
-    gradient_coefficients,
-    normalized,
-    per_anchor_grad,
-    reduce_losses,
-)
+from .spec import ContrastInputs, OpParams
 
 NAME = "cpu"
 UNIT_GRADIENTS = True
@@ -103,55 +92,31 @@ def _flags() -> frozenset:
     return _FLAGS
 
 
-def _sweep(x: ContrastInputs, p: OpParams, coef=None, inv_pos=None, needs=(False, False, False)):
-    return _C.sweep(
-        *x.tensors(),
-        p.num_anchors,
-        p.temperature,
-        p.center_temperature,
-        p.alpha,
-        p.beta_on,
-        p.beta_off,
-        p.gamma,
-        p.exclude_positive_class,
-        p.ignore_index,
-        p.batch_columns,
-        p.lse_eps,
-        p.batch_column_grad,
-        coef,
-        inv_pos,
-        *needs,
-        x.features.dtype in HALF_GEMM_FLAGS and half_gemm_mode(x.features.dtype) == "mkl",
-    )
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the C++ entry points' reduction code
 
 
+def _scalars(p: OpParams) -> tuple:
+    """The op's scalars in the order of the C++ entry points (csrc/paco_op.cpp forward_op / backward_op)."""
+    return (
+        p.num_anchors, p.temperature, p.center_temperature, p.alpha, p.beta_on, p.beta_off, p.gamma, p.loss_scale,
+        p.exclude_positive_class, p.ignore_index, p.batch_columns, p.lse_eps, p.batch_column_grad, p.normalize,
+        REDUCTIONS[p.reduction],
+    )  # fmt: skip
+
+
+def _half_products(x: ContrastInputs) -> bool:
+    return x.features.dtype in HALF_GEMM_FLAGS and half_gemm_mode(x.features.dtype) == "mkl"
+
+
+# Each direction is one call into C++ (csrc/paco_op.cpp): the normalization, the sweep, the loss and its reduction
+# (forward), the per-anchor coefficients and the normalization's backward (backward), as ops/spec.py states them.
 def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool):
-    anchor_labels = x.labels[: p.num_anchors]
-    xn = normalized(x) if p.normalize else x
-    coef = None
-    if unit_gradients:
-        coef = anchor_scale(torch.ones(p.num_anchors, dtype=compute_dtype(x.features.dtype)), anchor_labels, p)
-    needs = (True, x.center_logits is not None, x.centers is not None)
-    wl, lse, pos, *units = _sweep(xn, p, coef, None, needs)
-    loss, counted = reduce_losses(finalize_loss(wl, pos, lse, anchor_labels, p), anchor_labels, p)
-    return (loss.to(x.features.dtype), lse, pos, counted, *units)
+    return tuple(_C.forward(*x.tensors(), *_scalars(p), unit_gradients, _half_products(x)))
 
 
 def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, units, needs):
-    like = (x.features, x.center_logits, x.centers)
-    needs = tuple(n and t is not None for n, t in zip(needs, like))
-    g = grad_loss.to(lse.dtype)
-    if p.reduced and units[0].numel() > 0:
-        # One upstream gradient for every anchor ('mean', 'sum'): the forward's unit gradients, scaled.
-        scale = g if p.reduction == "sum" else g / counted[0].clamp(min=1)
-        grads = tuple(u * scale if n else None for u, n in zip(units, needs))
-    else:
-        a, inv_pos = gradient_coefficients(
-            per_anchor_grad(g, counted, p, p.num_anchors), pos, x.labels[: p.num_anchors], p
-        )
-        swept = _sweep(normalized(x) if p.normalize else x, p, a, inv_pos, needs)[3:]
-        grads = tuple(gr if n else None for gr, n in zip(swept, needs))
-    return finish_gradients(x, p, grads, lse)
+    return tuple(_C.backward(*x.tensors(), *_scalars(p), lse, pos, counted, grad_loss, *units, *needs,
+                             _half_products(x)))  # fmt: skip
 
 
 OPS = define_backend_ops(NAME, _forward, _backward, device_types="cpu") if _C is not None else None
