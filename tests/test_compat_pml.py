@@ -159,3 +159,18 @@ def test_one_positive_and_one_negative_pair_is_pml_s_zero():
     assert float(want) > 0
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_grad, want_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_the_slots_a_write_keeps_are_found_from_the_ring_position_alone():
+    """CrossBatchMemory finds the older slots without reading a value back: every (size, filled, start, count)
+    against the set difference."""
+    from gpaco_kernels.compat.pml import _kept_ranges
+
+    for size in (1, 2, 5, 8):
+        for filled in range(size + 1):
+            for start in range(size):
+                for count in range(size + 1):
+                    overwritten = {(start + i) % size for i in range(count)}
+                    want = [i for i in range(filled) if i not in overwritten]
+                    got = [i for lo, hi in _kept_ranges(filled, start, count, size) for i in range(lo, hi)]
+                    assert got == want, (size, filled, start, count)

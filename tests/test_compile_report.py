@@ -76,7 +76,12 @@ def test_a_spilling_or_oversized_kernel_fails_the_report():
     cold = report.Result(**{**ok.__dict__, "stack": 8, "hot_spills": 0, "cold_spills": 2})
     assert cold.problems() == [] and "cold spill" in report.format_line(cold)
     assert "spills" in report.Result(**{**ok.__dict__, "stack": 8, "hot_spills": 1, "cold_spills": 1}).problems()[0]
-    assert "spills" in report.Result(**{**ok.__dict__, "stack": 40, "hot_spills": 0, "cold_spills": 9}).problems()[0]
+    assert (
+        "spills"
+        in report.Result(
+            **{**ok.__dict__, "stack": report.COLD_SPILL_LIMIT + 8, "hot_spills": 0, "cold_spills": 9}
+        ).problems()[0]
+    )
     assert "shared memory" in report.Result(**{**ok.__dict__, "shared": 200 * 1024}).problems()[0]
     assert "compile failed" in report.Result(ok.case, error="PTXASError: x").problems()[0]
 

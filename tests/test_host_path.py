@@ -21,6 +21,7 @@ import torch
 
 import gpaco_kernels as gk
 from gpaco_kernels import compat
+from gpaco_kernels.compat import pml  # noqa: F401  (compat.pml)
 from tools.launch_count import StepTrace
 
 from helpers import need_backend
@@ -171,6 +172,27 @@ def _compat_supcon(device, backend):
     return loss, [feats], {}
 
 
+def _pml_supcon(device, backend):
+    module = compat.pml.SupConLoss(temperature=0.1, backend=backend)
+    feats, labels = _leaf(4 * A, D, device=device), _labels(4 * A, device, high=3)
+
+    def loss():
+        return module(feats, labels)
+
+    return loss, [feats], {}
+
+
+def _pml_memory(device, backend):
+    memory = compat.pml.CrossBatchMemory(compat.pml.SupConLoss(temperature=0.1, backend=backend), D, memory_size=K)
+    memory.has_been_filled = True  # a full memory: the batch against K - A older slots and itself
+    feats, labels = _leaf(A, D, device=device), _labels(A, device, high=3)
+
+    def loss():
+        return memory(feats, labels)
+
+    return loss, [feats], {}
+
+
 STEPS = {
     "gpaco-logits-prior": _gpaco_logits_prior,
     "paco-centers": _paco_centers,
@@ -182,6 +204,8 @@ STEPS = {
     "compat.GPaCoLoss": _compat_gpaco,
     "compat.PaCoSegLoss": _compat_seg,
     "compat.SupConLoss": _compat_supcon,
+    "compat.pml.SupConLoss": _pml_supcon,
+    "compat.pml.CrossBatchMemory": _pml_memory,
 }
 
 

@@ -73,28 +73,43 @@ class SupConLoss(nn.Module):
         )  # fmt: skip
 
 
-def _pair_counts(anchor_labels, column_labels):
-    """(same-label pairs, different-label pairs) between anchors and columns, from label histograms (no A x M)."""
-    values, index = torch.unique(torch.cat([anchor_labels.reshape(-1), column_labels.reshape(-1)]), return_inverse=True)
-    n = anchor_labels.numel()
-    per_anchor_label = torch.bincount(index[:n], minlength=values.numel())
-    per_column_label = torch.bincount(index[n:], minlength=values.numel())
-    same = int((per_anchor_label * per_column_label).sum())
-    return same, n * column_labels.numel() - same
+def _same_label_pairs(anchor_labels, column_labels) -> torch.Tensor:
+    """The number of (anchor, column) pairs with the same label, as a tensor (no value read back): for each anchor,
+    the width of its label's run in the sorted column labels."""
+    columns = column_labels.reshape(-1).sort().values
+    anchors = anchor_labels.reshape(-1).to(columns.dtype)
+    return (torch.searchsorted(columns, anchors, right=True) - torch.searchsorted(columns, anchors)).sum()
 
 
 def _reduce_like_pml(losses, anchor_labels, column_labels, *, self_pairs):
     """PML's reduction of the per-anchor losses, with its rules for degenerate batches: 0 (with zero gradients) when
     there is no positive pair or no negative pair, or at most one of each (GenericPairLoss); else the mean of the
     losses > 0 (AvgNonZeroReducer: anchors without positives have 0). self_pairs: the anchor-column pairs that are
-    an anchor and itself, which PML does not count as positives. Reads the pair counts and the losses on the host."""
-    same, different = _pair_counts(anchor_labels, column_labels)
+    an anchor and itself, which PML does not count as positives. Computed on the device, without reading a value
+    back (PML decides these cases on the host)."""
+    same = _same_label_pairs(anchor_labels, column_labels)
     positive_pairs = same - self_pairs
+    different = anchor_labels.numel() * column_labels.numel() - same
     keep = losses > 0
-    degenerate = positive_pairs < 1 or different < 1 or (positive_pairs <= 1 and different <= 1)
-    if degenerate or not bool(keep.any()):
-        return losses.sum() * 0.0
-    return losses[keep].mean()
+    kept = keep.sum()
+    degenerate = (positive_pairs < 1) | (different < 1) | ((positive_pairs <= 1) & (different <= 1)) | (kept == 0)
+    mean = torch.where(keep, losses, torch.zeros_like(losses)).sum() / kept.clamp(min=1)
+    return torch.where(degenerate, losses.sum() * 0.0, mean)
+
+
+def _kept_ranges(filled: int, start: int, count: int, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges, ascending, of the slots in [0, filled) outside the `count` ring slots from `start` (mod
+    size) a write overwrites; always at least one (possibly empty) range."""
+    end = start + count
+    overwritten = [(start, min(end, size)), (0, max(0, end - size))]
+    kept, lo = [], 0
+    for a, b in sorted(overwritten):
+        if b > a:
+            if a > lo:
+                kept.append((lo, min(a, filled)))
+            lo = max(lo, b)
+    kept.append((lo, filled))
+    return [(a, b) for a, b in kept if b > a] or [(0, 0)]
 
 
 class CrossBatchMemory(nn.Module):
@@ -105,7 +120,8 @@ class CrossBatchMemory(nn.Module):
     batch's rows as anchors against the whole memory, the batch's own new slots included and each anchor's own slot
     left out, as PML does. With ``enqueue_mask`` (bool, one per row), the masked rows only go to the memory and the
     other rows are the anchors. The memory (``embedding_memory``, ``label_memory``) never takes a gradient; the
-    anchors do. Buffers and attributes carry PML's names, so a PML state_dict loads.
+    anchors do. Without a mask a step reads no value back to the host (the ring position is host state); with one,
+    the number of rows it selects sets shapes, so it is read (a synchronization on a GPU, as in PML). Buffers and attributes carry PML's names, so a PML state_dict loads.
 
     How it maps to the op: without a mask, the memory after the write is [this batch | the slots it did not
     overwrite], so the batch rows are the op's batch columns (self excluded, as detached copies:
@@ -156,9 +172,11 @@ class CrossBatchMemory(nn.Module):
             raise ValueError(f"embeddings has {batch} rows, more than memory_size={self.memory_size}")
         slots = self._slots(batch)
         filled = self.memory_size if self.has_been_filled else self.queue_idx
-        kept = torch.ones(filled, dtype=torch.bool, device=embeddings.device)
-        kept[slots[slots < filled]] = False  # the slots this batch overwrites
-        older, older_labels = self.embedding_memory[:filled][kept], self.label_memory[:filled][kept]
+        # The filled slots this batch does not overwrite, in slot order: ranges known from the ring position alone.
+        ranges = _kept_ranges(filled, self.queue_idx, batch, self.memory_size)
+        index = torch.cat([torch.arange(lo, hi, device=embeddings.device) for lo, hi in ranges])
+        older = self.embedding_memory[:filled].index_select(0, index)
+        older_labels = self.label_memory[:filled].index_select(0, index)
         losses = self.loss._per_anchor(embeddings, labels, older, older_labels, batch_column_grad=False)
         self._write(slots, embeddings, labels)
         columns = torch.cat([labels.reshape(-1), older_labels.to(labels.dtype)])

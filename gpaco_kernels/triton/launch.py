@@ -1,5 +1,5 @@
 """Launchers of the Triton kernels: paco_fwd (the forward: sweep and finalize) and paco_bwd (the backward: row and
-column sweeps, and an epilogue where no column sweep finishes dFeatures).
+column sweeps, and the epilogue that finishes dFeatures).
 
 A step is its kernels and nothing else on the device: normalization, the split merge, the loss and its reduction,
 the backward coefficients, the split sum of dAnchors, the normalization's backward and the output casts all happen
@@ -248,7 +248,7 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
     common = dict(loss_scale=p.loss_scale, ignore_index=p.ignore_index, NORMALIZE=p.normalize)
     reduction = REDUCTIONS[p.reduction]
     # Few anchors against many columns: the columns are split as in the forward; each split writes its own part of
-    # dAnchors, summed in a fixed order (deterministic) by whichever kernel finishes dFeatures.
+    # dAnchors, summed in a fixed order (deterministic) by the epilogue.
     cols_per_split, splits = o.split()
     parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)
     grad_logits = torch.empty_like(o.logits) if need_logits else o.logits
@@ -256,19 +256,21 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
     def row_grid(meta):
         return (triton.cdiv(A, meta["BLOCK_M"]), splits)
 
-    def columns(segment, matrix, scale, with_bias, with_parts):
-        """The finished gradient of the rows of `matrix` (features or centers), in its dtype."""
-        out = torch.empty_like(matrix)
+    def columns(segment, matrix, scale, with_bias, finish):
+        """The gradient of the rows of `matrix` (features or centers) as columns: finished in matrix's dtype, or
+        float32 for the epilogue to finish."""
+        out = (
+            torch.empty_like(matrix) if finish else torch.empty(matrix.shape, device=feats.device, dtype=torch.float32)
+        )
         launch(_paco_bwd_cols_kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
             # data pointers
-            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, parts, out,
+            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, out,
             # shapes and strides
-            A, matrix.shape[0], D, splits, feats.stride(0), matrix.stride(0), out.stride(0),
+            A, matrix.shape[0], D, feats.stride(0), matrix.stride(0), out.stride(0),
             bucket(A), bucket(matrix.shape[0]),
             # constants
             scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"], **common,
-            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, HAS_PARTS=with_parts,
-            **tiles,
+            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, FINISH=finish, **tiles,
         )  # fmt: skip
         return out
 
@@ -286,16 +288,16 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
             # constants
             **scalars, **common, **o.flags(), REDUCTION=reduction, NEED_LOGITS=need_logits, **tiles,
         )  # fmt: skip
-        if need_features and o.N and p.batch_column_grad:  # the column sweep adds dAnchors and finishes dFeatures
-            grad_features = columns(1, feats, scalars["t_scale"], False, True)
-        elif need_features:  # batch rows absent or detached as columns: dFeatures is dAnchors, zero past them
+        if need_features:
+            # dFeatures = the batch columns' gradient (when they take one) + dAnchors, finished by the epilogue.
+            batch = columns(1, feats, scalars["t_scale"], False, False) if o.N and p.batch_column_grad else None
             grad_features = torch.empty_like(feats)
             launch(_paco_epilogue_kernel)[(triton.cdiv(feats.shape[0], EPILOGUE_BLOCK_R),)](
-                parts, feats, grad_features,
+                parts, parts if batch is None else batch, feats, grad_features,
                 feats.shape[0], A, splits, D, feats.stride(0), grad_features.stride(0),
-                NORMALIZE=p.normalize, BLOCK_R=EPILOGUE_BLOCK_R, BLOCK_D=tiles["BLOCK_D"],
+                HAS_COLS=batch is not None, NORMALIZE=p.normalize, BLOCK_R=EPILOGUE_BLOCK_R, BLOCK_D=tiles["BLOCK_D"],
                 num_warps=FIXED["epilogue"][1],
             )  # fmt: skip
         if need_centers:
-            grad_centers = columns(0, o.centers, scalars["c_scale"], o.has_bias, False)
+            grad_centers = columns(0, o.centers, scalars["c_scale"], o.has_bias, True)
     return grad_features, grad_logits if need_logits else None, grad_centers

@@ -5,9 +5,10 @@ features, 0: centers W) against every anchor; forms each anchor tile's (a, 1/P) 
 (tiles.anchor_coefficients), recomputes the logits (rows normalized as loaded with NORMALIZE), forms a' H with
 H = w / P - d exp(l - lse) and a' = a / max|a| over the anchor tile (so |a' H| <= 1 whatever the reduction: it is
 rounded to the input dtype for the product), and accumulates dX = sum_i max|a| a'_i H[i, col] A[i] / temperature, the
-tile's max|a| applied to the float32 product. Each program owns its output rows (no atomics) and finishes them: with
-HAS_PARTS (batch columns, whose first A rows are the anchors) it adds the row kernel's split parts of dAnchors, with
-NORMALIZE it chains the gradient through the normalization, and it stores the input's dtype. Saves nothing.
+tile's max|a| applied to the float32 product. Each program owns its output rows (no atomics). With FINISH (centers:
+their rows take no other gradient) it also chains the gradient through the normalization (NORMALIZE) and stores the
+input's dtype; without (batch columns, whose first A rows are also anchors) it stores float32 and
+_paco_epilogue_kernel adds dAnchors and finishes. Saves nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import triton.language as tl
 from .configs import autotune
 from .tiles import (
     G_SCALE,
-    add_split_parts,
     anchor_coefficients,
     as_f32,
     gradient_factor,
+    inverse_norm,
     load_rows,
     normalize_backward,
     segment_weights,
@@ -36,15 +37,14 @@ def _paco_bwd_cols_kernel(
     cols_ptr, bias_ptr,  # (NCOLS, D) the column rows X (features or centers), (C,) float32 class bias
     lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
     grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
-    parts_ptr,  # (SPLITS, A, D) float32: the row kernel's parts of dAnchors, added to the first A rows (HAS_PARTS)
-    grad_cols_ptr,  # (NCOLS, D) out, the dtype of the column rows: the finished gradient of those rows
+    grad_cols_ptr,  # (NCOLS, D) out: with FINISH the finished gradient of those rows in their dtype, else float32
     # shapes and strides
-    A, NCOLS, D, SPLITS, stride_f, stride_x, stride_g,
+    A, NCOLS, D, stride_f, stride_x, stride_g,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
     scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr, NORMALIZE: tl.constexpr,
-    REDUCTION: tl.constexpr, HAS_PARTS: tl.constexpr,
+    REDUCTION: tl.constexpr, FINISH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -76,8 +76,11 @@ def _paco_bwd_cols_kernel(
         )
         coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
         # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spills registers for float32.
-        x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
+        x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+        if NORMALIZE:  # as tiles.segment_logits: the columns' inverse norms scale the products
+            xf = x.to(tl.float32)
+            l = l * inverse_norm(tl.sum(xf * xf, axis=1))[None, :]
         if HAS_BIAS:
             l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
         l = tl.where(col_mask[None, :], l * scale, float("-inf"))
@@ -88,9 +91,7 @@ def _paco_bwd_cols_kernel(
         h = tl.where(row_mask[:, None], h, 0.0)
         acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
     acc = acc * (scale / G_SCALE)
-    if HAS_PARTS:  # these rows are also anchors (batch columns): add their dAnchors, so one pass finishes them
-        acc = add_split_parts(acc, parts_ptr, cols, col_mask & (cols < A), A, SPLITS, offs_d, D)
-    if NORMALIZE:
+    if FINISH and NORMALIZE:  # centers: these rows take no other gradient, finished here
         acc = normalize_backward(acc, cols_ptr, cols, col_mask, stride_x, offs_d, D)
     out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]
     tl.store(out, acc.to(grad_cols_ptr.dtype.element_ty), mask=col_mask[:, None] & (offs_d[None, :] < D))

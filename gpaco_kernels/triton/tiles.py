@@ -26,15 +26,21 @@ def as_f32(x):
 def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr = False):
     """(len(rows), BLOCK_D) tile of a row-major (rows, D) matrix; 0 outside. UPCAST loads it as float32 (the
     interpreter's bfloat16 dot is wrong; compiled code keeps half precision). NORMALIZE divides each row by
-    max(|row|, NORM_EPS) in float32 and rounds back to the tile's dtype, as torch.nn.functional.normalize does
-    before a product: the op normalizes its inputs tile by tile, with no normalized copy in memory."""
+    max(|row|, NORM_EPS), as torch.nn.functional.normalize does before a product: the norm in float32, the scaling
+    in float32 for float16 (whose range 1/|x| can pass) and in the tile's dtype otherwise (for bfloat16 the inverse
+    norm is then rounded too; a float32 copy of the tile cost registers). The op normalizes its inputs tile by tile,
+    with no normalized copy in memory."""
     offsets = rows.to(tl.int64)[:, None] * stride + offs_d[None, :]
     x = tl.load(ptr + offsets, mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
     if NORMALIZE:
         xf = x.to(tl.float32)
-        x = (xf * inverse_norm(tl.sum(xf * xf, axis=1))[:, None]).to(x.dtype)
+        inv = inverse_norm(tl.sum(xf * xf, axis=1))
+        if x.dtype == tl.float16:  # 1/|x| may pass float16's 65504 (and is 1e12 on masked rows): scaled in float32
+            x = (xf * inv[:, None]).to(x.dtype)
+        else:  # float32, or bfloat16 (float32's range): scaled in the tile's dtype, no float32 copy of the tile
+            x = x * inv.to(x.dtype)[:, None]
     return x
 
 
@@ -106,14 +112,21 @@ def segment_logits(
     scale, offs_d, D, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     NORMALIZE: tl.constexpr,
 ):  # fmt: skip
-    """Logits of a (rows x cols) tile of one segment: given class logits S, or anchors . X^T (X normalized with
-    NORMALIZE; the anchors come normalized); then bias and scale. Masked columns hold -inf (they never win the max)."""
+    """Logits of a (rows x cols) tile of one segment: given class logits S, or anchors . X^T (with NORMALIZE, times
+    1 / |X_j| per column; the anchors come normalized); then bias and scale. Masked columns hold -inf (they never
+    win the max)."""
     if FROM_LOGITS:
         offsets = rows.to(tl.int64)[:, None] * stride_s + cols[None, :]
         l = tl.load(s_ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
     else:
-        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
+        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+        if NORMALIZE:
+            # The columns' inverse norms scale the products: the same logits as a product with normalized rows (to
+            # the rounding of those rows), without a second, normalized copy of the tile in registers (that copy
+            # made the float32 IEEE forward spill).
+            xf = x.to(tl.float32)
+            l = l * inverse_norm(tl.sum(xf * xf, axis=1))[None, :]
     if HAS_BIAS:
         l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
     return tl.where(col_mask[None, :], l * scale, float("-inf"))
