@@ -121,7 +121,8 @@ class CrossBatchMemory(nn.Module):
     left out, as PML does. With ``enqueue_mask`` (bool, one per row), the masked rows only go to the memory and the
     other rows are the anchors. The memory (``embedding_memory``, ``label_memory``) never takes a gradient; the
     anchors do. Without a mask a step reads no value back to the host (the ring position is host state); with one,
-    the number of rows it selects sets shapes, so it is read (a synchronization on a GPU, as in PML). Buffers and attributes carry PML's names, so a PML state_dict loads.
+    the number of rows it selects sets shapes, so it is read (a synchronization on a GPU, as in PML). Buffers and
+    attributes carry PML's names, so a PML state_dict loads.
 
     How it maps to the op: without a mask, the memory after the write is [this batch | the slots it did not
     overwrite], so the batch rows are the op's batch columns (self excluded, as detached copies:
