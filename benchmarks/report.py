@@ -308,8 +308,14 @@ def gemm_peaks(records) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The README's other records: the Triton compile report, the GPU model, the selfcheck
 
-HEADLINE_VARIANTS = {("fwd", "gpaco-logits"), ("fwd", "pixel"), ("bwd_rows", "gpaco-logits"), ("bwd_cols", "batch")}
-KERNEL_NAMES = {"fwd": "forward", "bwd_rows": "row backward", "bwd_cols": "column backward"}
+HEADLINE_VARIANTS = {
+    ("fwd", "gpaco-logits"), ("fwd", "pixel"), ("bwd_rows", "gpaco-logits"), ("bwd_cols", "batch"),
+    ("finalize", "mean"), ("epilogue", "normalize"),
+}  # fmt: skip
+KERNEL_NAMES = {
+    "fwd": "forward", "bwd_rows": "row backward", "bwd_cols": "column backward", "finalize": "forward finalize",
+    "epilogue": "dFeatures epilogue",
+}  # fmt: skip
 
 
 def compile_summary() -> str:
@@ -318,15 +324,18 @@ def compile_summary() -> str:
 
 
 def compile_table() -> str:
-    from gpaco_kernels.triton.configs import CANDIDATES
+    from gpaco_kernels.triton.configs import CANDIDATES, FIXED
 
     rows = ["| kernel | variant | dtype | tile, warps, stages | registers | spills | shared |", "|---" * 7 + "|"]
     for line in (RESULTS / "compile_report.txt").read_text().splitlines()[1:-1]:
         parts = line.split()
         kind, variant, precision, dim, arch = parts[:5]
-        config = " ".join(parts[5:8])
         klass = "fp32" if precision.startswith("fp32") else "half"
-        first = "{}x{} w{} s{}".format(*CANDIDATES[(kind, klass)][0])
+        if kind in FIXED:  # one configuration: "BLOCK1024 w4"
+            config = first = " ".join(parts[5:7])
+        else:
+            config = " ".join(parts[5:8])
+            first = "{}x{} w{} s{}".format(*CANDIDATES[(kind, klass)][0])
         if (kind, variant) not in HEADLINE_VARIANTS or dim != "D128" or arch != "sm_90" or config != first:
             continue
         if precision in ("fp16", "fp32-ieee"):
