@@ -330,7 +330,7 @@ def compile_table() -> str:
     for line in (RESULTS / "compile_report.txt").read_text().splitlines()[1:-1]:
         parts = line.split()
         kind, variant, precision, dim, arch = parts[:5]
-        klass = "fp32" if precision.startswith("fp32") else "half"
+        klass = {"fp32-tf32x3": "fp32x3", "fp32-tf32": "fp32"}.get(precision, "half")
         if kind in FIXED:  # one configuration: "BLOCK1024 w4"
             config = first = " ".join(parts[5:7])
         else:
@@ -338,7 +338,7 @@ def compile_table() -> str:
             first = "{}x{} w{} s{}".format(*CANDIDATES[(kind, klass)][0])
         if (kind, variant) not in HEADLINE_VARIANTS or dim != "D128" or arch != "sm_90" or config != first:
             continue
-        if precision in ("fp16", "fp32-ieee"):
+        if precision in ("fp16", "fp32-tf32x3"):
             continue
         regs = re.search(r"regs\s+(\d+)", line).group(1)
         spill = re.search(r"spill\s+(\d+) B", line).group(1)

@@ -37,16 +37,13 @@ def test_every_kernel_and_autotune_candidate_is_covered():
     assert {f"paco_{kind}" for kind in report.VARIANTS} == files == {f"paco_{k}" for k in launched}
     todo = report.cases([80, 90], [16, 32, 64, 128])
     for (kind, precision_class), candidates in configs.CANDIDATES.items():
-        dtypes = ["fp32"] if precision_class == "fp32" else ["bf16", "fp16"]
-        for dtype in dtypes:
+        names = [name for name in report.PRECISIONS if report.precision_class_of(name) == precision_class]
+        assert names, precision_class
+        for name in names:
             for candidate in candidates:  # every configuration autotune may pick, at every BLOCK_D, both archs
-                mine = [
-                    c
-                    for c in todo
-                    if c.kind == kind and report.PRECISIONS[c.precision][0] == dtype and c.config == candidate
-                ]
+                mine = [c for c in todo if c.kind == kind and c.precision == name and c.config == candidate]
                 covered = {(c.arch, c.block_d) for c in mine}
-                assert covered == {(a, d) for a in (80, 90) for d in (16, 32, 64, 128)}, (kind, dtype, candidate)
+                assert covered == {(a, d) for a in (80, 90) for d in (16, 32, 64, 128)}, (kind, name, candidate)
                 variants = {c.variant for c in mine if c.block_d == 128}
                 assert variants == set(report.VARIANTS[kind]), (kind, candidate)
     for kind in configs.FIXED:  # one configuration, every variant and precision, both archs

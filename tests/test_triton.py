@@ -17,7 +17,7 @@ launch = pytest.importorskip("gpaco_kernels.triton.launch")
 configs = pytest.importorskip("gpaco_kernels.triton.configs")
 
 
-@pytest.mark.parametrize("precision", ["half", "fp32"])
+@pytest.mark.parametrize("precision", ["half", "fp32", "fp32x3"])
 @pytest.mark.parametrize("sms", [132, 108, 78])  # H100 SXM, A100, a smaller part
 def test_lt_shape_splits_columns_to_fill_the_device(precision, sms):
     # GPaCo ImageNet-LT: 256 anchors against 1000 classes + 256 batch rows + 8192 queue rows.
@@ -63,7 +63,7 @@ def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_spl
 
 def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_and_dim():
     for kind in configs.KERNELS:
-        for precision in ("half", "fp32"):
+        for precision in configs.PRECISION_CLASSES:
             assert configs.CANDIDATES[(kind, precision)], (kind, precision)
     assert configs.AUTOTUNE_KEY == ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
     assert [configs.bucket(n) for n in (1, 17, 256, 257)] == [1, 32, 256, 512]
@@ -71,9 +71,27 @@ def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_and_dim(
     all_configs, classes = configs._full_autotune_configs("fwd")
     prune = configs.pruner(classes, interpret=False)
     half = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.bfloat16)})
-    fp32 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)})
-    assert len(half) == len(configs.CANDIDATES[("fwd", "half")]) and all(classes[c] == "half" for c in half)
-    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")]) and all(classes[c] == "fp32" for c in fp32)
+    fp32 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32")
+    fp32x3 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32x3")
+    assert len(half) == len(configs.CANDIDATES[("fwd", "half")]) and all("half" in classes[c] for c in half)
+    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")]) and all("fp32" in classes[c] for c in fp32)
+    assert len(fp32x3) == len(configs.CANDIDATES[("fwd", "fp32x3")]) and all("fp32x3" in classes[c] for c in fp32x3)
+
+
+def test_float32_products_use_tensor_cores_whether_or_not_tf32_is_allowed():
+    """TF32 where torch allows it for float32 matmuls, else 3xTF32 (float32 accuracy on tensor cores), never an
+    IEEE dot; half dtypes take their own path."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        assert launch._precision(torch.float32) == "tf32x3"
+        assert configs.precision_class(torch.float32, launch._precision(torch.float32)) == "fp32x3"
+        matmul.allow_tf32 = True
+        assert launch._precision(torch.float32) == "tf32"
+    finally:
+        matmul.allow_tf32 = before
+    assert launch._precision(torch.bfloat16) == "tf32" and configs.precision_class(torch.bfloat16) == "half"
 
 
 def test_only_bfloat16_is_upcast_under_the_interpreter():

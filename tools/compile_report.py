@@ -39,7 +39,7 @@ MAX_REGISTERS = 255
 COLD_SPILL_LIMIT = 48
 
 PRECISIONS = {  # name -> (input dtype, tl.dot input_precision for float32 operands)
-    "fp32-ieee": ("fp32", "ieee"),
+    "fp32-tf32x3": ("fp32", "tf32x3"),  # float32 with TF32 disallowed (launch._precision)
     "fp32-tf32": ("fp32", "tf32"),
     "bf16": ("bf16", "tf32"),
     "fp16": ("fp16", "tf32"),
@@ -146,7 +146,7 @@ def cases(archs, dims, only=None) -> list[Case]:
             continue
         for i, variant in enumerate(variants):
             for precision in PRECISIONS:
-                klass = "fp32" if PRECISIONS[precision][0] == "fp32" else "half"
+                klass = precision_class_of(precision)
                 # a fixed kernel: its one configuration (tile, num_warps, 1 stage); finalize has no BLOCK_D
                 configs = CANDIDATES[(kind, klass)] if kind not in FIXED else [FIXED_CONFIG]
                 has_d = "BLOCK_D" in {name for name, _ in kernel_arguments(kernel(kind))}
@@ -154,6 +154,14 @@ def cases(archs, dims, only=None) -> list[Case]:
                     for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
                         out.extend(Case(kind, variant, precision, block_d, arch, config) for arch in archs)
     return out
+
+
+def precision_class_of(precision: str) -> str:
+    """The autotune candidates' class (configs.precision_class) of a report precision name."""
+    dtype, input_precision = PRECISIONS[precision]
+    if dtype != "fp32":
+        return "half"
+    return "fp32x3" if input_precision == "tf32x3" else "fp32"
 
 
 FIXED_CONFIG = ("fixed",)  # Case.config of a kernel launched with configs.FIXED's one configuration

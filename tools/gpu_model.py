@@ -26,11 +26,12 @@ from dataclasses import dataclass
 H100 = dict(
     sms=132,
     clock_hz=1.83e9,
-    flops={"bf16": 989e12, "fp16": 989e12, "fp32-tf32": 495e12, "fp32-ieee": 67e12},
+    # fp32-tf32x3: three TF32 products per float32 product (float32 with TF32 disallowed)
+    flops={"bf16": 989e12, "fp16": 989e12, "fp32-tf32": 495e12, "fp32-tf32x3": 495e12 / 3},
     exp_per_clock_per_sm=16,  # special-function units (MUFU.EX2): 4 per SM sub-partition
     hbm_bytes_per_s=3.35e12,
 )
-ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32-tf32": 4, "fp32-ieee": 4}
+ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32-tf32": 4, "fp32-tf32x3": 4}
 
 
 @dataclass
@@ -57,7 +58,7 @@ def schedule(sizes: dict, dtype: str, gpu=H100) -> list[Launch]:
     A, N, K, C, D = sizes["anchors"], sizes["batch"], sizes["queue"], sizes["classes"], sizes["dim"]
     fused_centers = sizes.get("centers", False)  # class logits from <f, w_c> (a dot) instead of given S
     b = ITEM_BYTES[dtype]
-    kind = "fp32" if dtype.startswith("fp32") else "half"
+    kind = {"fp32-tf32": "fp32", "fp32-tf32x3": "fp32x3"}.get(dtype, "half")
     fwd, rows, cols = (configs.CANDIDATES[(k, kind)][0] for k in ("fwd", "bwd_rows", "bwd_cols"))
     block_d = max(16, 1 << (D - 1).bit_length())
     dot_cols = N + K + (C if fused_centers else 0)  # columns whose logits come from a product with the anchors

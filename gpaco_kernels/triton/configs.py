@@ -29,7 +29,13 @@ CANDIDATES = {
     ("fwd", "fp32"): [(32, 32, 4, 2), (16, 32, 4, 2)],
     ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1)],
     ("bwd_cols", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1)],
+    # float32 with TF32 disallowed, 3xTF32 products: each operand is held twice (TF32 part and remainder), so the
+    # forward's 32-row tiles spill at D = 128; 16 rows.
+    ("fwd", "fp32x3"): [(16, 32, 4, 2)],
+    ("bwd_rows", "fp32x3"): [(16, 16, 4, 1)],
+    ("bwd_cols", "fp32x3"): [(16, 32, 4, 1)],
 }
+PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
 # kind -> (tile constexprs, num_warps). finalize: one program over the anchors, BLOCK at a time; epilogue:
@@ -40,8 +46,11 @@ SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N
 AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
 
 
-def precision_class(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "half"
+def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
+    """The candidates' class of an input dtype and tl.dot input_precision (launch._precision)."""
+    if dtype != torch.float32:
+        return "half"
+    return "fp32x3" if input_precision == "tf32x3" else "fp32"
 
 
 def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
@@ -49,24 +58,27 @@ def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
 
 
 def _full_autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
-    """Every candidate of one kernel as a triton.Config (every precision class), and the class of each."""
+    """Every candidate of one kernel as a triton.Config (every precision class, each configuration once: Configs
+    compare by value), and the classes of each."""
     configs, classes = [], {}
-    for precision in ("half", "fp32"):
+    for precision in PRECISION_CLASSES:
         for entry in CANDIDATES[(kind, precision)]:
             config = _config(*entry)
-            configs.append(config)
-            classes[config] = precision
+            if config not in classes:
+                configs.append(config)
+            classes.setdefault(config, set()).add(precision)
     return configs, classes
 
 
 def pruner(classes: dict, interpret: bool = INTERPRET):
-    """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr)."""
+    """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr and the
+    PRECISION constexpr)."""
 
     def prune(configs, named_args, **kwargs):
         if interpret:
             return configs
-        wanted = precision_class(named_args["feat_ptr"].dtype)
-        return [c for c in configs if classes.get(c) == wanted] or configs
+        wanted = precision_class(named_args["feat_ptr"].dtype, kwargs.get("PRECISION", named_args.get("PRECISION")))
+        return [c for c in configs if wanted in classes.get(c, ())] or configs
 
     return prune
 
