@@ -326,7 +326,8 @@ def compile_summary() -> str:
 def compile_table() -> str:
     from gpaco_kernels.triton.configs import CANDIDATES, FIXED
 
-    rows = ["| kernel | variant | dtype | tile, warps, stages | registers | spills | shared |", "|---" * 7 + "|"]
+    rows = ["| kernel | variant | dtype | tile, warps, stages | registers | spills | shared | MMA | tensor-core "
+            "instr. | MUFU.EX2 | compares | selects |", "|---" * 12 + "|"]  # fmt: skip
     for line in (RESULTS / "compile_report.txt").read_text().splitlines()[1:-1]:
         parts = line.split()
         kind, variant, precision, dim, arch = parts[:5]
@@ -343,7 +344,16 @@ def compile_table() -> str:
         regs = re.search(r"regs\s+(\d+)", line).group(1)
         spill = re.search(r"spill\s+(\d+) B", line).group(1)
         shared = re.search(r"shared\s+([\d.]+) KB", line).group(1)
-        rows.append(f"| {KERNEL_NAMES[kind]} | {variant} | {precision} | {config} | {regs} | {spill} B | {shared} KB |")
+        mix = re.search(r"mma (\S+)\s+HGMMA\s+(\d+) HMMA\s+(\d+) EX2\s+(\d+) SETP\s+(\d+) FSEL\s+(\d+)", line)
+        if mix:
+            kind_mma, hgmma, hmma, ex2, setp, fsel = mix.groups()
+            tc = {"wgmma": f"{hgmma} HGMMA", "mma.sync": f"{hmma} HMMA"}.get(kind_mma, "0")
+            kind_mma = "no dot" if kind in FIXED else kind_mma  # "fma" would say a dot fell back to CUDA cores
+            counts = f"{kind_mma} | {tc} | {ex2} | {setp} | {fsel}"
+        else:
+            counts = "| | | |"
+        rows.append(f"| {KERNEL_NAMES[kind]} | {variant} | {precision} | {config} | {regs} | {spill} B | {shared} KB | "
+                    f"{counts} |")  # fmt: skip
     return "\n".join(rows)
 
 

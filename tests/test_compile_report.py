@@ -112,3 +112,18 @@ def test_kernels_compile_with_the_fp64_float_arguments_torch_compile_passes():
     done = subprocess.run([sys.executable, "-c", _FP64_SCALARS], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split().count("ok") == sum(len(v) for v in report.VARIANTS.values()), done.stdout
+
+
+def test_sass_counts_tell_the_mma_kind_and_the_per_element_work():
+    sass = """
+        /*0000*/                   HGMMA.64x64x16.F32.BF16 gdesc[UR4], RZ, !UPT ;
+        /*0010*/              @P0 FSETP.GT.AND P1, PT, R2, R3, PT ;
+        /*0020*/                   ISETP.NE.AND P2, PT, R4, RZ, PT ;
+        /*0030*/                   FSEL R5, R6, RZ, P1 ;
+        /*0040*/                   MUFU.EX2 R7, R8 ;
+        /*0050*/                   MUFU.RSQ R9, R10 ;
+"""
+    counts = report.sass_counts(sass)
+    assert counts == {"HGMMA": 1, "HMMA": 0, "MUFU.EX2": 1, "SETP": 2, "FSEL": 1, "mma": "wgmma"}
+    assert report.sass_counts(sass.replace("HGMMA.64x64x16", "HMMA.16816"))["mma"] == "mma.sync"
+    assert report.sass_counts("")["mma"] == "fma"

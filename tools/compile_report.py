@@ -5,11 +5,13 @@
 
 No GPU is needed: triton lowers each kernel to PTX and a cubin for the target, and the cuobjdump shipped with
 triton reads registers and local memory (STACK, i.e. spills) from the cubin; shared memory comes from the compile
-metadata. One line per kernel x variant x precision x autotune candidate x BLOCK_D x arch. Exits 1 when a kernel
-fails to compile, spills inside a loop, spills more than COLD_SPILL_LIMIT bytes outside loops, or needs more shared
-memory than the arch has. A few bytes spilled outside every loop (values computed before the column loop and read
-after it, which ptxas parks in local memory: one store and one load per program) are shown as "cold spill", not
-failed: they cost a handful of instructions per program against the thousands of the loop.
+metadata. One line per kernel x variant x precision x autotune candidate x BLOCK_D x arch, with the MMA kind the
+dots became (wgmma, mma.sync or fma) and the SASS counts of tensor-core instructions, MUFU.EX2, compares and
+selects. Exits 1 when a kernel fails to compile, spills inside a loop, spills more than COLD_SPILL_LIMIT bytes
+outside loops, or needs more shared memory than the arch has. A few bytes spilled outside every loop (values
+computed before the column loop and read after it, which ptxas parks in local memory: one store and one load per
+program) are shown as "cold spill", not failed: they cost a handful of instructions per program against the
+thousands of the loop.
 
 What is compiled is everything the launchers in gpaco_kernels/triton/launch.py can launch: each kernel with every
 configuration autotune may pick for that input dtype (gpaco_kernels/triton/configs.py, CANDIDATES), the constexpr
@@ -120,6 +122,7 @@ class Result:
     shared: int = -1
     seconds: float = 0.0
     error: str = ""
+    sass: dict = None  # instruction counts of the kernel's SASS (sass_counts)
 
     def problems(self) -> list[str]:
         if self.error:
@@ -270,6 +273,28 @@ def spill_instructions(sass: str) -> tuple[int, int]:
     return hot, len(spills) - hot
 
 
+def sass_counts(sass: str) -> dict:
+    """Instruction counts of a kernel's SASS that say what its tiles cost: the tensor-core instructions (HGMMA:
+    Hopper's wgmma; HMMA: mma.sync), the exponentials (MUFU.EX2), compares (FSETP, ISETP) and selects (FSEL), and
+    the MMA kind that follows (wgmma, mma.sync, or fma where a dot became CUDA-core FMAs)."""
+    counts = {"HGMMA": 0, "HMMA": 0, "MUFU.EX2": 0, "SETP": 0, "FSEL": 0}
+    for _, text in _SASS_LINE.findall(sass):
+        words = text.split()
+        op = words[1] if words and words[0].startswith("@") and len(words) > 1 else (words[0] if words else "")
+        if op.startswith("HGMMA"):
+            counts["HGMMA"] += 1
+        elif op.startswith("HMMA"):
+            counts["HMMA"] += 1
+        elif op == "MUFU.EX2":
+            counts["MUFU.EX2"] += 1
+        elif op.startswith(("FSETP", "ISETP")):
+            counts["SETP"] += 1
+        elif op.startswith("FSEL"):
+            counts["FSEL"] += 1
+    counts["mma"] = "wgmma" if counts["HGMMA"] else ("mma.sync" if counts["HMMA"] else "fma")
+    return counts
+
+
 def kernel(kind: str):
     """The @triton.jit function of kernel `kind` (fwd, bwd_rows, bwd_cols, finalize, epilogue), unwrapped from its
     autotuner."""
@@ -296,11 +321,9 @@ def compile_case(case: Case) -> Result:
         compiled = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
         cubin = compiled.asm["cubin"]
         result.registers, result.stack = _resource_usage(_cuobjdump(cubin, "--dump-resource-usage"))
-        result.hot_spills = result.cold_spills = 0
-        if (
-            result.stack > 0
-        ):  # where the spills are (inside loops or not) is read from the SASS, only when there are some
-            result.hot_spills, result.cold_spills = spill_instructions(_cuobjdump(cubin, "-sass"))
+        sass = _cuobjdump(cubin, "-sass")
+        result.hot_spills, result.cold_spills = spill_instructions(sass)
+        result.sass = sass_counts(sass)
         result.shared = compiled.metadata.shared
     except Exception as exc:  # reported as a failed line, not raised: the report covers every case
         result.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
@@ -316,7 +339,12 @@ def format_line(r: Result) -> str:
     status = "ok" if not r.problems() else "FAIL: " + "; ".join(r.problems())
     if status == "ok" and r.stack > 0:
         status = f"ok (cold spill: {r.cold_spills} local loads/stores outside loops)"
-    return f"{head} regs {r.registers:>3}  spill {r.stack:>3} B  shared {r.shared / 1024:5.1f} KB  {status}"
+    mix = ""
+    if r.sass:
+        k = r.sass
+        mix = (f"  mma {k['mma']:<8} HGMMA {k['HGMMA']:>3} HMMA {k['HMMA']:>3} EX2 {k['MUFU.EX2']:>3} "
+               f"SETP {k['SETP']:>4} FSEL {k['FSEL']:>4}")  # fmt: skip
+    return f"{head} regs {r.registers:>3}  spill {r.stack:>3} B  shared {r.shared / 1024:5.1f} KB{mix}  {status}"
 
 
 def main(argv=None) -> int:
