@@ -87,10 +87,12 @@ _FP64_SCALARS = """
 import triton
 from triton.backends.compiler import GPUTarget
 from tools import compile_report as r
+from gpaco_kernels.triton import configs
 for kind in sorted(r.VARIANTS):
     fn = r.kernel(kind)
+    smallest = configs.CANDIDATES[(kind, "half")][-1] if kind in configs.KERNELS else r.FIXED_CONFIG
     for case in r.cases([90], [64], only=[kind]):
-        if case.precision != "bf16" or case.config not in ((32, 64, 4, 2), (32, 64, 4, 3), r.FIXED_CONFIG):
+        if case.precision != "bf16" or case.config != smallest:
             continue
         constexprs, options, _ = r.launch_constexprs(case)
         signature, attrs = r._signature(fn, "bf16", constexprs, float_type="fp64")
@@ -127,3 +129,16 @@ def test_sass_counts_tell_the_mma_kind_and_the_per_element_work():
     assert counts == {"HGMMA": 1, "HMMA": 0, "MUFU.EX2": 1, "SETP": 2, "FSEL": 1, "mma": "wgmma"}
     assert report.sass_counts(sass.replace("HGMMA.64x64x16", "HMMA.16816"))["mma"] == "mma.sync"
     assert report.sass_counts("")["mma"] == "fma"
+
+
+def test_half_precision_sm90_configurations_without_wgmma_are_told_apart():
+    case = report.Case("fwd", "pixel", "bf16", 128, 90, (64, 64, 8, 3))
+    base = dict(registers=200, stack=0, hot_spills=0, cold_spills=0, shared=64 * 1024)
+    wgmma = report.sass_counts("        /*0000*/                   HGMMA.64x64x16.F32.BF16 gdesc[UR4], RZ, !UPT ;")
+    mma_sync = report.sass_counts("        /*0000*/                   HMMA.16816.F32.BF16 R0, R4, R8, R0 ;")
+    assert not report.Result(case, sass=wgmma, **base).lacks_wgmma()
+    assert report.Result(case, sass=mma_sync, **base).lacks_wgmma()
+    sm80 = report.Case("fwd", "pixel", "bf16", 128, 80, (64, 64, 8, 3))
+    fp32 = report.Case("fwd", "pixel", "fp32-tf32", 128, 90, (32, 32, 4, 2))
+    assert not report.Result(sm80, sass=mma_sync, **base).lacks_wgmma()  # sm_80 has no wgmma
+    assert not report.Result(fp32, sass=mma_sync, **base).lacks_wgmma()  # float32 tiles: not asked

@@ -8,10 +8,10 @@ triton reads registers and local memory (STACK, i.e. spills) from the cubin; sha
 metadata. One line per kernel x variant x precision x autotune candidate x BLOCK_D x arch, with the MMA kind the
 dots became (wgmma, mma.sync or fma) and the SASS counts of tensor-core instructions, MUFU.EX2, compares and
 selects. Exits 1 when a kernel fails to compile, spills inside a loop, spills more than COLD_SPILL_LIMIT bytes
-outside loops, or needs more shared memory than the arch has. A few bytes spilled outside every loop (values
-computed before the column loop and read after it, which ptxas parks in local memory: one store and one load per
-program) are shown as "cold spill", not failed: they cost a handful of instructions per program against the
-thousands of the loop.
+outside loops, or needs more shared memory than the arch has; the half-precision sm_90 configurations whose dots do
+not lower to wgmma are counted in the last line. A few bytes spilled outside every loop (values computed before the
+column loop and read after it, which ptxas parks in local memory: one store and one load per program) are shown as
+"cold spill", not failed: they cost a handful of instructions per program against the thousands of the loop.
 
 What is compiled is everything the launchers in gpaco_kernels/triton/launch.py can launch: each kernel with every
 configuration autotune may pick for that input dtype (gpaco_kernels/triton/configs.py, CANDIDATES), the constexpr
@@ -123,6 +123,15 @@ class Result:
     seconds: float = 0.0
     error: str = ""
     sass: dict = None  # instruction counts of the kernel's SASS (sass_counts)
+
+    def lacks_wgmma(self) -> bool:
+        """A half-precision sm_90 configuration whose dots did not lower to wgmma (Hopper's tensor-core
+        instruction; mma.sync runs there at a fraction of its rate). Counted in the summary line, not failed yet:
+        the 32-row row-backward candidate still needs it (its 64-row version spills)."""
+        c = self.case
+        half = PRECISIONS[c.precision][0] in ("bf16", "fp16")
+        needs = c.arch == 90 and half and c.kind in ("fwd", "bwd_rows", "bwd_cols")
+        return needs and self.sass is not None and "wgmma" not in self.sass["mma"]
 
     def problems(self) -> list[str]:
         if self.error:
@@ -291,7 +300,8 @@ def sass_counts(sass: str) -> dict:
             counts["SETP"] += 1
         elif op.startswith("FSEL"):
             counts["FSEL"] += 1
-    counts["mma"] = "wgmma" if counts["HGMMA"] else ("mma.sync" if counts["HMMA"] else "fma")
+    kinds = [name for name, key in (("wgmma", "HGMMA"), ("mma.sync", "HMMA")) if counts[key]]
+    counts["mma"] = "+".join(kinds) or "fma"
     return counts
 
 
@@ -380,7 +390,8 @@ def main(argv=None) -> int:
         f"{len(results)} compiled in {time.perf_counter() - start:.0f} s; "
         f"max registers {max((r.registers for r in results), default=0)}, "
         f"max shared {max((r.shared for r in results), default=0) / 1024:.1f} KB; "
-        f"{len(cold)} with a cold spill of at most {max((r.stack for r in cold), default=0)} B; {len(failed)} failing"
+        f"{len(cold)} with a cold spill of at most {max((r.stack for r in cold), default=0)} B; "
+        f"{sum(r.lacks_wgmma() for r in results)} half-precision sm_90 without wgmma; {len(failed)} failing"
     )
     print(lines[-1])
     for r in failed:

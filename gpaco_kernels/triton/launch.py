@@ -15,7 +15,7 @@ torch.library.triton_op (ops/triton_backend.py), so that torch.compile sees the 
 itself) on the eager path, which skips wrap_triton's per-call tracing machinery.
 
 Split heuristic: with few anchor blocks (PaCo: 256 anchors against a queue of thousands) the columns are split over a
-second grid dimension until there are about two programs per SM of the device, each split at least 256 columns
+second grid dimension until there are about two programs per SM of the device, each split at least 128 columns
 (shorter ones would spend more on writing and merging their partial results than on their columns).
 """
 
@@ -39,7 +39,7 @@ from .paco_fwd import _paco_fwd_kernel
 
 MAX_DIM = 128  # the backward keeps a BLOCK x D accumulator in registers; the configurations are sized for D <= 128
 PROGRAMS_PER_SM = 2  # split the columns until the grid has about this many programs per SM
-MIN_SPLIT_COLUMNS = 256
+MIN_SPLIT_COLUMNS = 128  # with 64-row anchor tiles, 256 left a GPaCo LT step (256 anchors) short of one program per SM
 INTERPRETER_SM_COUNT = 132  # the interpreter has no device: the split is computed as for an H100
 FORCE_COLS_PER_SPLIT = None  # tests set it to exercise the split-columns variant on small shapes
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernels' REDUCTION constexpr
