@@ -424,6 +424,11 @@ Tensor unit_rows(const Tensor& x) {
   return (xf / at::linalg_vector_norm(xf, 2, {1}, true).clamp_min(kNormEps)).to(x.scalar_type());
 }
 
+// The op's inputs as the sweep takes them: normalized with `normalize`, as given otherwise (absent ones stay absent).
+OptTensor unit_rows_if(bool normalize, const OptTensor& t) {
+  return normalize && t.has_value() ? OptTensor(unit_rows(*t)) : t;
+}
+
 // d/dx of x / max(|x|, eps) applied to g: (g - u <u, g>) / |x|, or g / eps where the norm was clamped.
 Tensor normalize_backward(const Tensor& raw, const Tensor& g) {
   const Tensor x = raw.to(g.scalar_type());
@@ -494,12 +499,12 @@ std::vector<Tensor> forward_op(
     for (int64_t i = 0; i < num_anchors; ++i) ap[i] = y[i] != ignore_index ? loss_scale : 0.0;
     coef = a;
   }
-  auto opt = [&](const OptTensor& t) { return normalize && t.has_value() ? OptTensor(unit_rows(*t)) : t; };
   auto [wl, lse, pos, gf, gs, gw] =
-      sweep_op(normalize ? unit_rows(features) : features, labels, opt(queue), queue_labels, center_logits,
-               opt(centers), center_bias, num_anchors, temperature, center_temperature, alpha, beta_on, beta_off,
-               gamma, exclude_positive_class, ignore_index, batch_columns, lse_eps, batch_column_grad, coef,
-               OptTensor(), true, center_logits.has_value(), centers.has_value(), half_products);
+      sweep_op(normalize ? unit_rows(features) : features, labels, unit_rows_if(normalize, queue), queue_labels,
+               center_logits, unit_rows_if(normalize, centers), center_bias, num_anchors, temperature,
+               center_temperature, alpha, beta_on, beta_off, gamma, exclude_positive_class, ignore_index,
+               batch_columns, lse_eps, batch_column_grad, coef, OptTensor(), true, center_logits.has_value(),
+               centers.has_value(), half_products);
   auto [loss, counted] = finalize(wl, lse, pos, labels, s, features.scalar_type());
   return {loss, lse, pos, counted, gf, gs, gw};
 }
@@ -541,12 +546,11 @@ std::vector<Tensor> backward_op(
       ap[i] = valid ? g * loss_scale : 0.0;
       ip[i] = valid ? 1.0 / pp[i] : 0.0;
     }
-    auto opt = [&](const OptTensor& t) { return normalize && t.has_value() ? OptTensor(unit_rows(*t)) : t; };
-    auto swept = sweep_op(normalize ? unit_rows(features) : features, labels, opt(queue), queue_labels,
-                          center_logits, opt(centers), center_bias, num_anchors, temperature, center_temperature,
-                          alpha, beta_on, beta_off, gamma, exclude_positive_class, ignore_index, batch_columns,
-                          lse_eps, batch_column_grad, a, inv_pos, need_features, need_center_logits, need_centers,
-                          half_products);
+    auto swept = sweep_op(normalize ? unit_rows(features) : features, labels, unit_rows_if(normalize, queue),
+                          queue_labels, center_logits, unit_rows_if(normalize, centers), center_bias, num_anchors,
+                          temperature, center_temperature, alpha, beta_on, beta_off, gamma, exclude_positive_class,
+                          ignore_index, batch_columns, lse_eps, batch_column_grad, a, inv_pos, need_features,
+                          need_center_logits, need_centers, half_products);
     if (need_features) gf = std::get<3>(swept);
     if (need_center_logits) gs = std::get<4>(swept);
     if (need_centers) gw = std::get<5>(swept);

@@ -131,6 +131,13 @@ def label_range(name: str, labels: torch.Tensor, num_classes: int, ignore_index:
         raise ValueError(f"{range_message(name, num_classes, ignore_index)}, found {int(labels[bad][0])}")
 
 
+def is_number_sequence(value) -> bool:
+    """A list or tuple of Python real numbers (not bools): counts the host can check without a tensor."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
+    )
+
+
 def host_class_counts(value, num_classes: int | None) -> torch.Tensor:
     """class_counts checked and kept on the CPU, where the check reads values for free: what a module holds, set
     once and reused by every step."""
@@ -149,13 +156,10 @@ def _host_counts(values) -> None:
 def class_counts(value, num_classes: int | None) -> torch.Tensor:
     """Counts as a float64 tensor on the device they came on (a list: the CPU); the prior they define must exist
     (finite, non-negative, positive sum). num_classes None accepts any length."""
-    if isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-        _host_counts(value)  # Python numbers: checked as such, before any tensor exists (no tensor op reads them)
-        if not value or (num_classes is not None and len(value) != num_classes):
-            expected = "(C,)" if num_classes is None else f"({num_classes},)"
-            raise ValueError(f"class_counts must have shape {expected} (one count per class), got ({len(value)},)")
-        return torch.tensor(value, dtype=torch.float64)
-    if isinstance(value, torch.Tensor):
+    checked_on_host = is_number_sequence(value)
+    if checked_on_host:
+        counts = torch.tensor(value, dtype=torch.float64)
+    elif isinstance(value, torch.Tensor):
         counts = value.detach()
     else:
         try:
@@ -170,6 +174,9 @@ def class_counts(value, num_classes: int | None) -> torch.Tensor:
         expected = "(C,)" if num_classes is None else f"({num_classes},)"
         raise ValueError(f"class_counts must have shape {expected} (one count per class), got {tuple(counts.shape)}")
     counts = counts.to(torch.float64)
+    if checked_on_host:
+        _host_counts(value)  # Python numbers: checked as such (no tensor op reads them back)
+        return counts
     if torch.compiler.is_compiling():
         return counts
     valid = torch.isfinite(counts).all() & (counts >= 0).all()

@@ -7,7 +7,6 @@ fused_psc_loss     the prototypical supervised contrastive loss of Wang et al. 2
 
 from __future__ import annotations
 
-import numbers
 import weakref
 from collections import OrderedDict
 
@@ -34,9 +33,7 @@ def prior_bias(class_counts, num_classes: int, device: torch.device, dtype: torc
     if not torch.compiler.is_compiling():
         if isinstance(class_counts, torch.Tensor):
             key = ("tensor", id(class_counts), class_counts._version, device, dtype, num_classes)
-        elif isinstance(class_counts, (list, tuple)) and all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in class_counts
-        ):
+        elif check.is_number_sequence(class_counts):
             key = ("values", tuple(class_counts), device, dtype, num_classes)
     hit = _PRIORS.get(key) if key is not None else None
     if hit is not None and (hit[0] is None or hit[0]() is class_counts):

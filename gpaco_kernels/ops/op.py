@@ -16,8 +16,8 @@ inputs itself when `normalize` is set (so that a step is the op's launches, not 
 and saves (lse, P) per anchor and the number of counted anchors, nothing of size A x M. The "unit" gradients are the
 gradients for an upstream gradient of 1 on every anchor, which a backend that learns each row's lse while the row is
 still in cache can produce in the forward for almost nothing (the cpu backend with 'mean' or 'sum'); other backends
-are never asked for them. A backend may also offer an eager path that skips the dispatcher (ops/dispatch.py,
-eager_loss); torch.compile always sees these operators.
+are never asked for them. `define_eager` (below) gives each backend an eager path through the same two
+implementations that skips the dispatcher; torch.compile always sees these operators.
 
 Double backward is refused with a clear error on every backend but "reference" (plain autograd, the oracle).
 """

@@ -7,7 +7,6 @@ backend (reference, torch, cpu, triton) works from `OpParams` and the functions 
 
     finalize_loss          the per-anchor loss from (sum w l, P, lse)
     gradient_coefficients  the per-anchor factors (a, 1/P) of G = a (w / P - d exp(l - lse))
-    anchor_scale           a alone, for a backend that learns P while it sweeps (the cpu forward with gradients)
     class_block_weights, sample_weights   w and d of a tile of columns (the torch and reference backends; the
                            compiled kernels compare labels inside their tiles with the same rules)
 
@@ -271,13 +270,6 @@ def finish_gradients(x: ContrastInputs, p: OpParams, grads, like: torch.Tensor) 
     out = (grad_features, grad_logits, grad_centers)
     inputs = (x.features, x.center_logits, x.centers)
     return tuple(like.new_empty((0,)) if g is None else g.to(t.dtype).contiguous() for g, t in zip(out, inputs))
-
-
-def anchor_scale(grad_loss, anchor_labels, p: OpParams) -> torch.Tensor:
-    """a = g (-(t/tb)) per anchor, 0 for ignored anchors. A kernel that learns P only while sweeping must still
-    zero the rows with P = 0 itself."""
-    a = grad_loss * p.loss_scale
-    return torch.where(counted_anchors(anchor_labels, p), a, torch.zeros_like(a)).contiguous()
 
 
 def gradient_coefficients(grad_loss, pos, anchor_labels, p: OpParams):

@@ -54,9 +54,7 @@ def _forward(x: ContrastInputs, p: OpParams, unit_gradients: bool, launch=None):
 
 def _backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, units, needs, launch=None):
     needs = (needs[0], needs[1] and x.center_logits is not None, needs[2] and x.centers is not None)
-    grads = _launch.paco_bwd(
-        x, p, lse, pos, counted, grad_loss, needs, **({} if launch is None else {"launch": launch})
-    )
+    grads = _launch.paco_bwd(x, p, lse, pos, counted, grad_loss, needs, **_launcher(launch))
     return tuple(lse.new_empty((0,)) if g is None else g for g in grads)
 
 

@@ -29,6 +29,7 @@ import torch
 import triton
 from torch.library import wrap_triton
 
+from .._checks import range_message
 from ..ops.spec import ContrastInputs, OpParams
 from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, bucket, precision_class
 from .paco_bwd_cols import _paco_bwd_cols_kernel
@@ -234,9 +235,8 @@ def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=wrap_tr
 def _range_message(x: ContrastInputs, p: OpParams) -> str:
     names = "labels" if x.queue is None else "labels or queue_labels"
     return (
-        f"gpaco_kernels: {names} must be in [0, {x.num_classes}) (the number of classes) or equal "
-        f"ignore_index={p.ignore_index}, found a value outside (checked on the device by backend='triton'; "
-        "gpaco_kernels.sync_checks(True) names the value, with a host sync)"
+        f"gpaco_kernels: {range_message(names, x.num_classes, p.ignore_index)}, found a value outside (checked on "
+        "the device by backend='triton'; gpaco_kernels.sync_checks(True) names the value, with a host sync)"
     )
 
 
