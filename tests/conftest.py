@@ -28,6 +28,10 @@ def small_tiles(monkeypatch):
     for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
         monkeypatch.setattr(kernel, "configs", small)
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", 16)
+    # The positives by label sums on every shape (the default tiles take the heuristic: compares in the tiles on the
+    # tests' small shapes), the sums walking each group 4 rows at a time.
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    monkeypatch.setattr(launch, "LABEL_SUMS_BLOCK_R", 4)
     # The finalize kernel's one program walks the anchors in several blocks; the epilogue has several programs.
     monkeypatch.setattr(launch, "FINALIZE_BLOCK", 16)
     monkeypatch.setattr(launch, "EPILOGUE_BLOCK_R", 8)

@@ -32,6 +32,9 @@ LAUNCH_BUDGET = 8
 # SupCon also stacks its (bsz, n_views, D) views view-major and repeats the labels per view (two copies).
 STEP_ATEN_OPS = {"_assert_async", "ones_like", "fill_"}
 LAYOUT_OPS = {"supcon": {"clone", "repeat"}}
+# Positives by label sums: per direction the group ids (ops/spec.py label_groups) and the sums kernel.
+GROUP_ID_OPS = {"cat", "sort", "arange", "searchsorted"}
+LABEL_SUMS_LAUNCHES = 12
 
 A, K, C, D = 8, 64, 16, 16
 
@@ -240,6 +243,24 @@ def test_triton_step_is_within_the_launch_budget_and_reads_nothing(step):
     assert sum(trace.triton_launches.values()) >= 3, f"{step}: {trace.summary()}"  # forward, finalize, backward
 
 
+@pytest.mark.parametrize("step", ["gpaco-logits-prior", "pixel", "paco-centers", "supcon"])
+def test_triton_step_with_label_sums_reads_nothing_and_adds_only_the_group_ids(step, monkeypatch):
+    """Positives by label sums (the large-step path): still no host read; per direction one sums kernel and the
+    group ids' sort and binary searches (a cat with a queue), nothing else."""
+    need_backend("triton")
+    from gpaco_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    loss_fn, leaves, _ = STEPS[step]("cpu", "triton")
+    torch.autograd.grad(loss_fn(), leaves)
+    trace = _traced_step(loss_fn, leaves)
+    assert trace.reads == 0, f"{step}: {trace.summary()}"
+    assert trace.launches <= LAUNCH_BUDGET + LABEL_SUMS_LAUNCHES, f"{step}: {trace.summary()}"
+    allowed = STEP_ATEN_OPS | LAYOUT_OPS.get(step, set()) | GROUP_ID_OPS
+    assert set(trace.aten_launches) <= allowed, f"{step}: ATen work around the kernels: {trace.summary()}"
+    assert trace.triton_launches["_paco_label_sums_kernel"] == 2, trace.summary()
+
+
 def test_the_prior_is_computed_once_per_counts_and_again_when_they_change():
     need_backend("triton")
     loss_fn, _, inputs = STEPS["gpaco-logits-prior"]("cpu", "triton")
@@ -283,8 +304,12 @@ def test_a_label_out_of_range_is_an_error_naming_the_argument(backend):
             loss_fn()
 
 
-def test_a_queue_label_out_of_range_is_caught_by_the_triton_kernels():
+@pytest.mark.parametrize("label_sums", [False, True])
+def test_a_queue_label_out_of_range_is_caught_by_the_triton_kernels(label_sums, monkeypatch):
     need_backend("triton")
+    from gpaco_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", label_sums)  # the tiles check the labels, or the sums kernel
     feats, logits = torch.randn(A, D), torch.randn(A, C)
     labels, queue, queue_labels = torch.randint(0, C, (A,)), torch.randn(K, D), torch.randint(0, C, (K,))
     queue_labels[K - 1] = -3

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gpaco_kernels as gk
+from gpaco_kernels.ops.spec import ContrastInputs, OpParams, label_groups, label_sums
 
 from helpers import TRITON_DEVICE, assert_close, need_backend
 from test_backends import make_case
@@ -61,11 +62,11 @@ def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_spl
         assert_close(results["triton"][1][k], results["reference"][1][k], atol=2e-5, rtol=2e-5, name=f"d{k}")
 
 
-def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_and_dim():
+def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_path():
     for kind in configs.KERNELS:
         for precision in configs.PRECISION_CLASSES:
             assert configs.CANDIDATES[(kind, precision)], (kind, precision)
-    assert configs.AUTOTUNE_KEY == ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
+    assert configs.AUTOTUNE_KEY == ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS"]
     assert [configs.bucket(n) for n in (1, 17, 256, 257)] == [1, 32, 256, 512]
     # The pruner keeps the candidates of the input's precision class (compiled path; the interpreter has one).
     all_configs, classes = configs._full_autotune_configs("fwd")
@@ -122,3 +123,109 @@ def test_gpu_model_counts_the_schedules_products():
     assert flops == pytest.approx({"fwd": one_product, "bwd_rows": 2 * one_product, "bwd_cols batch": 2 * one_product})
     model = sum(x.seconds("bf16") for x in launches)
     assert model >= gpu_model.floor_seconds(sizes, "bf16") * 5 / 3 * 0.999  # never faster than its own FLOPs at peak
+
+
+@pytest.mark.parametrize("classes", [0, 5])
+def test_label_groups_group_exactly_the_rows_of_equal_label(classes):
+    gen = torch.Generator().manual_seed(0)
+    if classes:  # class indices, ignore_index -100, and two out-of-range labels (group C: reported, never summed)
+        labels = torch.randint(0, classes, (23,), generator=gen)
+        labels[::4] = -100
+        labels[5], labels[7] = classes, -3
+        queue_labels = torch.randint(0, classes, (11,), generator=gen)
+    else:  # any int64: negative, huge, SimCLR-like distinct values
+        labels = torch.randint(-3, 3, (23,), generator=gen) * (2**40)
+        labels[10:] = torch.arange(13) + 7
+        queue_labels = labels[torch.randint(0, 23, (11,), generator=gen)]
+    groups = label_groups(labels, queue_labels, classes)
+    keys = torch.cat([labels, queue_labels])
+    row_group = torch.empty_like(keys)
+    if classes:
+        assert groups.group is None and groups.num_groups == classes + 1
+        for c in range(classes):
+            rows = groups.order[groups.bounds[c] : groups.bounds[c + 1]]
+            assert (keys[rows] == c).all() and len(rows) == int((keys == c).sum())
+            row_group[rows] = c
+        outside = torch.cat([groups.order[: groups.bounds[0]], groups.order[groups.bounds[classes] :]])
+        assert sorted(outside.tolist()) == sorted(((keys < 0) | (keys >= classes)).nonzero().flatten().tolist())
+    else:
+        starts = [p for p in range(len(keys)) if p == 0 or groups.sorted_labels[p - 1] != groups.sorted_labels[p]]
+        for p in starts:
+            rows = groups.order[p : groups.bounds[p]]
+            assert (keys[rows] == keys[rows[0]]).all() and len(rows) == int((keys == keys[rows[0]]).sum())
+            row_group[rows] = p
+        assert torch.equal(groups.group, row_group[: len(labels)])
+    assert torch.equal(torch.sort(groups.order).values, torch.arange(len(keys)))  # a permutation
+    same_label = keys[:, None] == keys[None, :]
+    if classes:
+        in_class = (keys >= 0) & (keys < classes)
+        same_label = same_label & in_class[:, None] & in_class[None, :]
+        same_group = (row_group[:, None] == row_group[None, :]) & in_class[:, None] & in_class[None, :]
+    else:
+        same_group = row_group[:, None] == row_group[None, :]
+    assert torch.equal(same_group, same_label)
+
+
+@pytest.mark.parametrize("classes", [0, 3])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_label_sums_kernel_matches_the_plain_formula(classes, normalize, monkeypatch):
+    """Sums and counts of the contrast rows per group against ops/spec.py label_sums, with groups longer than the
+    kernel's step (BLOCK_R 4); batch rows are columns, the queue's too."""
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "LABEL_SUMS_BLOCK_R", 4)
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    gen = torch.Generator().manual_seed(1)
+    N, K, D = 29, 13, 7
+    feats, queue = torch.randn(N, D, generator=gen) * 3, torch.randn(K, D, generator=gen)
+    labels = torch.randint(0, classes, (N,), generator=gen) if classes else torch.randint(0, 4, (N,)) - 10**12
+    queue_labels = labels[torch.randint(0, N, (K,), generator=gen)]
+    if classes:  # ignored rows: in group C, no error
+        labels[::5] = -100
+    x = ContrastInputs(feats, labels, queue, queue_labels, torch.randn(N, classes) if classes else None)
+    p = OpParams(N, 0.1, 1.0, 1.0, 1.0, 0.0, 1.0, -1.0, False, -100, True, 1e-12, True, normalize, "mean")
+    o = launch._Operands.of(x, p)
+    got = launch._label_sums(o, p, launch.direct)
+    rows = torch.cat([feats, queue])
+    if normalize:
+        rows = torch.nn.functional.normalize(rows, dim=1)
+    groups = label_groups(labels, queue_labels, classes)
+    keys = torch.cat([labels, queue_labels])
+    if classes:
+        row_groups = torch.where((keys >= 0) & (keys < classes), keys, classes)
+    else:
+        row_groups = torch.searchsorted(groups.sorted_labels, keys)
+    sums, counts = label_sums(rows, row_groups, torch.ones(N + K, dtype=torch.bool), groups.num_groups)
+    present = counts > 0
+    if classes:  # group C (ignored rows) is never a positive: written as 0, not summed
+        present[classes] = False
+        assert not got.sums[classes].any()
+    assert_close(got.sums[present], sums[present], atol=1e-5, rtol=1e-5, name="sums")
+    assert torch.equal(got.counts[present], counts[present])
+    if classes:
+        assert int(got.flag) == 0
+        # A label out of the class range is reported (the forward raises on it), wherever it sorts
+        for bad in (classes, -7):
+            queue_labels[3] = bad
+            x = ContrastInputs(feats, labels, queue, queue_labels, x.center_logits)
+            assert int(launch._label_sums(launch._Operands.of(x, p), p, launch.direct).flag) == 1
+
+
+def test_label_sums_are_taken_on_large_steps_only(monkeypatch):
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", None)
+
+    def uses(A, N, K, C, batch_columns=True):
+        meta = dict(device="meta")
+        x = ContrastInputs(
+            torch.empty(N, 128, **meta),
+            torch.empty(N, dtype=torch.int64, **meta),
+            torch.empty(K, 128, **meta) if K else None,
+            torch.empty(K, dtype=torch.int64, **meta) if K else None,
+            torch.empty(A, C, **meta) if C else None,
+        )
+        p = OpParams(A, 0.1, 1.0, 1.0, 1.0, 0.0, 1.0, -1.0, False, -100, batch_columns, 1e-12, True, False, "mean")
+        return launch._Operands.of(x, p).label_sums
+
+    assert uses(32768, 32768, 0, 19)  # pixel loss
+    assert uses(8192, 8192, 0, 0)  # SupCon, 4096 samples x 2 views
+    assert not uses(256, 512, 8192, 1000)  # PaCo LT step: the compares stay in the tiles
+    assert not uses(512, 512, 0, 1000, batch_columns=False)  # PSC: no sample columns at all

@@ -280,3 +280,59 @@ def gradient_coefficients(grad_loss, pos, anchor_labels, p: OpParams):
     a = torch.where(valid, grad_loss.to(pos.dtype) * p.loss_scale, torch.zeros_like(pos))
     inv_pos = torch.where(valid, 1.0 / torch.where(valid, pos, torch.ones_like(pos)), torch.zeros_like(pos))
     return a.contiguous(), inv_pos.contiguous()
+
+
+@dataclass(frozen=True)
+class LabelGroups:
+    """The rows of [features; queue] grouped by label, for the positive terms by per-label sums (see label_groups).
+
+    order:  (N + K,) int64, the rows sorted by label (stable: ties keep row order); sorted_labels their labels
+    bounds: with a class block of C classes, (C + 1,): class c's rows are order[bounds[c]:bounds[c + 1]] (the group
+            of a row is its label; every other value, ignore_index or out of range, is group C);
+            without one, (N + K,): the group whose rows start at sorted position p (p == 0 or a new label there)
+            ends at bounds[p], and the group of a row is the sorted position where its label starts
+    group:  without a class block, (N,) int64, the group of each row of features; with one, None (the label)
+    """
+
+    order: torch.Tensor
+    sorted_labels: torch.Tensor
+    bounds: torch.Tensor
+    group: torch.Tensor | None
+    num_groups: int  # G: room for the group ids, fixed by the shapes (no host read), not the distinct labels
+
+
+def label_groups(labels: torch.Tensor, queue_labels, num_classes: int) -> LabelGroups:
+    """Groups of the rows of [features; queue]: two rows share a group exactly when they share a label. Computed on
+    the labels' device with a stable sort and binary searches, nothing read back (no sync).
+
+    The positive terms need no per-pair work with these groups: for batch and queue columns w_ij = alpha [y_i == y_j]
+    (own column excluded), so sum_j w_ij l_ij = (alpha / t) <a_i, M[g_i] - a_i> and P_i = alpha (n[g_i] - 1) with M and
+    n the per-group sums of the contrast rows and their counts (label_sums)."""
+    keys = labels if queue_labels is None else torch.cat([labels, queue_labels])
+    sorted_labels, order = torch.sort(keys, stable=True)
+    if num_classes > 0:  # group = label: room for C classes and one group of everything else
+        classes = torch.arange(num_classes + 1, device=keys.device, dtype=keys.dtype)
+        bounds = torch.searchsorted(sorted_labels, classes)
+        return LabelGroups(order, sorted_labels, bounds, None, num_classes + 1)
+    group = torch.searchsorted(sorted_labels, labels)  # the first sorted position of the label
+    bounds = torch.searchsorted(sorted_labels, sorted_labels, right=True)
+    return LabelGroups(order, sorted_labels, bounds, group, keys.shape[0])
+
+
+def group_of_features(labels: torch.Tensor, groups: LabelGroups, num_classes: int) -> torch.Tensor:
+    """(N,) group of each row of features under label_groups' numbering."""
+    if groups.group is not None:
+        return groups.group
+    return torch.where((labels >= 0) & (labels < num_classes), labels, num_classes)
+
+
+def label_sums(rows: torch.Tensor, row_groups: torch.Tensor, column_rows: torch.Tensor, num_groups: int):
+    """(M, n): per-group sums (G, D) of the rows of [features; queue] (rows, of groups row_groups) where column_rows
+    (bool, N + K) is set, and their counts (G,), in float32 at least: the plain formula of what
+    _paco_label_sums_kernel computes, for tests and for reading."""
+    dtype = compute_dtype(rows.dtype)
+    weights = column_rows.to(dtype)
+    sums = torch.zeros((num_groups, rows.shape[1]), dtype=dtype, device=rows.device)
+    sums.index_add_(0, row_groups, rows.to(dtype) * weights[:, None])
+    counts = torch.zeros((num_groups,), dtype=dtype, device=rows.device).index_add_(0, row_groups, weights)
+    return sums, counts

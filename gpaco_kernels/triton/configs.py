@@ -42,11 +42,15 @@ PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
 # kind -> (tile constexprs, num_warps). finalize: one program over the anchors, BLOCK at a time; epilogue:
-# BLOCK_R rows of dFeatures per program.
-FIXED = {"finalize": ({"BLOCK": 1024}, 4), "epilogue": ({"BLOCK_R": 32}, 4)}
+# BLOCK_R rows of dFeatures per program; label_sums: one group per program, BLOCK_R of its rows at a time.
+FIXED = {
+    "finalize": ({"BLOCK": 1024}, 4),
+    "epilogue": ({"BLOCK_R": 32}, 4),
+    "label_sums": ({"BLOCK_R": 64, "CHECK_BLOCK": 1024}, 4),
+}
 INTERPRET_CONFIG = (32, 32, 4, 1)
 SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
-AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION"]
+AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS"]
 
 
 def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:

@@ -14,6 +14,11 @@ device otherwise).
 torch.library.triton_op (ops/triton_backend.py), so that torch.compile sees the kernels; `direct` (the kernel
 itself) on the eager path, which skips wrap_triton's per-call tracing machinery.
 
+Positives by label sums (LABEL_SUMS): on large steps the batch and queue tiles compare no labels; the positive
+terms come from per-group sums of the contrast rows (ops/spec.py label_groups, then _paco_label_sums_kernel), O((N + K)
+D) once per direction. Small steps keep the compares in the tiles: there the sums' extra launches (the sort and the
+search behind the group ids, and the sums kernel) cost more host time than the compares cost the GPU.
+
 Split heuristic: with few anchor blocks (PaCo: 256 anchors against a queue of thousands) the columns are split over a
 second grid dimension until there are about two programs per SM of the device, each split at least 128 columns
 (shorter ones would spend more on writing and merging their partial results than on their columns).
@@ -30,19 +35,26 @@ import triton
 from torch.library import wrap_triton
 
 from .._checks import range_message
-from ..ops.spec import ContrastInputs, OpParams
+from ..ops.spec import ContrastInputs, LabelGroups, OpParams, label_groups
 from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, bucket, precision_class
 from .paco_bwd_cols import _paco_bwd_cols_kernel
 from .paco_bwd_rows import _paco_bwd_rows_kernel
 from .paco_epilogue import _paco_epilogue_kernel
 from .paco_finalize import _paco_finalize_kernel
 from .paco_fwd import _paco_fwd_kernel
+from .paco_label_sums import _paco_label_sums_kernel
 
 MAX_DIM = 128  # the backward keeps a BLOCK x D accumulator in registers; the configurations are sized for D <= 128
 PROGRAMS_PER_SM = 2  # split the columns until the grid has about this many programs per SM
 MIN_SPLIT_COLUMNS = 128  # with 64-row anchor tiles, 256 left a GPaCo LT step (256 anchors) short of one program per SM
 INTERPRETER_SM_COUNT = 132  # the interpreter has no device: the split is computed as for an H100
 FORCE_COLS_PER_SPLIT = None  # tests set it to exercise the split-columns variant on small shapes
+# Anchor x sample-column pairs from which the positives come from label sums (an estimate of where the tiles'
+# compares cost more than the sums' ~10 extra launches; to be settled on a GPU): SupCon at 4096 samples and the
+# pixel loss use them, the PaCo LT step (256 anchors, 8704 columns) keeps the compares.
+LABEL_SUMS_MIN_PAIRS = 1 << 24
+FORCE_LABEL_SUMS = None  # tests set True / False to run one path on any shape
+LABEL_SUMS_BLOCK_R = FIXED["label_sums"][0]["BLOCK_R"]  # tests make it small
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernels' REDUCTION constexpr
 FINALIZE_BLOCK = FIXED["finalize"][0]["BLOCK"]  # tests make these small, to run several blocks
 EPILOGUE_BLOCK_R = FIXED["epilogue"][0]["BLOCK_R"]
@@ -130,6 +142,14 @@ class _Operands:
     def total_cols(self) -> int:
         return self.C + self.N + self.K
 
+    @property
+    def label_sums(self) -> bool:
+        """Positives by label sums (module docstring): there are batch or queue columns, and enough pairs."""
+        sample_cols = self.N + self.K
+        if FORCE_LABEL_SUMS is not None:
+            return FORCE_LABEL_SUMS and sample_cols > 0
+        return sample_cols > 0 and self.A * sample_cols >= LABEL_SUMS_MIN_PAIRS
+
     def flags(self) -> dict:
         """The row kernels' constexpr flags, derived once."""
         return dict(
@@ -139,6 +159,7 @@ class _Operands:
             EXCLUDE=self.exclude,
             HAS_BATCH=self.N > 0,
             HAS_QUEUE=self.K > 0,
+            LABEL_SUMS=self.label_sums,
         )
 
     def tiles(self) -> dict:
@@ -186,6 +207,43 @@ def check_supported(x: ContrastInputs) -> None:
         raise ValueError(f"backend='triton' supports feature dims up to {MAX_DIM}, got D = {x.features.shape[1]}")
 
 
+@dataclass
+class _LabelSums:
+    """What the kernels read of the positives by label sums; with them off, placeholders never read."""
+
+    group: torch.Tensor
+    sums: torch.Tensor
+    counts: torch.Tensor
+    flag: torch.Tensor
+    coef_sums: torch.Tensor
+
+
+def _label_sums(o: _Operands, p: OpParams, launch, coefficients=None) -> _LabelSums:
+    """The per-group sums of the contrast rows (and, for the backward, with coefficients = (pos, grad_loss,
+    counted), the sums R of a / P times the anchors' unit rows) by _paco_label_sums_kernel, one program per group id;
+    group is what the row kernels read for a row's group (the labels themselves with a class block)."""
+    if not o.label_sums:
+        return _LabelSums(o.labels, o.feats, o.feats, o.labels, o.feats)
+    groups: LabelGroups = label_groups(o.labels, o.queue_labels if o.K else None, o.C)
+    device, G = o.feats.device, groups.num_groups
+    sums = torch.empty((G, o.D), device=device, dtype=torch.float32)
+    counts = torch.empty((G,), device=device, dtype=torch.float32)
+    flag = torch.empty((1,), device=device, dtype=torch.int32)
+    coef_sums = torch.empty_like(sums) if coefficients else sums
+    pos, grad_loss, counted = coefficients or (sums, sums, sums)
+    (tile, num_warps) = FIXED["label_sums"]
+    launch(_paco_label_sums_kernel)[(G,)](
+        o.feats, o.queue, o.labels, groups.order, groups.sorted_labels, groups.bounds, sums, counts, flag,
+        pos, grad_loss, counted, coef_sums,
+        o.feats.shape[0], o.K, o.A, o.C, o.D, o.feats.stride(0), o.queue.stride(0),
+        p.loss_scale, p.ignore_index,
+        CLASSES=o.C > 0, HAS_BATCH=o.N > 0, NORMALIZE=p.normalize, COEFFICIENTS=coefficients is not None,
+        REDUCTION=REDUCTIONS[p.reduction], BLOCK_R=LABEL_SUMS_BLOCK_R, BLOCK_D=max(16, triton.next_power_of_2(o.D)),
+        CHECK_BLOCK=tile["CHECK_BLOCK"], num_warps=num_warps,
+    )  # fmt: skip
+    return _LabelSums(o.labels if groups.group is None else groups.group, sums, counts, flag, coef_sums)
+
+
 def direct(kernel):
     """The eager path's `launch`: the kernel itself."""
     return kernel
@@ -210,9 +268,11 @@ def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=wrap_tr
         return (triton.cdiv(o.A, meta["BLOCK_M"]), splits)
 
     with _on_device(o.feats):
+        sums = _label_sums(o, p, launch)
         launch(_paco_fwd_kernel)[grid](
             # data pointers
-            o.feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias, part,
+            o.feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias,
+            sums.group, sums.sums, sums.counts, sums.flag, part,
             # shapes and strides
             o.A, o.N, o.K, o.C, o.D, cols_per_split,
             o.feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),
@@ -268,22 +328,24 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
         )
         launch(_paco_bwd_cols_kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
             # data pointers
-            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, out,
+            feats, o.labels, matrix, o.bias, lse, pos, sums.group, sums.coef_sums, grad_loss, counted, out,
             # shapes and strides
-            A, matrix.shape[0], D, feats.stride(0), matrix.stride(0), out.stride(0),
+            A, matrix.shape[0], o.C, D, feats.stride(0), matrix.stride(0), out.stride(0),
             bucket(A), bucket(matrix.shape[0]),
             # constants
             scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"], **common,
-            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, FINISH=finish, **tiles,
+            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, FINISH=finish,
+            LABEL_SUMS=o.label_sums and segment == 1, HAS_CLASSES=o.C > 0, **tiles,
         )  # fmt: skip
         return out
 
     grad_features = grad_centers = None
     with _on_device(feats):
+        sums = _label_sums(o, p, launch, coefficients=(pos, grad_loss, counted))
         launch(_paco_bwd_rows_kernel)[row_grid](
             # data pointers
             feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias,
-            lse, pos, grad_loss, counted, parts, grad_logits,
+            lse, pos, sums.group, sums.sums, grad_loss, counted, parts, grad_logits,
             # shapes and strides
             A, o.N, o.K, o.C, D, cols_per_split,
             feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),

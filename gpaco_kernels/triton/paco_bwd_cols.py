@@ -9,6 +9,10 @@ tile's max|a| applied to the float32 product. Each program owns its output rows 
 their rows take no other gradient) it also chains the gradient through the normalization (NORMALIZE) and stores the
 input's dtype; without (batch columns, whose first A rows are also anchors) it stores float32 and
 _paco_epilogue_kernel adds dAnchors and finishes. Saves nothing.
+
+With LABEL_SUMS (batch columns, as in the forward) a tile forms only H = -gamma exp(l - lse), and the positive part
+adds (alpha / t) (R[g_j] - a_j / P_j a_j) to column j once, with R the per-group sums of (a_i / P_i) times the
+anchors' unit rows from _paco_label_sums_kernel (the own row subtracted when column j is an anchor).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from .tiles import (
     anchor_coefficients,
     as_f32,
     gradient_factor,
+    group_rows,
     inverse_norm,
     load_rows,
     normalize_backward,
+    sample_logits,
     segment_weights,
+    uniform_lse,
 )
 
 
@@ -36,15 +43,16 @@ def _paco_bwd_cols_kernel(
     feat_ptr, label_ptr,  # anchors (the first A rows of features) and their labels; labels of batch columns
     cols_ptr, bias_ptr,  # (NCOLS, D) the column rows X (features or centers), (C,) float32 class bias
     lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
+    group_ptr, coef_sums_ptr,  # LABEL_SUMS: (N,) group of each row (with HAS_CLASSES its label), (G, D) sums R
     grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
     grad_cols_ptr,  # (NCOLS, D) out: with FINISH the finished gradient of those rows in their dtype, else float32
     # shapes and strides
-    A, NCOLS, D, stride_f, stride_x, stride_g,
+    A, NCOLS, C, D, stride_f, stride_x, stride_g,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
     scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr, NORMALIZE: tl.constexpr,
-    REDUCTION: tl.constexpr, FINISH: tl.constexpr,
+    REDUCTION: tl.constexpr, FINISH: tl.constexpr, LABEL_SUMS: tl.constexpr, HAS_CLASSES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -77,20 +85,38 @@ def _paco_bwd_cols_kernel(
         coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
         # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spills registers for float32.
         x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
-        l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
-        if NORMALIZE:  # as tiles.segment_logits: the columns' inverse norms scale the products
-            xf = x.to(tl.float32)
-            l = l * inverse_norm(tl.sum(xf * xf, axis=1))[None, :]
-        if HAS_BIAS:
-            l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
-        l = tl.where(col_mask[None, :], l * scale, float("-inf"))
-        w, d = segment_weights(
-            SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE
-        )
-        h = gradient_factor(l, w, d, lse, inv_pos) * (coef / coef_max)[:, None]
-        h = tl.where(row_mask[:, None], h, 0.0)
-        acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
+        if LABEL_SUMS:  # batch columns, positives by label sums: the denominator part only
+            l = sample_logits(
+                anchors, rows, r0, cols, col_mask, pid_n * BLOCK_N, NCOLS, x, scale, BLOCK_M, BLOCK_N, True,
+                PRECISION, NORMALIZE,
+            )  # fmt: skip
+            # rows past A: zero anchors and a = 0, so H = 0 there without a select
+            h = -tl.exp(l - uniform_lse(lse, gamma)[:, None]) * (coef / coef_max)[:, None]
+            acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
+        else:
+            l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+            if NORMALIZE:  # as tiles.segment_logits: the columns' inverse norms scale the products
+                xf = x.to(tl.float32)
+                l = l * inverse_norm(tl.sum(xf * xf, axis=1))[None, :]
+            if HAS_BIAS:
+                l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
+            l = tl.where(col_mask[None, :], l * scale, float("-inf"))
+            w, d = segment_weights(
+                SEGMENT, rows, row_labels, cols, col_labels, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE
+            )
+            h = gradient_factor(l, w, d, lse, inv_pos) * (coef / coef_max)[:, None]
+            h = tl.where(row_mask[:, None], h, 0.0)
+            acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
     acc = acc * (scale / G_SCALE)
+    if LABEL_SUMS:  # the positives' part, w / P, from the per-group sums R
+        coef, inv_pos = anchor_coefficients(
+            grad_ptr, counted_ptr, pos_ptr, cols, col_mask & (cols < A), col_labels, ignore_index, loss_scale,
+            REDUCTION,
+        )  # fmt: skip
+        acc += (alpha * scale) * group_rows(
+            cols, col_mask, group_ptr, C, HAS_CLASSES, coef_sums_ptr, feat_ptr, stride_f, coef * inv_pos, offs_d, D,
+            True, NORMALIZE,
+        )  # fmt: skip
     if FINISH and NORMALIZE:  # centers: these rows take no other gradient, finished here
         acc = normalize_backward(acc, cols_ptr, cols, col_mask, stride_x, offs_d, D)
     out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]

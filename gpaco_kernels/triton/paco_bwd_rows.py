@@ -7,6 +7,10 @@ H = w / P - d exp(l - lse) and accumulates its split's part of sum_j H[:, j] X[j
 centers, times each anchor's a at the end (in float32: a is 1/A after a mean); writes dS = a H / tc for given class
 logits (disjoint columns). Saves nothing; the kernel that finishes dFeatures (_paco_bwd_cols_kernel with batch
 columns, else _paco_epilogue_kernel) sums the splits' parts in a fixed order (deterministic).
+
+With LABEL_SUMS (as in the forward) batch and queue tiles form only H = -gamma exp(l - lse); the positive part
+w / P of their columns adds (alpha / (P t)) (M[g_i] - a_i) to each anchor once, in the first split, from the
+per-group sums of _paco_label_sums_kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +19,17 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import G_SCALE, anchor_coefficients, as_f32, column_tile, gradient_factor, load_rows
+from .tiles import (
+    G_SCALE,
+    anchor_coefficients,
+    as_f32,
+    column_tile,
+    gradient_factor,
+    group_rows,
+    load_rows,
+    sample_logits,
+    uniform_lse,
+)
 
 
 @autotune("bwd_rows")
@@ -24,6 +38,7 @@ def _paco_bwd_rows_kernel(
     # data pointers
     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,  # as the forward
     lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
+    group_ptr, sums_ptr,  # LABEL_SUMS: (N,) group of each row (tiles.group_rows), (G, D) float32 label sums
     grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
     grad_anchor_ptr,  # (SPLITS, A, D) float32 out: each split's part of dAnchors
     grad_logits_ptr,  # (A, C) out, dtype of the class logits
@@ -34,7 +49,7 @@ def _paco_bwd_rows_kernel(
     t_scale, c_scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
     HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr, REDUCTION: tl.constexpr,
-    NEED_LOGITS: tl.constexpr,
+    NEED_LOGITS: tl.constexpr, LABEL_SUMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -60,6 +75,8 @@ def _paco_bwd_rows_kernel(
     coef, inv_pos = anchor_coefficients(
         grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
     )
+    if LABEL_SUMS:
+        sample_lse = uniform_lse(lse, gamma)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     offset = 0
     for seg in tl.static_range(3):
@@ -67,18 +84,28 @@ def _paco_bwd_rows_kernel(
         if present:
             size = C if seg == 0 else (N if seg == 1 else K)
             scale = c_scale if seg == 0 else t_scale
+            x_ptr = centers_ptr if seg == 0 else (feat_ptr if seg == 1 else queue_ptr)
+            stride_x = stride_w if seg == 0 else (stride_f if seg == 1 else stride_q)
             lo = tl.maximum(c_start - offset, 0)
             hi = tl.minimum(c_end - offset, size)
             for c0 in range(lo, hi, BLOCK_N):
                 cols = c0 + offs_n
                 col_mask = cols < hi
-                l, w, d, _ = column_tile(
-                    seg, anchors, rows, row_mask, row_labels, cols, col_mask,
-                    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
-                    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
-                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
-                )  # fmt: skip
-                h = gradient_factor(l, w, d, lse, inv_pos)
+                if LABEL_SUMS and seg > 0:
+                    x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+                    l = sample_logits(
+                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, hi, x, t_scale, BLOCK_M, BLOCK_N,
+                        seg == 1, PRECISION, NORMALIZE,
+                    )  # fmt: skip
+                    h = -tl.exp(l - sample_lse[:, None])
+                else:
+                    l, w, d, _ = column_tile(
+                        seg, anchors, rows, row_mask, row_labels, cols, col_mask,
+                        feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                        stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                        offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
+                    )  # fmt: skip
+                    h = gradient_factor(l, w, d, lse, inv_pos)
                 if seg == 0 and FROM_LOGITS:
                     if NEED_LOGITS:
                         offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]
@@ -88,15 +115,20 @@ def _paco_bwd_rows_kernel(
                             mask=row_mask[:, None] & col_mask[None, :],
                         )
                 else:
-                    if seg == 0:
-                        x = load_rows(centers_ptr, cols, col_mask, stride_w, offs_d, D, UPCAST, NORMALIZE)
-                    elif seg == 1:
-                        x = load_rows(feat_ptr, cols, col_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
-                    else:
-                        x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST, NORMALIZE)
+                    # the unit rows for the product (the raw tile again when it was loaded raw for the logits)
+                    if NORMALIZE or not (LABEL_SUMS and seg > 0):
+                        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
                     part = tl.dot((h * G_SCALE).to(x.dtype), x, input_precision=PRECISION)
                     acc += part * (scale / G_SCALE)
             offset += size
+    if LABEL_SUMS:
+        if pid_s == 0:  # the sample positives' part, once per anchor
+            own = tl.where(row_mask, 1.0, 0.0) if HAS_BATCH else tl.zeros((BLOCK_M,), tl.float32)
+            positives = group_rows(
+                rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, feat_ptr, stride_f, own, offs_d, D, HAS_BATCH,
+                NORMALIZE,
+            )  # fmt: skip
+            acc += positives * (inv_pos * (alpha * t_scale))[:, None]
     acc = acc * coef[:, None]
     out = grad_anchor_ptr + (pid_s.to(tl.int64) * A + rows.to(tl.int64))[:, None] * stride_ga + offs_d[None, :]
     tl.store(out, acc, mask=row_mask[:, None] & (offs_d[None, :] < D))

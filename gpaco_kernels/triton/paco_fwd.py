@@ -4,8 +4,14 @@ Grid (cdiv(A, BLOCK_M), SPLITS). One program: BLOCK_M anchors against the column
 [pid_s * cols_per_split, (pid_s + 1) * cols_per_split) of [class block | batch | queue], streamed in tiles of BLOCK_N
 with an online log-sum-exp, the rows normalized as they are loaded with NORMALIZE. Saves, per anchor and split, the
 partial m (max), z = sum d exp(l - m), sum w l and P = sum w, and a flag that is 1 when a label the program read is
-out of the class range (CHECK_LABELS: with a class block, labels index it). _paco_finalize_kernel merges the splits
-exactly and forms the loss.
+out of the class range (with a class block, labels index it). _paco_finalize_kernel merges the splits exactly and
+forms the loss.
+
+With LABEL_SUMS the batch and queue tiles carry no label work: their denominator weight is gamma on every column
+(the anchor's own column and the columns past the range's end hold l = -inf, masked on the tiles they touch), and
+their positive terms come from _paco_label_sums_kernel's per-group sums, once per anchor in the first split:
+sum_j w l = alpha / t <a_i, M[g_i] - a_i> and P = alpha (n[g_i] - 1) (the own column only for batch columns).
+Without it (small steps, where the sums' extra launches cost more than they save) each tile compares labels.
 """
 
 from __future__ import annotations
@@ -14,7 +20,17 @@ import triton
 import triton.language as tl
 
 from .configs import autotune
-from .tiles import as_f32, column_tile, load_rows, online_lse_step, out_of_range, weighted_logit_sum
+from .tiles import (
+    as_f32,
+    column_tile,
+    group_rows,
+    load_rows,
+    online_lse_step,
+    online_lse_step_uniform,
+    out_of_range,
+    sample_logits,
+    weighted_logit_sum,
+)
 
 
 @autotune("fwd")
@@ -24,6 +40,9 @@ def _paco_fwd_kernel(
     feat_ptr, label_ptr,  # (N, D), (N,) int64
     queue_ptr, queue_label_ptr,  # (K, D), (K,) int64
     logits_ptr, centers_ptr, bias_ptr,  # (A, C) class logits S, (C, D) centers W, (C,) float32 log prior
+    # LABEL_SUMS (_paco_label_sums_kernel): (N,) group of each row (tiles.group_rows), (G, D) and (G,) float32 label
+    # sums and counts, (1,) int32 1 when a batch or queue label is out of the class range
+    group_ptr, sums_ptr, counts_ptr, sums_flag_ptr,
     part_ptr,  # (5, SPLITS, A) float32 out: m, z, sum w l, P of each split, and the label-range flag
     # shapes and strides
     A, N, K, C, D, cols_per_split, stride_f, stride_q, stride_s, stride_w,
@@ -31,7 +50,7 @@ def _paco_fwd_kernel(
     # constants
     t_scale, c_scale, alpha, beta_on, beta_off, gamma, ignore_index,
     HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
-    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr,
+    HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr, LABEL_SUMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -71,18 +90,43 @@ def _paco_fwd_kernel(
             for c0 in range(lo, hi, BLOCK_N):
                 cols = c0 + offs_n
                 col_mask = cols < hi
-                l, w, d, col_labels = column_tile(
+                if LABEL_SUMS and seg > 0:
+                    if seg == 1:
+                        x = load_rows(feat_ptr, cols, col_mask, stride_f, offs_d, D, UPCAST)
+                    else:
+                        x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST)
+                    l = sample_logits(
+                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, hi, x, t_scale, BLOCK_M, BLOCK_N,
+                        seg == 1, PRECISION, NORMALIZE,
+                    )  # fmt: skip
+                    m, z = online_lse_step_uniform(m, z, l, gamma)
+                else:
+                    l, w, d, col_labels = column_tile(
                     seg, anchors, rows, row_mask, row_labels, cols, col_mask,
                     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
                     stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
                     offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
-                )  # fmt: skip
-                if HAS_CLASSES and seg > 0:  # batch and queue labels: every one is read by some program
-                    bad_label = tl.maximum(bad_label, out_of_range(col_labels, col_mask, C, ignore_index))
-                m, z = online_lse_step(m, z, l, d)
-                wl += weighted_logit_sum(w, l)
-                pos += tl.sum(w, axis=1)
+                    )  # fmt: skip
+                    if HAS_CLASSES and seg > 0:  # batch and queue labels: every one is read by some program
+                        bad_label = tl.maximum(bad_label, out_of_range(col_labels, col_mask, C, ignore_index))
+                    m, z = online_lse_step(m, z, l, d)
+                    wl += weighted_logit_sum(w, l)
+                    pos += tl.sum(w, axis=1)
             offset += size
+    if LABEL_SUMS:
+        if pid_s == 0:  # the sample positives, once per anchor
+            own = tl.where(row_mask, 1.0, 0.0) if HAS_BATCH else tl.zeros((BLOCK_M,), tl.float32)
+            positives = group_rows(
+                rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, feat_ptr, stride_f, own, offs_d, D, HAS_BATCH,
+                NORMALIZE,
+            )  # fmt: skip
+            wl += (alpha * t_scale) * tl.sum(anchors.to(tl.float32) * positives, axis=1)
+            group = tl.load(group_ptr + rows, mask=row_mask, other=0)
+            if HAS_CLASSES:
+                group = tl.where((group >= 0) & (group < C), group, C)
+            pos += alpha * (tl.load(counts_ptr + group, mask=row_mask, other=0.0) - own)
+        if HAS_CLASSES:  # the batch and queue labels, which the tiles no longer read, checked by the sums kernel
+            bad_label = tl.maximum(bad_label, tl.load(sums_flag_ptr))
 
     stride_part = num_splits.to(tl.int64) * A
     out = part_ptr + pid_s.to(tl.int64) * A + rows

@@ -173,6 +173,69 @@ def online_lse_step(m, z, l, d):
 
 
 @triton.jit
+def sample_logits(
+    anchors, rows, r0, cols, col_mask, c0, hi, x, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DIAGONAL: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    """Logits of a tile of batch or queue columns x (rows not yet normalized) for the positive terms by label sums
+    (LABEL_SUMS): the product, the columns' inverse norms and the temperature, and -inf on the columns that are not
+    in the denominator: past the range's end (hi) and, for batch columns (DIAGONAL), the anchor's own column. Both
+    masks are applied only on the tiles they touch (a branch per tile, not a compare per element): the tile that
+    crosses hi, and the tiles the diagonal crosses (rows r0.. r0 + BLOCK_M against columns c0.. c0 + BLOCK_N)."""
+    l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+    if NORMALIZE:  # as segment_logits: the columns' inverse norms scale the products
+        xf = x.to(tl.float32)
+        l = l * (inverse_norm(tl.sum(xf * xf, axis=1)) * scale)[None, :]
+    else:
+        l = l * scale
+    if c0 + BLOCK_N > hi:
+        l = tl.where(col_mask[None, :], l, float("-inf"))
+    if DIAGONAL:
+        if (c0 < r0 + BLOCK_M) & (r0 < c0 + BLOCK_N):
+            l = tl.where(rows[:, None] != cols[None, :], l, float("-inf"))
+    return l
+
+
+@triton.jit
+def online_lse_step_uniform(m, z, l, weight):
+    """online_lse_step for a tile whose columns all have the denominator weight `weight` (a scalar: gamma for
+    batch and queue columns), the columns out of the denominator holding l = -inf: one exp per element and no
+    select. exp(l - shift) <= 1, so weight 0 adds exactly 0."""
+    m_new = tl.maximum(m, tl.max(l, axis=1))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return m_new, z * tl.exp(m - shift) + weight * tl.sum(tl.exp(l - shift[:, None]), axis=1)
+
+
+@triton.jit
+def uniform_lse(lse, weight):
+    """The per-row exponent shift of the backward's p = weight exp(l - lse) = exp(l - (lse - log weight)) for
+    columns of one denominator weight (>= 0): +inf (p = 0) for weight 0, and for rows whose lse is -inf (nothing in
+    their denominator), where l - lse would be NaN or inf."""
+    shifted = tl.where(weight > 0, lse - tl.log(tl.maximum(weight, 1e-38)), float("inf"))
+    return tl.where(lse == float("-inf"), float("inf"), shifted)
+
+
+@triton.jit
+def group_rows(
+    rows, row_mask, group_ptr, C, CLASSES: tl.constexpr, sums_ptr, own_ptr, stride_own, own_weight, offs_d, D,
+    LESS_OWN: tl.constexpr, NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    """sums[group of r] (float32, (len(rows), BLOCK_D)) for rows r of features, less own_weight times the row's own
+    unit row (LESS_OWN: an anchor is in its own group but is not its own positive); sums is a contiguous (G, D)
+    float32 matrix of _paco_label_sums_kernel. The group is group_ptr[r]: the label itself with a class block
+    (CLASSES; every value that is not a class index is group C), else label_groups' id."""
+    g = tl.load(group_ptr + rows, mask=row_mask, other=0)
+    if CLASSES:
+        g = tl.where((g >= 0) & (g < C), g, C)
+    mask = row_mask[:, None] & (offs_d[None, :] < D)
+    s = tl.load(sums_ptr + g[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+    if LESS_OWN:
+        own = load_rows(own_ptr, rows, row_mask, stride_own, offs_d, D, True, NORMALIZE)
+        s -= own * own_weight[:, None]
+    return s
+
+
+@triton.jit
 def weighted_logit_sum(w, l):
     """sum of w l over a tile's columns, the columns of weight 0 (masked, or a -inf class logit) adding exactly 0."""
     return tl.sum(w * tl.where(w != 0, l, 0.0), axis=1)
