@@ -8,8 +8,8 @@ triton reads registers and local memory (STACK, i.e. spills) from the cubin; sha
 metadata. One line per kernel x variant x precision x autotune candidate x BLOCK_D x arch, with the MMA kind the
 dots became (wgmma, mma.sync or fma) and the SASS counts of tensor-core instructions, MUFU.EX2, compares and
 selects. Exits 1 when a kernel fails to compile, spills inside a loop, spills more than COLD_SPILL_LIMIT bytes
-outside loops, or needs more shared memory than the arch has; the half-precision sm_90 configurations whose dots do
-not lower to wgmma are counted in the last line. A few bytes spilled outside every loop (values computed before the
+outside loops, needs more shared memory than the arch has, or is a half-precision sm_90 configuration with a product
+that did not lower to wgmma. A few bytes spilled outside every loop (values computed before the
 column loop and read after it, which ptxas parks in local memory: one store and one load per program) are shown as
 "cold spill", not failed: they cost a handful of instructions per program against the thousands of the loop.
 
@@ -47,12 +47,23 @@ PRECISIONS = {  # name -> (input dtype, tl.dot input_precision for float32 opera
     "fp16": ("fp16", "tf32"),
 }
 
-_ROW_FLAGS = ("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "EXCLUDE", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE")
+_ROW_FLAGS = ("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "EXCLUDE", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE", "LABEL_SUMS")
 MEAN, NONE = 2, 0  # the kernels' REDUCTION constexpr (launch.REDUCTIONS)
 
 
 def _flags(*on: str, **more) -> dict:
     return dict({name: name in on for name in _ROW_FLAGS}, **more)
+
+
+def _columns(**on) -> dict:
+    """The column kernel's flags: these set, the others off."""
+    flags = dict(HAS_BIAS=False, EXCLUDE=False, NORMALIZE=False, FINISH=False, LABEL_SUMS=False)
+    return dict(flags, **on)
+
+
+def _epilogue(**on) -> dict:
+    flags = dict(HAS_COLS=False, NORMALIZE=False, LABEL_SUMS=False, HAS_CLASSES=False, HAS_BATCH=False)
+    return dict(flags, REDUCTION=MEAN, **on)
 
 
 # The constexpr flag sets the losses launch. The first variant of each kernel has the most live tiles (it is
@@ -64,6 +75,12 @@ VARIANTS = {
         "pixel": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE"),
         "psc": _flags("HAS_CLASSES", "EXCLUDE"),
         "supcon": _flags("HAS_BATCH"),
+        # positives by label sums (the launchers' path on large steps)
+        "gpaco-logits-sums": _flags(
+            "HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE", "LABEL_SUMS"
+        ),
+        "pixel-sums": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", "LABEL_SUMS"),
+        "supcon-sums": _flags("HAS_BATCH", "LABEL_SUMS"),
     },
     "bwd_rows": {
         "paco-centers": _flags(
@@ -82,21 +99,44 @@ VARIANTS = {
         "pixel": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", NEED_LOGITS=False, REDUCTION=MEAN),
         "psc": _flags("HAS_CLASSES", "EXCLUDE", NEED_LOGITS=False, REDUCTION=NONE),
         "supcon": _flags("HAS_BATCH", NEED_LOGITS=False, REDUCTION=MEAN),
+        "gpaco-logits-sums": _flags(
+            "HAS_CLASSES",
+            "FROM_LOGITS",
+            "HAS_BIAS",
+            "HAS_BATCH",
+            "HAS_QUEUE",
+            "NORMALIZE",
+            "LABEL_SUMS",
+            NEED_LOGITS=True,
+            REDUCTION=MEAN,
+        ),
+        "pixel-sums": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", "LABEL_SUMS", NEED_LOGITS=False, REDUCTION=MEAN),
+        "supcon-sums": _flags("HAS_BATCH", "LABEL_SUMS", NEED_LOGITS=False, REDUCTION=MEAN),
     },
     "bwd_cols": {
-        "centers-bias": dict(SEGMENT=0, HAS_BIAS=True, EXCLUDE=False, NORMALIZE=True, REDUCTION=MEAN, FINISH=True),
-        "batch": dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False, NORMALIZE=True, REDUCTION=MEAN, FINISH=False),
-        "psc-centers": dict(SEGMENT=0, HAS_BIAS=False, EXCLUDE=True, NORMALIZE=False, REDUCTION=NONE, FINISH=True),
+        "centers-bias": _columns(SEGMENT=0, HAS_BIAS=True, NORMALIZE=True, REDUCTION=MEAN, FINISH=True),
+        "batch": _columns(SEGMENT=1, NORMALIZE=True, REDUCTION=MEAN),
+        "psc-centers": _columns(SEGMENT=0, EXCLUDE=True, REDUCTION=NONE, FINISH=True),
+        "batch-sums": _columns(SEGMENT=1, NORMALIZE=True, REDUCTION=MEAN, LABEL_SUMS=True),
+    },
+    "label_sums": {
+        "forward": dict(CLASSES=True, HAS_BATCH=True, NORMALIZE=True, COEFFICIENTS=False, REDUCTION=MEAN),
+        "backward": dict(CLASSES=False, HAS_BATCH=True, NORMALIZE=False, COEFFICIENTS=True, REDUCTION=NONE),
     },
     "finalize": {"mean": dict(REDUCTION=MEAN), "none": dict(REDUCTION=NONE)},
-    "epilogue": {"normalize": dict(HAS_COLS=True, NORMALIZE=True), "plain": dict(HAS_COLS=False, NORMALIZE=False)},
+    "epilogue": {
+        "label-sums": _epilogue(HAS_COLS=True, NORMALIZE=True, LABEL_SUMS=True, HAS_CLASSES=True, HAS_BATCH=True),
+        "normalize": _epilogue(HAS_COLS=True, NORMALIZE=True, HAS_BATCH=True),
+        "plain": _epilogue(),
+    },
 }
 
 # Pointer arguments that are not of the input dtype.
-_INDEX_POINTERS = {"label_ptr", "queue_label_ptr"}
-_INT32_POINTERS = {"ok_ptr"}
+_INDEX_POINTERS = {"label_ptr", "queue_label_ptr", "group_ptr", "order_ptr", "sorted_label_ptr", "bounds_ptr"}
+_INT32_POINTERS = {"ok_ptr", "flag_ptr", "sums_flag_ptr"}
 _FLOAT32_POINTERS = {
     "part_ptr", "parts_ptr", "batch_grad_ptr", "bias_ptr", "lse_ptr", "pos_ptr", "counted_ptr", "grad_anchor_ptr",
+    "sums_ptr", "counts_ptr", "coef_sums_ptr",
 }  # fmt: skip
 _FLOAT_SCALARS = {"t_scale", "c_scale", "scale", "alpha", "beta_on", "beta_off", "gamma", "loss_scale", "lse_eps"}
 
@@ -125,13 +165,12 @@ class Result:
     sass: dict = None  # instruction counts of the kernel's SASS (sass_counts)
 
     def lacks_wgmma(self) -> bool:
-        """A half-precision sm_90 configuration whose dots did not lower to wgmma (Hopper's tensor-core
-        instruction; mma.sync runs there at a fraction of its rate). Counted in the summary line, not failed yet:
-        the 32-row row-backward candidate still needs it (its 64-row version spills)."""
+        """A half-precision sm_90 configuration with a dot that did not lower to wgmma (Hopper's tensor-core
+        instruction; mma.sync runs there at a fraction of its rate): a failure."""
         c = self.case
         half = PRECISIONS[c.precision][0] in ("bf16", "fp16")
         needs = c.arch == 90 and half and c.kind in ("fwd", "bwd_rows", "bwd_cols")
-        return needs and self.sass is not None and "wgmma" not in self.sass["mma"]
+        return needs and self.sass is not None and self.sass["mma"] != "wgmma"
 
     def problems(self) -> list[str]:
         if self.error:
@@ -142,6 +181,8 @@ class Result:
                 f"spills ({self.stack} B of local memory per thread; {self.hot_spills} spill loads/stores in loops, "
                 f"{self.cold_spills} outside)"
             )
+        if self.lacks_wgmma():
+            found.append(f"a half-precision sm_90 product lowered to {self.sass['mma']}, not wgmma alone")
         if self.registers > MAX_REGISTERS:
             found.append(f"{self.registers} registers > {MAX_REGISTERS}")
         if self.shared > SHARED_LIMIT[self.case.arch]:

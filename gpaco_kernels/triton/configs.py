@@ -23,12 +23,14 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # (kernel, precision class) -> candidates as (BLOCK_M, BLOCK_N, num_warps, num_stages). The first is the one the
 # previous, hand-picked schedule used.
 CANDIDATES = {
-    # Half precision: 64-row anchor tiles where they fit, so that the dots lower to wgmma on sm_90 (a warpgroup's
-    # wgmma takes 64 rows; 32-row tiles fall back to mma.sync). With today's per-element label work, 128-row and
-    # 64 x 128 forward tiles spill, and so does a 64 x 32 row backward with class logits: it keeps 32 x 64.
+    # Half precision: every tile product has 64 rows (M) or more, so that it lowers to wgmma on sm_90 (a warpgroup's
+    # wgmma takes 64 rows; smaller tiles fall back to mma.sync): the anchor tile in the forward and row backward, and
+    # both tiles in the column backward (its second product, H^T A, has BLOCK_N rows). 128-row and 64 x 128 forward
+    # tiles spill, and so do a 64 x 32 row backward (152 B with class logits and label sums) and a 64 x 64 column
+    # backward with 4 warps.
     ("fwd", "half"): [(64, 64, 8, 3), (64, 32, 4, 3)],
-    ("bwd_rows", "half"): [(64, 64, 8, 2), (32, 64, 4, 2)],
-    ("bwd_cols", "half"): [(64, 32, 4, 2), (32, 64, 4, 2)],
+    ("bwd_rows", "half"): [(64, 64, 8, 2)],
+    ("bwd_cols", "half"): [(64, 64, 8, 2)],
     ("fwd", "fp32"): [(32, 32, 4, 2), (16, 32, 4, 2)],
     ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1)],
     ("bwd_cols", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1)],

@@ -328,24 +328,23 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
         )
         launch(_paco_bwd_cols_kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
             # data pointers
-            feats, o.labels, matrix, o.bias, lse, pos, sums.group, sums.coef_sums, grad_loss, counted, out,
+            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, out,
             # shapes and strides
-            A, matrix.shape[0], o.C, D, feats.stride(0), matrix.stride(0), out.stride(0),
+            A, matrix.shape[0], D, feats.stride(0), matrix.stride(0), out.stride(0),
             bucket(A), bucket(matrix.shape[0]),
             # constants
             scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"], **common,
             SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, FINISH=finish,
-            LABEL_SUMS=o.label_sums and segment == 1, HAS_CLASSES=o.C > 0, **tiles,
+            LABEL_SUMS=o.label_sums and segment == 1, **tiles,
         )  # fmt: skip
         return out
 
     grad_features = grad_centers = None
     with _on_device(feats):
-        sums = _label_sums(o, p, launch, coefficients=(pos, grad_loss, counted))
         launch(_paco_bwd_rows_kernel)[row_grid](
             # data pointers
             feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias,
-            lse, pos, sums.group, sums.sums, grad_loss, counted, parts, grad_logits,
+            lse, pos, grad_loss, counted, parts, grad_logits,
             # shapes and strides
             A, o.N, o.K, o.C, D, cols_per_split,
             feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),
@@ -358,10 +357,15 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
             # dFeatures = the batch columns' gradient (when they take one) + dAnchors, finished by the epilogue.
             batch = columns(1, feats, scalars["t_scale"], False, False) if o.N and p.batch_column_grad else None
             grad_features = torch.empty_like(feats)
+            # the positives' part of the batch and queue columns (LABEL_SUMS): from per-label sums, in the epilogue
+            sums = _label_sums(o, p, launch, coefficients=(pos, grad_loss, counted))
             launch(_paco_epilogue_kernel)[(triton.cdiv(feats.shape[0], EPILOGUE_BLOCK_R),)](
                 parts, parts if batch is None else batch, feats, grad_features,
-                feats.shape[0], A, splits, D, feats.stride(0), grad_features.stride(0),
-                HAS_COLS=batch is not None, NORMALIZE=p.normalize, BLOCK_R=EPILOGUE_BLOCK_R, BLOCK_D=tiles["BLOCK_D"],
+                o.labels, sums.group, sums.sums, sums.coef_sums, pos, grad_loss, counted,
+                feats.shape[0], A, o.C, splits, D, feats.stride(0), grad_features.stride(0),
+                p.alpha / p.temperature, p.loss_scale, p.ignore_index,
+                HAS_COLS=batch is not None, NORMALIZE=p.normalize, LABEL_SUMS=o.label_sums, HAS_CLASSES=o.C > 0,
+                HAS_BATCH=o.N > 0, REDUCTION=reduction, BLOCK_R=EPILOGUE_BLOCK_R, BLOCK_D=tiles["BLOCK_D"],
                 num_warps=FIXED["epilogue"][1],
             )  # fmt: skip
         if need_centers:

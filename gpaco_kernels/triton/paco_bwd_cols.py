@@ -10,9 +10,8 @@ their rows take no other gradient) it also chains the gradient through the norma
 input's dtype; without (batch columns, whose first A rows are also anchors) it stores float32 and
 _paco_epilogue_kernel adds dAnchors and finishes. Saves nothing.
 
-With LABEL_SUMS (batch columns, as in the forward) a tile forms only H = -gamma exp(l - lse), and the positive part
-adds (alpha / t) (R[g_j] - a_j / P_j a_j) to column j once, with R the per-group sums of (a_i / P_i) times the
-anchors' unit rows from _paco_label_sums_kernel (the own row subtracted when column j is an anchor).
+With LABEL_SUMS (batch columns, as in the forward) a tile forms only H = -gamma exp(l - lse); the positive part
+w / P is added per row by _paco_epilogue_kernel, from per-label sums.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from .tiles import (
     anchor_coefficients,
     as_f32,
     gradient_factor,
-    group_rows,
     inverse_norm,
     load_rows,
     normalize_backward,
@@ -43,16 +41,15 @@ def _paco_bwd_cols_kernel(
     feat_ptr, label_ptr,  # anchors (the first A rows of features) and their labels; labels of batch columns
     cols_ptr, bias_ptr,  # (NCOLS, D) the column rows X (features or centers), (C,) float32 class bias
     lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
-    group_ptr, coef_sums_ptr,  # LABEL_SUMS: (N,) group of each row (with HAS_CLASSES its label), (G, D) sums R
     grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
     grad_cols_ptr,  # (NCOLS, D) out: with FINISH the finished gradient of those rows in their dtype, else float32
     # shapes and strides
-    A, NCOLS, C, D, stride_f, stride_x, stride_g,
+    A, NCOLS, D, stride_f, stride_x, stride_g,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
     scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr, NORMALIZE: tl.constexpr,
-    REDUCTION: tl.constexpr, FINISH: tl.constexpr, LABEL_SUMS: tl.constexpr, HAS_CLASSES: tl.constexpr,
+    REDUCTION: tl.constexpr, FINISH: tl.constexpr, LABEL_SUMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -87,7 +84,7 @@ def _paco_bwd_cols_kernel(
         x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         if LABEL_SUMS:  # batch columns, positives by label sums: the denominator part only
             l = sample_logits(
-                anchors, rows, r0, cols, col_mask, pid_n * BLOCK_N, NCOLS, x, scale, BLOCK_M, BLOCK_N, True,
+                anchors, rows, r0, cols, col_mask, pid_n * BLOCK_N, x, scale, BLOCK_M, BLOCK_N, True,
                 PRECISION, NORMALIZE,
             )  # fmt: skip
             # rows past A: zero anchors and a = 0, so H = 0 there without a select
@@ -108,15 +105,6 @@ def _paco_bwd_cols_kernel(
             h = tl.where(row_mask[:, None], h, 0.0)
             acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
     acc = acc * (scale / G_SCALE)
-    if LABEL_SUMS:  # the positives' part, w / P, from the per-group sums R
-        coef, inv_pos = anchor_coefficients(
-            grad_ptr, counted_ptr, pos_ptr, cols, col_mask & (cols < A), col_labels, ignore_index, loss_scale,
-            REDUCTION,
-        )  # fmt: skip
-        acc += (alpha * scale) * group_rows(
-            cols, col_mask, group_ptr, C, HAS_CLASSES, coef_sums_ptr, feat_ptr, stride_f, coef * inv_pos, offs_d, D,
-            True, NORMALIZE,
-        )  # fmt: skip
     if FINISH and NORMALIZE:  # centers: these rows take no other gradient, finished here
         acc = normalize_backward(acc, cols_ptr, cols, col_mask, stride_x, offs_d, D)
     out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]

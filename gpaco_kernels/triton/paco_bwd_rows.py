@@ -9,8 +9,7 @@ logits (disjoint columns). Saves nothing; the kernel that finishes dFeatures (_p
 columns, else _paco_epilogue_kernel) sums the splits' parts in a fixed order (deterministic).
 
 With LABEL_SUMS (as in the forward) batch and queue tiles form only H = -gamma exp(l - lse); the positive part
-w / P of their columns adds (alpha / (P t)) (M[g_i] - a_i) to each anchor once, in the first split, from the
-per-group sums of _paco_label_sums_kernel.
+w / P of their columns is added per row by _paco_epilogue_kernel, from per-label sums.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from .tiles import (
     as_f32,
     column_tile,
     gradient_factor,
-    group_rows,
     load_rows,
     sample_logits,
     uniform_lse,
@@ -38,7 +36,6 @@ def _paco_bwd_rows_kernel(
     # data pointers
     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,  # as the forward
     lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
-    group_ptr, sums_ptr,  # LABEL_SUMS: (N,) group of each row (tiles.group_rows), (G, D) float32 label sums
     grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
     grad_anchor_ptr,  # (SPLITS, A, D) float32 out: each split's part of dAnchors
     grad_logits_ptr,  # (A, C) out, dtype of the class logits
@@ -94,7 +91,7 @@ def _paco_bwd_rows_kernel(
                 if LABEL_SUMS and seg > 0:
                     x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
                     l = sample_logits(
-                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, hi, x, t_scale, BLOCK_M, BLOCK_N,
+                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x, t_scale, BLOCK_M, BLOCK_N,
                         seg == 1, PRECISION, NORMALIZE,
                     )  # fmt: skip
                     h = -tl.exp(l - sample_lse[:, None])
@@ -121,14 +118,6 @@ def _paco_bwd_rows_kernel(
                     part = tl.dot((h * G_SCALE).to(x.dtype), x, input_precision=PRECISION)
                     acc += part * (scale / G_SCALE)
             offset += size
-    if LABEL_SUMS:
-        if pid_s == 0:  # the sample positives' part, once per anchor
-            own = tl.where(row_mask, 1.0, 0.0) if HAS_BATCH else tl.zeros((BLOCK_M,), tl.float32)
-            positives = group_rows(
-                rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, feat_ptr, stride_f, own, offs_d, D, HAS_BATCH,
-                NORMALIZE,
-            )  # fmt: skip
-            acc += positives * (inv_pos * (alpha * t_scale))[:, None]
     acc = acc * coef[:, None]
     out = grad_anchor_ptr + (pid_s.to(tl.int64) * A + rows.to(tl.int64))[:, None] * stride_ga + offs_d[None, :]
     tl.store(out, acc, mask=row_mask[:, None] & (offs_d[None, :] < D))

@@ -23,11 +23,12 @@ from .configs import autotune
 from .tiles import (
     as_f32,
     column_tile,
-    group_rows,
+    group_sums,
     load_rows,
     online_lse_step,
     online_lse_step_uniform,
     out_of_range,
+    row_groups,
     sample_logits,
     weighted_logit_sum,
 )
@@ -80,6 +81,22 @@ def _paco_fwd_kernel(
     z = tl.zeros((BLOCK_M,), tl.float32)
     wl = tl.zeros((BLOCK_M,), tl.float32)
     pos = tl.zeros((BLOCK_M,), tl.float32)
+    if LABEL_SUMS:
+        if pid_s == 0:  # the sample positives, once per anchor, before the loop (after it, they spilled)
+            # <a_i, M[g_i]>, less <a_i, a_i's own unit row> for batch columns: two row tiles one after the other
+            # (one float32 tile live at a time: both at once spilled at 64 x 32 on sm_80)
+            sums = group_sums(rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, offs_d, D)
+            sample_wl = tl.sum(anchors.to(tl.float32) * sums, axis=1)
+            group = row_groups(group_ptr, rows, row_mask, C, HAS_CLASSES)
+            count = tl.load(counts_ptr + group, mask=row_mask, other=0.0)
+            if HAS_BATCH:
+                own = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, True, NORMALIZE)
+                sample_wl -= tl.sum(anchors.to(tl.float32) * own, axis=1)
+                count -= tl.where(row_mask, 1.0, 0.0)
+            wl += (alpha * t_scale) * sample_wl
+            pos += alpha * count
+        if HAS_CLASSES:  # the batch and queue labels, which the tiles no longer read, checked by the sums kernel
+            bad_label = tl.maximum(bad_label, tl.load(sums_flag_ptr))
     offset = 0
     for seg in tl.static_range(3):
         present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
@@ -96,7 +113,7 @@ def _paco_fwd_kernel(
                     else:
                         x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST)
                     l = sample_logits(
-                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, hi, x, t_scale, BLOCK_M, BLOCK_N,
+                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x, t_scale, BLOCK_M, BLOCK_N,
                         seg == 1, PRECISION, NORMALIZE,
                     )  # fmt: skip
                     m, z = online_lse_step_uniform(m, z, l, gamma)
@@ -113,20 +130,6 @@ def _paco_fwd_kernel(
                     wl += weighted_logit_sum(w, l)
                     pos += tl.sum(w, axis=1)
             offset += size
-    if LABEL_SUMS:
-        if pid_s == 0:  # the sample positives, once per anchor
-            own = tl.where(row_mask, 1.0, 0.0) if HAS_BATCH else tl.zeros((BLOCK_M,), tl.float32)
-            positives = group_rows(
-                rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, feat_ptr, stride_f, own, offs_d, D, HAS_BATCH,
-                NORMALIZE,
-            )  # fmt: skip
-            wl += (alpha * t_scale) * tl.sum(anchors.to(tl.float32) * positives, axis=1)
-            group = tl.load(group_ptr + rows, mask=row_mask, other=0)
-            if HAS_CLASSES:
-                group = tl.where((group >= 0) & (group < C), group, C)
-            pos += alpha * (tl.load(counts_ptr + group, mask=row_mask, other=0.0) - own)
-        if HAS_CLASSES:  # the batch and queue labels, which the tiles no longer read, checked by the sums kernel
-            bad_label = tl.maximum(bad_label, tl.load(sums_flag_ptr))
 
     stride_part = num_splits.to(tl.int64) * A
     out = part_ptr + pid_s.to(tl.int64) * A + rows

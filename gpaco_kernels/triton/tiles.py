@@ -174,22 +174,22 @@ def online_lse_step(m, z, l, d):
 
 @triton.jit
 def sample_logits(
-    anchors, rows, r0, cols, col_mask, c0, hi, x, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    anchors, rows, r0, cols, col_mask, c0, x, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DIAGONAL: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
 ):  # fmt: skip
     """Logits of a tile of batch or queue columns x (rows not yet normalized) for the positive terms by label sums
     (LABEL_SUMS): the product, the columns' inverse norms and the temperature, and -inf on the columns that are not
-    in the denominator: past the range's end (hi) and, for batch columns (DIAGONAL), the anchor's own column. Both
-    masks are applied only on the tiles they touch (a branch per tile, not a compare per element): the tile that
-    crosses hi, and the tiles the diagonal crosses (rows r0.. r0 + BLOCK_M against columns c0.. c0 + BLOCK_N)."""
+    in the denominator: past the range's end (col_mask, in the scaling's multiply-add) and, for batch columns
+    (DIAGONAL), the anchor's own column, masked only on the tiles the diagonal crosses (rows r0.. r0 + BLOCK_M
+    against columns c0.. c0 + BLOCK_N: a branch per tile, not a compare per element)."""
     l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
-    if NORMALIZE:  # as segment_logits: the columns' inverse norms scale the products
+    # One multiply-add per element: the scale (times the columns' inverse norms with NORMALIZE, as segment_logits)
+    # and a per-column bias of 0, or -inf past the range's end.
+    col_scale = tl.zeros((BLOCK_N,), tl.float32) + scale
+    if NORMALIZE:
         xf = x.to(tl.float32)
-        l = l * (inverse_norm(tl.sum(xf * xf, axis=1)) * scale)[None, :]
-    else:
-        l = l * scale
-    if c0 + BLOCK_N > hi:
-        l = tl.where(col_mask[None, :], l, float("-inf"))
+        col_scale = inverse_norm(tl.sum(xf * xf, axis=1)) * scale
+    l = l * col_scale[None, :] + tl.where(col_mask, 0.0, float("-inf"))[None, :]
     if DIAGONAL:
         if (c0 < r0 + BLOCK_M) & (r0 < c0 + BLOCK_N):
             l = tl.where(rows[:, None] != cols[None, :], l, float("-inf"))
@@ -216,23 +216,22 @@ def uniform_lse(lse, weight):
 
 
 @triton.jit
-def group_rows(
-    rows, row_mask, group_ptr, C, CLASSES: tl.constexpr, sums_ptr, own_ptr, stride_own, own_weight, offs_d, D,
-    LESS_OWN: tl.constexpr, NORMALIZE: tl.constexpr,
-):  # fmt: skip
-    """sums[group of r] (float32, (len(rows), BLOCK_D)) for rows r of features, less own_weight times the row's own
-    unit row (LESS_OWN: an anchor is in its own group but is not its own positive); sums is a contiguous (G, D)
-    float32 matrix of _paco_label_sums_kernel. The group is group_ptr[r]: the label itself with a class block
-    (CLASSES; every value that is not a class index is group C), else label_groups' id."""
+def row_groups(group_ptr, rows, row_mask, C, CLASSES: tl.constexpr):
+    """The group of each row of features: group_ptr[r], the label itself with a class block (CLASSES; every value
+    that is not a class index is group C), else label_groups' id."""
     g = tl.load(group_ptr + rows, mask=row_mask, other=0)
     if CLASSES:
         g = tl.where((g >= 0) & (g < C), g, C)
+    return g
+
+
+@triton.jit
+def group_sums(rows, row_mask, group_ptr, C, CLASSES: tl.constexpr, sums_ptr, offs_d, D):
+    """sums[group of r] (float32, (len(rows), BLOCK_D)) for rows r of features (row_groups); sums is a contiguous
+    (G, D) float32 matrix of _paco_label_sums_kernel."""
+    g = row_groups(group_ptr, rows, row_mask, C, CLASSES)
     mask = row_mask[:, None] & (offs_d[None, :] < D)
-    s = tl.load(sums_ptr + g[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
-    if LESS_OWN:
-        own = load_rows(own_ptr, rows, row_mask, stride_own, offs_d, D, True, NORMALIZE)
-        s -= own * own_weight[:, None]
-    return s
+    return tl.load(sums_ptr + g.to(tl.int64)[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
