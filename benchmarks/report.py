@@ -566,21 +566,30 @@ def overhead_section(records) -> str:
 
 
 def gpu_model_table() -> str:
-    rows = ["| forward + backward | dtype | model | floor (3 GEMMs at peak) | model / floor |", "|---|---|---|---|---|"]
-    workload = None
-    for line in (RESULTS / "gpu_model.txt").read_text().splitlines():
-        head = re.match(r"(\S+): A (\d+), N (\d+), K (\d+), C (\d+), D (\d+)", line)
-        if head:
-            name, a, n, k, c, d = head.groups()
-            workload = (
-                f"GPaCo LT step ({a} x [{c} \\| {n} \\| {k}], D {d})" if name == "gpaco-lt" else f"pixel loss, N = {n}"
+    """The GPU model's record (python -m tools.gpu_model --out ...): its calibration against the H200 records, then
+    its estimates for the goals, every estimate labelled as one."""
+    lines = (RESULTS / "gpu_model.txt").read_text().splitlines()
+    calibration = ["| H200 point | kernel | measured | estimate | error |", "|---|---|---|---|---|"]
+    goals = ["| goal | today (measured) | estimate for today's kernels | goal |", "|---|---|---|---|"]
+    summary = ""
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")]
+        if cells[0] == "calibration" and len(cells) >= 6:
+            point, kernel, measured, model, error = cells[1:6]
+            calibration.append(
+                f"| {point} | {kernel} | {measured.removeprefix('measured ')} | "
+                f"{model.removeprefix('model ')} (estimate) | {error} |"
             )
-            continue
-        row = re.match(r"\s+(\S+)\s+model\s+([\d.]+) us\s+floor\s+([\d.]+) us\s+\(\s*([\d.]+)x\)", line)
-        if row and workload:
-            dtype, model, floor, ratio = row.groups()
-            rows.append(f"| {workload} | {dtype} | {float(model):.1f} us | {float(floor):.1f} us | {ratio}x |")
-    return "\n".join(rows)
+        elif cells[0] == "goal" and len(cells) >= 5:
+            goal, today, estimate, target = cells[1:5]
+            goals.append(
+                f"| {goal} | {today.removeprefix('today ').removesuffix(' (measured)')} | "
+                f"{estimate.removeprefix('estimate ')} (estimate) | {target.removeprefix('goal ')} |"
+            )
+        elif line.startswith("calibration:"):
+            summary = line.removeprefix("calibration: ")
+    head = lines[1] if len(lines) > 1 else ""
+    return "\n".join([head + ".", "", *calibration, "", f"Calibration: {summary}.", "", *goals])
 
 
 def selfcheck_block() -> str:

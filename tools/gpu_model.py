@@ -1,25 +1,34 @@
-"""A model, not a measurement: time of the Triton kernels' tile schedule on an H100, from FLOPs, exps and bytes.
+"""An estimate, not a measurement: time of the Triton kernels on an H200 SXM, from the instructions of their loops.
 
-    python -m tools.gpu_model [--workload gpaco-lt pixel] [--batch N] [--dtype bf16 fp32-tf32]
+    python -m tools.gpu_model [--jobs 2] [--out benchmarks/results/gpu_model.txt]
 
-For each kernel launch the launchers would make (grid and column splits from gpaco_kernels/triton/launch.py, tiles
-of the first autotune candidate of gpaco_kernels/triton/configs.py),
-it counts per program the tensor-core FLOPs of its tl.dot calls (logits, and their recompute in the backward), the
-exps, and the bytes it reads; and for the launch the bytes every program needs from memory at least once (unique
-bytes: inputs, saved statistics, outputs). Programs are spread evenly over the SMs, so
+No GPU is needed. Each kernel is compiled here for sm_90 (as tools/compile_report.py does) and its SASS read: the
+inner loop (the loop with the tensor-core instructions) gives, per warp and iteration, the instructions issued, the
+cycles its shared-memory instructions and shuffles hold the SM's one MIO pipe (tools.gpu_model._mio_cycles),
+the MUFU.EX2 count, and the tile's tensor-core FLOPs. Per iteration and SM:
 
-    time(kernel) = max(programs on the busiest SM x max(FLOPs / SM peak, exps / SM exp rate),  unique bytes / HBM)
+    cycles = max((instructions x warps / 4 schedulers + MIO cycles x warps) / efficiency,
+                 MUFU x warps x 32 / 16 per clock,  FLOPs / tensor-core FLOPs per clock)
 
-which assumes that tiles reread by several programs come from L2 (50 MB; the headline inputs fit), that math, exps
-and memory overlap perfectly, and no launch overhead: a lower bound for this schedule, to be checked on a GPU with
-`python benchmarks/side_by_side.py --device cuda`. Next to it: the floor, the three bare GEMMs of the step
-(logits, G C, G^T A) at the H100's peak.
+and a kernel takes ceil(programs / 132 SMs) x iterations x cycles at 1.83 GHz, for the autotune candidate the
+model finds fastest, on the grid of the pixel and SupCon workloads (no column split there). One constant is fitted:
+`efficiency`, the share of issue slots a loop fills, on the forward kernel of the committed H200 profile (pixel loss,
+N 32768, bf16); the other measured points (the two backward kernels, and float32 steps with TF32 off) check it.
+The model runs on the kernels those records timed (git archive of MEASURED_COMMIT) for the calibration, then on
+today's for the goals. Left out: the class block's loop (150 of 32918 columns), the small kernels (label sums,
+finalize, epilogue), launch and host time, memory stalls. The SASS is triton's of this machine; the H200 runs
+compiled with triton 3.6. `schedule` and `floor_seconds` keep the FLOP roofline of each launch (a lower bound).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 
 # H100 SXM5 published peaks (dense, no sparsity).
@@ -110,36 +119,388 @@ def floor_seconds(sizes: dict, dtype: str, gpu=H100) -> float:
     return 3 * 2 * A * cols * D / gpu["flops"][dtype]
 
 
-def report(name: str, sizes: dict, dtypes) -> None:
-    fields = zip("ANKCD", ("anchors", "batch", "queue", "classes", "dim"))
-    print(f"{name}: " + ", ".join(f"{letter} {sizes[field]}" for letter, field in fields))
-    for dtype in dtypes:
-        launches = schedule(sizes, dtype)
-        total = sum(launch.seconds(dtype) for launch in launches)
-        parts = ", ".join(f"{x.kernel} {x.seconds(dtype) * 1e6:.1f} us ({x.programs} programs)" for x in launches)
-        floor = floor_seconds(sizes, dtype)
-        ratio = f"{total / floor:4.1f}x"
-        print(f"  {dtype:<9} model {total * 1e6:8.1f} us  floor {floor * 1e6:7.1f} us  ({ratio})  {parts}")
+# ---------------------------------------------------------------------------------------------------------------------
+# The instruction-level estimate: what one iteration of a kernel's inner loop costs an SM, read from its SASS.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# H200 SXM (the GPU of the committed records; an H100 SXM has the same SMs and clocks): per-SM rates per clock.
+H200 = dict(
+    name="H200 SXM",
+    sms=132,
+    clock_hz=1.83e9,
+    schedulers=4,  # warp instructions issued per clock per SM (one per sub-partition)
+    mufu_lanes=16,  # MUFU.EX2 results per clock per SM
+    # tensor-core FLOPs per clock per SM by MMA kind and operand type: wgmma at the dense peak (989 TFLOP/s bf16),
+    # mma.sync at two thirds of it on Hopper, float32 FMA on the 128 FP32 lanes; 3xTF32 is three TF32 products
+    tensor={
+        ("wgmma", "half"): 4096,
+        ("wgmma", "tf32"): 2048,
+        ("wgmma", "tf32x3"): 2048 / 3,
+        ("mma.sync", "half"): 2731,
+        ("mma.sync", "tf32"): 1365,
+        ("mma.sync", "tf32x3"): 1365 / 3,
+        ("fma", "ieee"): 256,
+    },  # fmt: skip
+    registers=65536,
+    max_warps=64,
+    shared=227 * 1024,
+)
 
 
-def main(argv=None) -> None:
-    from .workloads import WORKLOADS
+@dataclass
+class LoopMix:
+    """Instruction counts of one loop body of a kernel's SASS (per warp and iteration)."""
 
+    total: int
+    tensor: int  # HGMMA + HMMA
+    mufu: int  # MUFU.EX2
+    kind: str  # wgmma | mma.sync | fma
+    mio: float = 0.0  # cycles of the SM's shared-memory pipe per warp and iteration (LDS/LDSM/STS/SHFL, _mio_cycles)
+
+    @classmethod
+    def of(cls, sass: str) -> LoopMix:
+        """The inner loop that does the tile work: the loop with the most tensor-core instructions (the most FFMA
+        where the products run on FMA units). A loop is the address range from a backward branch's target to it.
+        Its body is counted whole, branches inside included (an upper bound for code that runs on some tiles)."""
+        from .compile_report import _SASS_LINE
+
+        lines = []
+        for addr_hex, text in _SASS_LINE.findall(sass):
+            words = text.split()
+            op = words[1] if words and words[0].startswith("@") and len(words) > 1 else (words[0] if words else "")
+            lines.append((int(addr_hex, 16), op, text))
+        loops = []
+        for addr, _op, text in lines:
+            branch = re.match(r"(?:@!?U?P\w+\s+)?BRA\s+(?:\w+\s+)?0x([0-9a-f]+)", text)
+            if branch and int(branch.group(1), 16) < addr:
+                loops.append((int(branch.group(1), 16), addr))
+        best = None
+        for lo, hi in loops:
+            body = [op for addr, op, _ in lines if lo <= addr <= hi]
+            hgmma = sum(op.startswith("HGMMA") for op in body)
+            hmma = sum(op.startswith("HMMA") for op in body)
+            ffma = sum(op.startswith("FFMA") for op in body)
+            mix = cls(len(body), hgmma + hmma, sum(op == "MUFU.EX2" for op in body),
+                      "wgmma" if hgmma else ("mma.sync" if hmma else "fma"),
+                      sum(_mio_cycles(op) for op in body))  # fmt: skip
+            key = (mix.tensor, ffma if not mix.tensor else 0, mix.total)
+            if best is None or key > best[0]:
+                best = (key, mix)
+        if best is None:
+            raise ValueError("no loop in this SASS")
+        return best[1]
+
+
+def _mio_cycles(op: str) -> float:
+    """Cycles one warp instruction holds the SM's shared-memory pipe (MIO: 128 bytes per clock for the whole SM, one
+    per clock for a shuffle): LDS/STS of 32/64/128 bits 1/2/4, LDSM/STSM .x1/.x2/.x4 1/2/4, SHFL 1; 0 otherwise."""
+    if op.startswith("SHFL"):
+        return 1.0
+    if op.startswith(("LDSM", "STSM")):
+        return {"4": 4.0, "2": 2.0}.get(op.rsplit(".", 1)[-1], 1.0)
+    if op.startswith(("LDS", "STS")):
+        return 4.0 if ".128" in op else (2.0 if ".64" in op else 1.0)
+    return 0.0
+
+
+def occupancy(registers: int, warps: int, shared: int, gpu=H200) -> int:
+    """Programs (CTAs) resident per SM: registers (allocated per warp in units of 256), warps, shared memory."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_regs = gpu["registers"] // (per_warp * warps)
+    by_warps = gpu["max_warps"] // warps
+    by_shared = gpu["shared"] // max(shared, 1)
+    return max(1, min(by_regs, by_warps, by_shared))
+
+
+def iteration_cycles(mix: LoopMix, warps: int, tile_flops: float, operands: str, gpu=H200) -> dict:
+    """Cycles one SM spends on one loop iteration of one program, by resource: instruction issue (every warp issues
+    the loop body on its sub-partition's scheduler, plus the cycles its shared-memory instructions and shuffles hold
+    the SM's one MIO pipe; at full efficiency here, KernelEstimate.seconds divides by the fitted share), MUFU (32
+    lanes per warp instruction) and tensor cores."""
+    issue = mix.total * warps / gpu["schedulers"] + mix.mio * warps
+    mufu = mix.mufu * warps * 32 / gpu["mufu_lanes"]
+    tensor = tile_flops / gpu["tensor"][(mix.kind, operands)]
+    return dict(issue=issue, mufu=mufu, tensor=tensor)
+
+
+@dataclass
+class KernelEstimate:
+    kernel: str
+    config: tuple
+    programs: int
+    iterations: int
+    cycles: dict  # per iteration, by resource
+    resident: int
+
+    def per_iteration(self, efficiency: float) -> dict:
+        """Cycles per iteration by resource, the issue slots filled at `efficiency` (the fitted constant)."""
+        return dict(self.cycles, issue=self.cycles["issue"] / efficiency)
+
+    def seconds(self, efficiency: float) -> float:
+        """The largest resource is the time (the others overlap with it). Programs resident on one SM share its issue
+        slots, MUFU and tensor cores, so an SM's time is the sum over the programs it gets (programs spread evenly:
+        the busiest SM gets ceil(programs / SMs))."""
+        cycles = max(self.per_iteration(efficiency).values())
+        return math.ceil(self.programs / H200["sms"]) * self.iterations * cycles / H200["clock_hz"]
+
+    def bound(self, efficiency: float) -> str:
+        cycles = self.per_iteration(efficiency)
+        return max(cycles, key=cycles.get)
+
+
+def _compile_worker(job: tuple) -> tuple:
+    """(LoopMix, registers, shared bytes) of one kernel compiled for sm_90, in a fresh process: job = (source root
+    or None, kind, constexprs, dtype, num_warps, num_stages). The source root is a checkout whose gpaco_kernels is
+    imported instead of this one (the kernels a committed record measured)."""
+    source, kind, constexprs, dtype, num_warps, num_stages = job
+    if source:
+        sys.path.insert(0, source)
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    import gpaco_kernels
+
+    from . import compile_report as cr
+
+    where = os.path.dirname(os.path.dirname(os.path.abspath(gpaco_kernels.__file__)))
+    if source and os.path.abspath(source) != where:  # a worker of another tree's pool
+        raise RuntimeError(f"this worker imported gpaco_kernels from {where}, not {source}")
+    fn = cr.kernel(kind)
+    names = {name for name, is_constexpr in cr.kernel_arguments(fn) if is_constexpr}
+    constexprs = {k: v for k, v in constexprs.items() if k in names}
+    signature, attrs = cr._signature(fn, dtype, constexprs)
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
+    )
+    cubin = compiled.asm["cubin"]
+    registers, _ = cr._resource_usage(cr._cuobjdump(cubin, "--dump-resource-usage"))
+    return LoopMix.of(cr._cuobjdump(cubin, "-sass")), registers, compiled.metadata.shared
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One measured or goal point: a loss step's sizes and the kernels' flags."""
+
+    name: str
+    anchors: int
+    batch: int
+    classes: int
+    dtype: str  # bf16 | fp32
+    precision: str  # tl.dot input_precision: tf32 for half inputs, ieee / tf32 / tf32x3 for float32
+    flags: dict  # the row kernels' constexprs (both trees' names; each kernel takes the ones it has)
+    label_sums: bool = False
+
+
+PIXEL_FLAGS = dict(HAS_CLASSES=True, FROM_LOGITS=True, HAS_BIAS=False, EXCLUDE=False, HAS_BATCH=True,
+                   HAS_QUEUE=False, NORMALIZE=False, NEED_LOGITS=True, REDUCTION=2)  # fmt: skip
+SUPCON_FLAGS = dict(PIXEL_FLAGS, HAS_CLASSES=False, FROM_LOGITS=False, NEED_LOGITS=False)
+
+# The kernel times of the committed H200 records (benchmarks/results/nvidia-h200/): the per-kernel profile of the
+# pixel loss at N 32768 bf16 (profile-run2.txt, `python -m benchmarks.profile_step --sweep pixel --size 32768`), and
+# the whole fused step of the pixel loss in float32 with TF32 off (records.jsonl, run f476647a: the step's wall
+# time, which includes ~3 ms of host work at these sizes, see the LT step's profile). Both runs: kernels of commit
+# 9574aa6 (its gpaco_kernels/triton is the same as ae6d1ad's).
+MEASURED_COMMIT = "9574aa6"
+MEASURED = [
+    (Workload("pixel 32768", 32768, 32768, 150, "bf16", "tf32", PIXEL_FLAGS), "fwd", 5.574e-3),
+    (Workload("pixel 32768", 32768, 32768, 150, "bf16", "tf32", PIXEL_FLAGS), "bwd_rows", 3.360e-3),
+    (Workload("pixel 32768", 32768, 32768, 150, "bf16", "tf32", PIXEL_FLAGS), "bwd_cols", 2.446e-3),
+    (Workload("pixel 16384", 16384, 16384, 150, "fp32", "ieee", PIXEL_FLAGS), "step", 49.39e-3),
+    (Workload("pixel 8192", 8192, 8192, 150, "fp32", "ieee", PIXEL_FLAGS), "step", 13.31e-3),
+]
+CALIBRATION_FIT = ("pixel 32768", "fwd")  # the point the issue efficiency is fitted on
+TOLERANCE = 0.35  # the model is trusted when every other measured point is within this
+
+
+def candidates(kind: str, w: Workload, source: str | None) -> list[tuple]:
+    """The autotune candidates (BLOCK_M, BLOCK_N, warps, stages) of a kernel for a workload, read from the
+    configs.py of the source tree."""
+    import importlib.util
+
+    root = source or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("_configs", os.path.join(root, "gpaco_kernels/triton/configs.py"))
+    configs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(configs)
+    klass = "half" if w.dtype != "fp32" else ("fp32x3" if w.precision == "tf32x3" else "fp32")
+    if (kind, klass) not in configs.CANDIDATES:  # a tree without the class (3xTF32 came later)
+        klass = "fp32"
+    return list(configs.CANDIDATES[(kind, klass)])
+
+
+def _tile_jobs(w: Workload, source: str | None) -> list[tuple]:
+    jobs = []
+    for kind in ("fwd", "bwd_rows", "bwd_cols"):
+        for config in candidates(kind, w, source):
+            block_m, block_n, warps, stages = config
+            flags = dict(w.flags, LABEL_SUMS=w.label_sums)
+            if kind == "bwd_cols":
+                flags = dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False, NORMALIZE=False, REDUCTION=2, FINISH=False,
+                             LABEL_SUMS=w.label_sums)  # fmt: skip
+            constexprs = dict(flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=128, UPCAST=False,
+                              PRECISION=w.precision)  # fmt: skip
+            jobs.append((kind, config, (source, kind, constexprs, w.dtype, warps, stages)))
+    return jobs
+
+
+def estimate(w: Workload, source: str | None = None, pool=None) -> dict:
+    """kernel -> the KernelEstimate of autotune's pick (the fastest candidate by the model) for a workload: the
+    batch columns' inner loop of each kernel, on the grid its launcher makes (one column split: these workloads
+    have enough anchor blocks). The class block's loop (150 of 32918 columns) is left out."""
+    jobs = _tile_jobs(w, source)
+    results = list(pool.map(_compile_worker, [job for _, _, job in jobs]))
+    operands = "half" if w.dtype != "fp32" else w.precision
+    best = {}
+    for (kind, config, _), (mix, registers, shared) in zip(jobs, results):
+        block_m, block_n, warps, _ = config
+        products = 1 if kind == "fwd" else 2
+        tile_flops = products * 2 * block_m * block_n * 128
+        if kind == "bwd_cols":
+            programs, iterations = math.ceil(w.batch / block_n), math.ceil(w.anchors / block_m)
+        else:
+            programs, iterations = math.ceil(w.anchors / block_m), math.ceil(w.batch / block_n)
+        e = KernelEstimate(kind, config, programs, iterations, iteration_cycles(mix, warps, tile_flops, operands),
+                           occupancy(registers, warps, shared))  # fmt: skip
+        if kind not in best or e.seconds(1.0) < best[kind].seconds(1.0):
+            best[kind] = e
+    return best
+
+
+def measured_tree(commit: str) -> str:
+    """A temporary directory holding gpaco_kernels as of `commit` (git archive): the kernels the records timed."""
+    root = tempfile.mkdtemp(prefix=f"gpaco-{commit}-")
+    archive = subprocess.run(["git", "archive", commit, "gpaco_kernels"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    return root
+
+
+def calibrate(pool) -> tuple[float, list[dict]]:
+    """(the fitted issue efficiency, one row per measured point: model, measurement, error), the model run on the
+    kernels the records timed. The efficiency is fitted on CALIBRATION_FIT alone; every other row is a check."""
+    source = measured_tree(MEASURED_COMMIT)
+    estimates = {}
+    for w, _, _ in MEASURED:
+        if w.name not in estimates:
+            estimates[w.name] = (w, estimate(w, source, pool))
+    fit = next(x for x in MEASURED if (x[0].name, x[1]) == CALIBRATION_FIT)
+    fitted = estimates[fit[0].name][1][fit[1]]
+    one = fitted.seconds(1.0)
+    efficiency = one / fit[2] if fitted.bound(1.0) == "issue" else 1.0
+    rows = []
+    for w, kind, seconds in MEASURED:
+        kernels = estimates[w.name][1]
+        picked = list(kernels.values()) if kind == "step" else [kernels[kind]]
+        model = sum(e.seconds(efficiency) for e in picked)
+        rows.append(dict(workload=w, kind=kind, measured=seconds, model=model, error=model / seconds - 1,
+                         fitted=(w.name, kind) == CALIBRATION_FIT, kernels=picked))  # fmt: skip
+    return efficiency, rows
+
+
+# The issue's goals, each as (name, workload of today's kernels, the records' measurement it is divided by or into).
+GOAL_WORKLOADS = {
+    "pixel 32768 bf16": Workload("pixel 32768", 32768, 32768, 150, "bf16", "tf32", PIXEL_FLAGS, label_sums=True),
+    "pixel 16384 bf16": Workload("pixel 16384", 16384, 16384, 150, "bf16", "tf32", PIXEL_FLAGS, label_sums=True),
+    "SupCon 4096 bf16": Workload("SupCon 4096", 8192, 8192, 0, "bf16", "tf32", SUPCON_FLAGS, label_sums=True),
+    "pixel 16384 fp32": Workload("pixel 16384", 16384, 16384, 150, "fp32", "tf32x3", PIXEL_FLAGS, label_sums=True),
+}
+# Measured on the H200 (records.jsonl): the tight floor and dense eager steps the goals compare with, and today's
+# fused step (median wall time of the step: runs e1319d4f, 07a2079d, f476647a).
+RECORDED = {
+    ("pixel 32768 bf16", "tight-floor"): 1.952e-3, ("pixel 32768 bf16", "triton"): 12.63e-3,
+    ("pixel 16384 bf16", "dense"): 16.02e-3, ("pixel 16384 bf16", "triton"): 6.095e-3,
+    ("SupCon 4096 bf16", "dense"): 3.528e-3, ("SupCon 4096 bf16", "triton"): 3.521e-3,
+    ("pixel 16384 fp32", "dense"): 20.43e-3, ("pixel 16384 fp32", "triton"): 49.39e-3,
+}  # fmt: skip
+GEMM_PEAK = 989e12  # bf16 dense, the H100/H200 datasheet (the records' measured GEMM peak: 745-798 TFLOP/s)
+
+
+def goals(pool, efficiency: float) -> list[dict]:
+    """The issue's five goals: today's measured ratio and the model's estimate for today's kernels (the three tile
+    kernels on the path the launcher takes; the sums, finalize and epilogue kernels and the host are not in it)."""
+    fused = {name: estimate(w, None, pool) for name, w in GOAL_WORKLOADS.items()}
+
+    def step(name):
+        return sum(e.seconds(efficiency) for e in fused[name].values())
+
+    fwd = fused["pixel 32768 bf16"]["fwd"].seconds(efficiency)
+    flops = 2 * 32768 * 32768 * 128
+    return [
+        dict(goal="pixel 32768 bf16: fused / tight floor", today=RECORDED[("pixel 32768 bf16", "triton")]
+             / RECORDED[("pixel 32768 bf16", "tight-floor")], estimate=step("pixel 32768 bf16")
+             / RECORDED[("pixel 32768 bf16", "tight-floor")], target="<= 2.0x", unit="x"),
+        dict(goal="pixel 16384 bf16: dense eager / fused", today=RECORDED[("pixel 16384 bf16", "dense")]
+             / RECORDED[("pixel 16384 bf16", "triton")], estimate=RECORDED[("pixel 16384 bf16", "dense")]
+             / step("pixel 16384 bf16"), target=">= 8x", unit="x"),
+        dict(goal="SupCon 4096 bf16: dense eager / fused", today=RECORDED[("SupCon 4096 bf16", "dense")]
+             / RECORDED[("SupCon 4096 bf16", "triton")], estimate=RECORDED[("SupCon 4096 bf16", "dense")]
+             / step("SupCon 4096 bf16"), target=">= 4x", unit="x"),
+        dict(goal="pixel 16384 fp32 (TF32 off): dense eager / fused", today=RECORDED[("pixel 16384 fp32", "dense")]
+             / RECORDED[("pixel 16384 fp32", "triton")], estimate=RECORDED[("pixel 16384 fp32", "dense")]
+             / step("pixel 16384 fp32"), target=">= 1.5x", unit="x"),
+        dict(goal="forward kernel, pixel 32768 bf16: share of the GEMM peak", today=flops / 5.574e-3 / GEMM_PEAK,
+             estimate=flops / fwd / GEMM_PEAK, target=">= 40%", unit="%"),
+    ] + [dict(goal=f"  {name}: {e.kernel}", kernel=e, seconds=e.seconds(efficiency), bound=e.bound(efficiency))
+         for name in fused for e in fused[name].values()]  # fmt: skip
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:.0%}" if unit == "%" else f"{value:.2f}x"
+
+
+def model_report(jobs: int = 2) -> list[str]:
+    """The record's lines: the calibration against the H200 records, then the goal estimates."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import triton
+
+    # one pool per source tree: a worker keeps the gpaco_kernels it imported first
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, jobs), mp_context=context) as pool:
+        efficiency, rows = calibrate(pool)
+    with ProcessPoolExecutor(max(1, jobs), mp_context=context) as pool:
+        goal_rows = goals(pool, efficiency)
+    lines = [
+        "ESTIMATES, not measurements: an instruction-level model of the Triton kernels on an H200 SXM "
+        "(python -m tools.gpu_model; tools/gpu_model.py says how)",
+        f"SASS compiled here for sm_90 by triton {triton.__version__} (the H200 runs used triton 3.6.0); "
+        f"issue efficiency {efficiency:.3f} fitted on {' '.join(CALIBRATION_FIT)} alone",
+    ]
+    worst = max(abs(r["error"]) for r in rows if not r["fitted"])
+    for r in rows:
+        w = r["workload"]
+        status = "fitted" if r["fitted"] else f"{r['error']:+.0%}"
+        picks = ", ".join(f"{e.kernel} {'x'.join(map(str, e.config[:2]))} w{e.config[2]}" for e in r["kernels"])
+        lines.append(
+            f"calibration | {w.name} {w.dtype} | {r['kind']} | measured {r['measured'] * 1e3:.2f} ms | "
+            f"model {r['model'] * 1e3:.2f} ms | {status} | {picks}"
+        )
+    verdict = "within" if worst <= TOLERANCE else "NOT within"
+    lines.append(f"calibration: largest error of the checked points {worst:.0%}, {verdict} {TOLERANCE:.0%}")
+    for g in goal_rows:
+        if "kernel" in g:
+            e = g["kernel"]
+            lines.append(f"kernel | {g['goal'].strip()} | {'x'.join(map(str, e.config[:2]))} w{e.config[2]} | "
+                         f"{g['seconds'] * 1e3:.3f} ms | {g['bound']}-bound")  # fmt: skip
+        else:
+            lines.append(f"goal | {g['goal']} | today {_fmt(g['today'], g['unit'])} (measured) | "
+                         f"estimate {_fmt(g['estimate'], g['unit'])} | goal {g['target']}")  # fmt: skip
+    return lines
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", nargs="+", choices=sorted(WORKLOADS), default=["gpaco-lt", "pixel"])
-    parser.add_argument("--batch", type=int, nargs="+", help="N values (pixels for 'pixel'); default: the workload's")
-    parser.add_argument("--dtype", nargs="+", choices=sorted(ITEM_BYTES), default=["bf16", "fp32-tf32"])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
+    parser.add_argument("--out", help="also write the lines to this file (the committed record the README quotes)")
     args = parser.parse_args(argv)
-    print("MODEL of the tile schedule on an H100 SXM (not a measurement; assumptions in the module docstring)")
-    for workload in args.workload:
-        for batch in args.batch or [None]:
-            sizes = dict(WORKLOADS[workload])
-            if batch:
-                sizes["batch"] = batch
-                if workload == "pixel":
-                    sizes["anchors"] = batch
-            report(workload, sizes, args.dtype)
+    lines = model_report(args.jobs)
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

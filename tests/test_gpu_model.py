@@ -1,0 +1,60 @@
+"""The GPU model's SASS reading (tools/gpu_model.py) on hand-written SASS: which loop is the inner loop, what its
+instructions cost, and that every figure of its record is labelled an estimate."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools import gpu_model
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/                   FADD R3, R2, R2 ;
+        /*0030*/                   SHFL.BFLY PT, R5, R3, 0x1, 0x1f ;
+        /*0040*/              @P0  BRA 0x20 ;
+        /*0050*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT ;
+        /*0060*/                   MUFU.EX2 R6, R7 ;
+        /*0070*/                   LDS.128 R8, [R9] ;
+        /*0080*/                   LDSM.16.M88.4 R12, [R13] ;
+        /*0090*/                   FFMA R14, R15, R16, R17 ;
+        /*00a0*/              @!P1 BRA 0x50 ;
+        /*00b0*/                   EXIT ;
+        /*00c0*/                   BRA 0xc0 ;
+"""
+
+
+def test_the_inner_loop_is_the_one_with_the_tensor_core_instructions():
+    mix = gpu_model.LoopMix.of(SASS)
+    # the loop 0x50..0xa0 (HGMMA, MUFU, LDS.128, LDSM.x4, FFMA, BRA), not the shuffle loop 0x20..0x40
+    assert (mix.total, mix.tensor, mix.mufu, mix.kind) == (6, 1, 1, "wgmma")
+    assert mix.mio == 4 + 4  # LDS.128 and LDSM .x4 hold the shared-memory pipe 4 cycles each
+
+
+@pytest.mark.parametrize(
+    "op,cycles",
+    [("LDS", 1), ("LDS.64", 2), ("LDS.U.128", 4), ("STS.128", 4), ("LDSM.16.MT88.4", 4), ("LDSM.16.M88.2", 2),
+     ("SHFL.BFLY", 1), ("FFMA", 0), ("LDG.E.128", 0)],
+)  # fmt: skip
+def test_shared_memory_pipe_cycles(op, cycles):
+    assert gpu_model._mio_cycles(op) == cycles
+
+
+def test_a_kernel_estimate_is_the_busiest_resource_on_the_busiest_sm():
+    mix = gpu_model.LoopMix(total=400, tensor=8, mufu=16, kind="wgmma", mio=10)
+    cycles = gpu_model.iteration_cycles(mix, warps=4, tile_flops=2 * 64 * 64 * 128, operands="half")
+    assert cycles == {"issue": 400 + 40, "mufu": 16 * 4 * 2, "tensor": 2 * 64 * 64 * 128 / 4096}
+    e = gpu_model.KernelEstimate("fwd", (64, 64, 4, 3), programs=133, iterations=10, cycles=cycles, resident=1)
+    # 133 programs on 132 SMs: the busiest SM runs two; issue at half efficiency is the largest resource
+    assert e.seconds(0.5) == pytest.approx(2 * 10 * 880 / gpu_model.H200["clock_hz"])
+    assert e.bound(0.5) == "issue" and e.bound(0.05) == "issue"
+
+
+def test_the_record_labels_every_figure_an_estimate():
+    from benchmarks.report import gpu_model_table
+
+    table = gpu_model_table()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    data = [r for r in rows if not r.startswith(("| H200 point", "| goal |"))]
+    assert data, table
+    assert all("(estimate)" in r for r in data), table
