@@ -24,6 +24,7 @@ from .tiles import (
     G_SCALE,
     anchor_coefficients,
     as_f32,
+    column_scale,
     gradient_factor,
     inverse_norm,
     load_rows,
@@ -70,6 +71,15 @@ def _paco_bwd_cols_kernel(
     else:
         col_labels = cols
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    uniform_coef = 1.0
+    if REDUCTION != 0:  # |a| of every anchor with a loss: the upstream gradient times -(t / tb) (over the counted)
+        uniform_coef = tl.abs(tl.load(grad_ptr).to(tl.float32) * loss_scale)
+        if REDUCTION == 2:
+            uniform_coef = uniform_coef / tl.maximum(tl.load(counted_ptr), 1.0)
+        uniform_coef = tl.maximum(uniform_coef, 1.1754943508222875e-38)
+    if LABEL_SUMS:  # the column tile and its scale, held across the anchor loop (the tiles carry no labels)
+        held = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        held_scale = column_scale(held, scale, BLOCK_N, NORMALIZE)
     for r0 in range(0, A, BLOCK_M):
         rows = r0 + offs_m
         row_mask = rows < A
@@ -79,18 +89,25 @@ def _paco_bwd_cols_kernel(
         coef, inv_pos = anchor_coefficients(
             grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
         )
-        coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
-        # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spills registers for float32.
-        x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        if REDUCTION == 0:  # one a per anchor: scaled per anchor tile
+            coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
+        else:  # 'sum' or 'mean': one a for every anchor with a loss, the same scale on every tile (applied after)
+            coef_max = uniform_coef
         if LABEL_SUMS:  # batch columns, positives by label sums: the denominator part only
             l = sample_logits(
-                anchors, rows, r0, cols, col_mask, pid_n * BLOCK_N, x, scale, BLOCK_M, BLOCK_N, True,
-                PRECISION, NORMALIZE,
+                anchors, rows, r0, cols, col_mask, pid_n * BLOCK_N, held, held_scale, BLOCK_M, BLOCK_N, True,
+                PRECISION,
             )  # fmt: skip
             # rows past A: zero anchors and a = 0, so H = 0 there without a select
             h = -tl.exp(l - uniform_lse(lse, gamma)[:, None]) * (coef / coef_max)[:, None]
-            acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
+            ha = tl.trans((h * G_SCALE).to(anchors.dtype))
+            if REDUCTION == 0:
+                acc += tl.dot(ha, anchors, input_precision=PRECISION) * coef_max
+            else:  # accumulated in place
+                acc = tl.dot(ha, anchors, acc, input_precision=PRECISION)
         else:
+            # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spilled registers for float32.
+            x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
             l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
             if NORMALIZE:  # as tiles.segment_logits: the columns' inverse norms scale the products
                 xf = x.to(tl.float32)
@@ -103,8 +120,14 @@ def _paco_bwd_cols_kernel(
             )
             h = gradient_factor(l, w, d, lse, inv_pos) * (coef / coef_max)[:, None]
             h = tl.where(row_mask[:, None], h, 0.0)
-            acc += tl.dot(tl.trans((h * G_SCALE).to(anchors.dtype)), anchors, input_precision=PRECISION) * coef_max
+            ha = tl.trans((h * G_SCALE).to(anchors.dtype))
+            if REDUCTION == 0:
+                acc += tl.dot(ha, anchors, input_precision=PRECISION) * coef_max
+            else:  # accumulated in place
+                acc = tl.dot(ha, anchors, acc, input_precision=PRECISION)
     acc = acc * (scale / G_SCALE)
+    if REDUCTION != 0:
+        acc = acc * uniform_coef
     if FINISH and NORMALIZE:  # centers: these rows take no other gradient, finished here
         acc = normalize_backward(acc, cols_ptr, cols, col_mask, stride_x, offs_d, D)
     out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]

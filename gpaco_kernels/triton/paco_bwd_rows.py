@@ -22,6 +22,7 @@ from .tiles import (
     G_SCALE,
     anchor_coefficients,
     as_f32,
+    column_scale,
     column_tile,
     gradient_factor,
     load_rows,
@@ -91,8 +92,8 @@ def _paco_bwd_rows_kernel(
                 if LABEL_SUMS and seg > 0:
                     x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
                     l = sample_logits(
-                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x, t_scale, BLOCK_M, BLOCK_N,
-                        seg == 1, PRECISION, NORMALIZE,
+                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x,
+                        column_scale(x, t_scale, BLOCK_N, NORMALIZE), BLOCK_M, BLOCK_N, seg == 1, PRECISION,
                     )  # fmt: skip
                     h = -tl.exp(l - sample_lse[:, None])
                 else:
@@ -115,9 +116,12 @@ def _paco_bwd_rows_kernel(
                     # the unit rows for the product (the raw tile again when it was loaded raw for the logits)
                     if NORMALIZE or not (LABEL_SUMS and seg > 0):
                         x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
-                    part = tl.dot((h * G_SCALE).to(x.dtype), x, input_precision=PRECISION)
-                    acc += part * (scale / G_SCALE)
+                    hx = (h * G_SCALE).to(x.dtype)
+                    if seg == 0:  # the class block (few tiles): its temperature relative to the samples' here
+                        acc += tl.dot(hx, x, input_precision=PRECISION) * (c_scale / t_scale)
+                    else:  # accumulated in place; the scale t_scale / G_SCALE is applied once, after the loop
+                        acc = tl.dot(hx, x, acc, input_precision=PRECISION)
             offset += size
-    acc = acc * coef[:, None]
+    acc = acc * (coef * (t_scale / G_SCALE))[:, None]
     out = grad_anchor_ptr + (pid_s.to(tl.int64) * A + rows.to(tl.int64))[:, None] * stride_ga + offs_d[None, :]
     tl.store(out, acc, mask=row_mask[:, None] & (offs_d[None, :] < D))

@@ -22,6 +22,7 @@ import triton.language as tl
 from .configs import autotune
 from .tiles import (
     as_f32,
+    column_scale,
     column_tile,
     group_sums,
     load_rows,
@@ -113,8 +114,8 @@ def _paco_fwd_kernel(
                     else:
                         x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST)
                     l = sample_logits(
-                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x, t_scale, BLOCK_M, BLOCK_N,
-                        seg == 1, PRECISION, NORMALIZE,
+                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x,
+                        column_scale(x, t_scale, BLOCK_N, NORMALIZE), BLOCK_M, BLOCK_N, seg == 1, PRECISION,
                     )  # fmt: skip
                     m, z = online_lse_step_uniform(m, z, l, gamma)
                 else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import anchor_coefficients, as_f32, load_rows
+from .tiles import anchor_coefficients, as_f32, load_tile
 
 
 @triton.jit
@@ -60,8 +60,11 @@ def _paco_label_sums_kernel(
         row = tl.load(order_ptr + at, mask=mask, other=0)
         from_features = mask & (row < NF)
         from_queue = mask & (row >= NF)
-        x = load_rows(feat_ptr, row, from_features, stride_f, offs_d, D, True, NORMALIZE)
-        x += load_rows(queue_ptr, row - NF, from_queue, stride_q, offs_d, D, True, NORMALIZE)
+        # one load from features or the queue (two tiles at once spilled in float32)
+        feature_rows = feat_ptr + row.to(tl.int64)[:, None] * stride_f + offs_d[None, :]
+        queue_rows = queue_ptr + (row - NF).to(tl.int64)[:, None] * stride_q + offs_d[None, :]
+        ptrs = tl.where(from_features[:, None], feature_rows, queue_rows)
+        x = load_tile(ptrs, mask[:, None] & (offs_d[None, :] < D), True, NORMALIZE)
         if HAS_BATCH:
             column = from_features | from_queue
         else:

@@ -26,12 +26,18 @@ def as_f32(x):
 def load_rows(ptr, rows, row_mask, stride, offs_d, D, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr = False):
     """(len(rows), BLOCK_D) tile of a row-major (rows, D) matrix; 0 outside. UPCAST loads it as float32 (the
     interpreter's bfloat16 dot is wrong; compiled code keeps half precision). NORMALIZE divides each row by
-    max(|row|, NORM_EPS), as torch.nn.functional.normalize does before a product: the norm in float32, the scaling
-    in float32 for float16 (whose range 1/|x| can pass) and in the tile's dtype otherwise (for bfloat16 the inverse
-    norm is then rounded too; a float32 copy of the tile cost registers). The op normalizes its inputs tile by tile,
-    with no normalized copy in memory."""
+    max(|row|, NORM_EPS), as torch.nn.functional.normalize does before a product (load_tile)."""
     offsets = rows.to(tl.int64)[:, None] * stride + offs_d[None, :]
-    x = tl.load(ptr + offsets, mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+    return load_tile(ptr + offsets, row_mask[:, None] & (offs_d[None, :] < D), UPCAST, NORMALIZE)
+
+
+@triton.jit
+def load_tile(ptrs, mask, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr):
+    """The rows at ptrs (a 2-D block of pointers, 0 where not mask), upcast to float32 with UPCAST, each divided by
+    max(|row|, NORM_EPS) with NORMALIZE: the norm in float32, the scaling in float32 for float16 (whose range 1/|x|
+    can pass) and in the tile's dtype otherwise (for bfloat16 the inverse norm is then rounded too; a float32 copy
+    of the tile cost registers). The op normalizes its inputs tile by tile, with no normalized copy in memory."""
+    x = tl.load(ptrs, mask=mask, other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
     if NORMALIZE:
@@ -173,22 +179,27 @@ def online_lse_step(m, z, l, d):
 
 
 @triton.jit
-def sample_logits(
-    anchors, rows, r0, cols, col_mask, c0, x, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DIAGONAL: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
-):  # fmt: skip
-    """Logits of a tile of batch or queue columns x (rows not yet normalized) for the positive terms by label sums
-    (LABEL_SUMS): the product, the columns' inverse norms and the temperature, and -inf on the columns that are not
-    in the denominator: past the range's end (col_mask, in the scaling's multiply-add) and, for batch columns
-    (DIAGONAL), the anchor's own column, masked only on the tiles the diagonal crosses (rows r0.. r0 + BLOCK_M
-    against columns c0.. c0 + BLOCK_N: a branch per tile, not a compare per element)."""
-    l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
-    # One multiply-add per element: the scale (times the columns' inverse norms with NORMALIZE, as segment_logits)
-    # and a per-column bias of 0, or -inf past the range's end.
+def column_scale(x, scale, BLOCK_N: tl.constexpr, NORMALIZE: tl.constexpr):
+    """(BLOCK_N,) float32 factor of a tile of columns x (rows not yet normalized): the temperature's 1 / t, times the
+    columns' inverse norms with NORMALIZE (as segment_logits)."""
     col_scale = tl.zeros((BLOCK_N,), tl.float32) + scale
     if NORMALIZE:
         xf = x.to(tl.float32)
         col_scale = inverse_norm(tl.sum(xf * xf, axis=1)) * scale
+    return col_scale
+
+
+@triton.jit
+def sample_logits(
+    anchors, rows, r0, cols, col_mask, c0, x, col_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DIAGONAL: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Logits of a tile of batch or queue columns x (rows not yet normalized, column_scale their factor) for the
+    positive terms by label sums (LABEL_SUMS): the product, scaled, and -inf on the columns that are not in the
+    denominator: past the range's end (col_mask, in the scaling's multiply-add) and, for batch columns (DIAGONAL),
+    the anchor's own column, masked only on the tiles the diagonal crosses (rows r0.. r0 + BLOCK_M against columns
+    c0.. c0 + BLOCK_N: a branch per tile, not a compare per element)."""
+    l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
     l = l * col_scale[None, :] + tl.where(col_mask, 0.0, float("-inf"))[None, :]
     if DIAGONAL:
         if (c0 < r0 + BLOCK_M) & (r0 < c0 + BLOCK_N):
