@@ -309,12 +309,13 @@ def gemm_peaks(records) -> str:
 # The README's other records: the Triton compile report, the GPU model, the selfcheck
 
 HEADLINE_VARIANTS = {
-    ("fwd", "gpaco-logits"), ("fwd", "pixel"), ("bwd_rows", "gpaco-logits"), ("bwd_cols", "batch"),
-    ("finalize", "mean"), ("epilogue", "normalize"),
+    ("fwd", "gpaco-logits"), ("fwd", "pixel"), ("fwd", "pixel-sums"), ("bwd_rows", "gpaco-logits"),
+    ("bwd_rows", "pixel-sums"), ("bwd_cols", "batch"), ("bwd_cols", "batch-sums"), ("finalize", "mean"),
+    ("epilogue", "label-sums"), ("label_sums", "backward"),
 }  # fmt: skip
 KERNEL_NAMES = {
     "fwd": "forward", "bwd_rows": "row backward", "bwd_cols": "column backward", "finalize": "forward finalize",
-    "epilogue": "dFeatures epilogue",
+    "epilogue": "dFeatures epilogue", "label_sums": "label sums",
 }  # fmt: skip
 
 

@@ -17,6 +17,7 @@ as such). Triton runs on CPU tensors only under TRITON_INTERPRET=1 (set before i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import sys
@@ -107,6 +108,26 @@ def dtypes_on(backend: str, device: str):
     return out
 
 
+def _paths(backend: str, loss: str) -> list:
+    """The kernel paths of a backend to check: triton's positives by label sums (its large-step path) as well as the
+    per-tile compares the small problems here would take; PSC has no sample columns, so no label sums."""
+    return [None, True] if backend == "triton" and loss != "psc" else [None]
+
+
+@contextlib.contextmanager
+def _path(label_sums):
+    if label_sums is None:
+        yield
+        return
+    from .triton import launch
+
+    before, launch.FORCE_LABEL_SUMS = launch.FORCE_LABEL_SUMS, label_sums
+    try:
+        yield
+    finally:
+        launch.FORCE_LABEL_SUMS = before
+
+
 def check_correctness(device: str, quick: bool, out=print) -> int:
     """One line per loss x backend x dtype; returns the number of failures."""
     backends = [b for b in available_backends(torch.device(device).type) if b != "reference"]
@@ -120,25 +141,28 @@ def check_correctness(device: str, quick: bool, out=print) -> int:
         truth = run(fn, kw, grad_args, "reference", torch.float64, "cpu", upstream)
         names = ["loss", *(f"d{k}" for k in grad_args)]
         for backend in backends:
-            for dtype in dtypes_on(backend, device):
-                checks += 1
-                ref = run(fn, kw, grad_args, "reference", dtype, "cpu", upstream)
-                try:
-                    got = run(fn, kw, grad_args, backend, dtype, device, upstream)
-                    problems = [
-                        f"{name}: {p}"
-                        for name, g, t, r in zip(names, got, truth, ref)
-                        for p in within(g, t, r, backend, dtype)
-                    ]
-                    worst = max(
-                        (g.double().cpu() - t).abs().max().item() / max(t.abs().max().item(), 1e-30)
-                        for g, t in zip(got, truth)
-                    )
-                except Exception as exc:  # a backend that errors is a failed check, reported, not a crash
-                    problems, worst = [f"{type(exc).__name__}: {exc}"], float("nan")
-                status = "ok" if not problems else "FAIL " + "; ".join(problems)
-                failures += bool(problems)
-                out(f"  {loss:<7} {backend:<7} {str(dtype)[6:]:<9} max rel err vs float64 {worst:9.2e}  {status}")
+            for path in _paths(backend, loss):
+                for dtype in dtypes_on(backend, device):
+                    checks += 1
+                    ref = run(fn, kw, grad_args, "reference", dtype, "cpu", upstream)
+                    try:
+                        with _path(path):
+                            got = run(fn, kw, grad_args, backend, dtype, device, upstream)
+                        problems = [
+                            f"{name}: {p}"
+                            for name, g, t, r in zip(names, got, truth, ref)
+                            for p in within(g, t, r, backend, dtype)
+                        ]
+                        worst = max(
+                            (g.double().cpu() - t).abs().max().item() / max(t.abs().max().item(), 1e-30)
+                            for g, t in zip(got, truth)
+                        )
+                    except Exception as exc:  # a backend that errors is a failed check, reported, not a crash
+                        problems, worst = [f"{type(exc).__name__}: {exc}"], float("nan")
+                    status = "ok" if not problems else "FAIL " + "; ".join(problems)
+                    failures += bool(problems)
+                    name = backend + ("+sums" if path else "")
+                    out(f"  {loss:<7} {name:<12} {str(dtype)[6:]:<9} max rel err vs float64 {worst:9.2e}  {status}")
     out(f"selfcheck: {checks} loss x backend x dtype checks on {device}, {failures} failed")
     return failures
 
