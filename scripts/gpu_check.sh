@@ -58,15 +58,19 @@ export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 [ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider -k "cuda or split or gpu" \
+step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider -k "cuda or split or gpu or label" \
     tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py
 step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] && echo --quick)
 # The fixed cost of a tiny step per loss and backend (host and wall time, launches, host reads).
 step overhead 90 python3 -m benchmarks.overhead --device cuda --repeats 200 --records "$OUT/records.jsonl"
 # Host time against device time of one step (the LT step is small enough to be bound by the host).
-step profile 90 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider triton &&
+# Per-kernel times at the issue's headline points (the GPU model's calibration points: tools/gpu_model.py), with
+# autotune's picks in the log: pixel 32768 bf16 and 16384 float32 (TF32 off), SupCon 4096 bf16.
+step profile 150 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider triton &&
     python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider dense --rows 10 &&
-    python3 -m benchmarks.profile_step --sweep pixel --size 32768 --provider triton --rows 10"
+    python3 -m benchmarks.profile_step --sweep pixel --size 32768 --provider triton --rows 10 &&
+    python3 -m benchmarks.profile_step --sweep pixel --size 16384 --provider triton --dtype float32 --rows 10 &&
+    python3 -m benchmarks.profile_step --sweep supcon --size 4096 --provider triton --rows 10"
 step bench_bf16 150 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps lt-queue pixel \
     --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 step bench_supcon 120 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps supcon \
