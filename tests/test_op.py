@@ -88,7 +88,7 @@ def test_opcheck_forward(backend, variant):
                 torch.library.opcheck(forward._opoverload, args, test_utils=_checks(backend))
 
 
-@pytest.mark.parametrize("variant", ["logits", "centers"])
+@pytest.mark.parametrize("variant", ["logits", "centers", "none"])  # none: two absent gradients, distinct tensors
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_backward(backend, variant):
     forward, backward = _ops(backend)
@@ -207,3 +207,27 @@ def test_triton_training_step_compiles_with_fullgraph_on_cuda(reduction):
     assert_close(got, want, atol=2e-5, rtol=2e-5, name="compiled loss")
     for g, w in zip(got_grads, want_grads):
         assert_close(g, w, atol=2e-5, rtol=2e-5, name="compiled gradient")
+
+
+@pytest.mark.parametrize("variant", ["logits", "none"])  # group ids from class labels, and from any labels
+def test_triton_opcheck_on_the_label_sums_path(variant, monkeypatch):
+    """The large-step path (positives by label sums: group ids by sort and search, a sums kernel per direction)
+    passes the same opchecks, fake tensors included."""
+    need_backend("triton", TRITON_DEVICE)
+    from gpaco_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    forward, backward = _ops("triton")
+    for dtype in _dtypes("triton"):
+        x, cfg = _problem(variant, dtype)
+        for reduction, normalize in OP_MODES:
+            p = _params(cfg, reduction, normalize)
+            torch.library.opcheck(
+                forward._opoverload, (*x.tensors(), *p.astuple(), False), test_utils=_checks("triton")
+            )
+            with torch.no_grad():
+                loss, lse, pos, counted, *units = call_forward(forward, x, p, False)
+            needs = (True, x.center_logits is not None, x.centers is not None)
+            tensors = [t.detach() if t is not None else None for t in x.tensors()]
+            args = (*tensors, *p.astuple(), lse, pos, counted, _grad_loss(p, loss))
+            torch.library.opcheck(backward._opoverload, (*args, *units, *needs), test_utils=_checks("triton")[:3])

@@ -100,10 +100,13 @@ def _fake_forward(x: ContrastInputs, p: OpParams, unit: bool):
 def _fake_backward(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, units, needs):
     shape = loss_shape(p)
     torch._check(tuple(grad_loss.shape) == shape, lambda: f"grad_loss must have shape {shape}")
-    empty = _empty(x.features)
 
     def grad(t, need):
-        return torch.empty_like(t, memory_format=torch.contiguous_format) if need and t is not None else empty
+        # an absent gradient is its own (0,) tensor: outputs of an op may not alias each other (the backends return
+        # distinct ones, and the fake implementation must say the same)
+        if need and t is not None:
+            return torch.empty_like(t, memory_format=torch.contiguous_format)
+        return _empty(x.features)
 
     return tuple(grad(t, need) for t, need in zip((x.features, x.center_logits, x.centers), needs))
 
