@@ -572,9 +572,19 @@ def gpu_model_table() -> str:
     lines = (RESULTS / "gpu_model.txt").read_text().splitlines()
     calibration = ["| H200 point | kernel | measured | estimate | error |", "|---|---|---|---|---|"]
     goals = ["| goal | today (measured) | estimate for today's kernels | goal |", "|---|---|---|---|"]
+    paths = [
+        "| pixel 32768 bf16 | label sums: loop instructions per warp, estimate | per-tile label compares: the same |",
+        "|---|---|---|",
+    ]
     summary = ""
     for line in lines:
         cells = [c.strip() for c in line.split("|")]
+        if cells[0] == "path" and len(cells) >= 4:
+            found = [re.search(r"(\S+ w\d+):? (\d+) instructions.*?([\d.]+) ms", c) for c in cells[2:4]]
+            if all(found):
+                (cs, ns, ts), (ct, nt, tt) = (f.groups() for f in found)
+                kernel = cells[1].split(": ")[-1]
+                paths.append(f"| {kernel} | {cs}: {ns}, {ts} ms (estimate) | {ct}: {nt}, {tt} ms (estimate) |")
         if cells[0] == "calibration" and len(cells) >= 6:
             point, kernel, measured, model, error = cells[1:6]
             calibration.append(
@@ -590,7 +600,7 @@ def gpu_model_table() -> str:
         elif line.startswith("calibration:"):
             summary = line.removeprefix("calibration: ")
     head = lines[1] if len(lines) > 1 else ""
-    return "\n".join([head + ".", "", *calibration, "", f"Calibration: {summary}.", "", *goals])
+    return "\n".join([head + ".", "", *calibration, "", f"Calibration: {summary}.", "", *goals, "", *paths])
 
 
 def selfcheck_block() -> str:

@@ -23,6 +23,7 @@ compiled with triton 3.6. `schedule` and `floor_seconds` keep the FLOP roofline 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -227,6 +228,7 @@ def iteration_cycles(mix: LoopMix, warps: int, tile_flops: float, operands: str,
 class KernelEstimate:
     kernel: str
     config: tuple
+    mix: LoopMix
     programs: int
     iterations: int
     cycles: dict  # per iteration, by resource
@@ -360,7 +362,7 @@ def estimate(w: Workload, source: str | None = None, pool=None) -> dict:
             programs, iterations = math.ceil(w.batch / block_n), math.ceil(w.anchors / block_m)
         else:
             programs, iterations = math.ceil(w.anchors / block_m), math.ceil(w.batch / block_n)
-        e = KernelEstimate(kind, config, programs, iterations, iteration_cycles(mix, warps, tile_flops, operands),
+        e = KernelEstimate(kind, config, mix, programs, iterations, iteration_cycles(mix, warps, tile_flops, operands),
                            occupancy(registers, warps, shared))  # fmt: skip
         if kind not in best or e.seconds(1.0) < best[kind].seconds(1.0):
             best[kind] = e
@@ -419,6 +421,8 @@ def goals(pool, efficiency: float) -> list[dict]:
     """The issue's five goals: today's measured ratio and the model's estimate for today's kernels (the three tile
     kernels on the path the launcher takes; the sums, finalize and epilogue kernels and the host are not in it)."""
     fused = {name: estimate(w, None, pool) for name, w in GOAL_WORKLOADS.items()}
+    # the same step with the per-tile label compares (the launcher's small-step path), for what label sums remove
+    compares = estimate(dataclasses.replace(GOAL_WORKLOADS["pixel 32768 bf16"], label_sums=False), None, pool)
 
     def step(name):
         return sum(e.seconds(efficiency) for e in fused[name].values())
@@ -441,7 +445,11 @@ def goals(pool, efficiency: float) -> list[dict]:
         dict(goal="forward kernel, pixel 32768 bf16: share of the GEMM peak", today=flops / 5.574e-3 / GEMM_PEAK,
              estimate=flops / fwd / GEMM_PEAK, target=">= 40%", unit="%"),
     ] + [dict(goal=f"  {name}: {e.kernel}", kernel=e, seconds=e.seconds(efficiency), bound=e.bound(efficiency))
-         for name in fused for e in fused[name].values()]  # fmt: skip
+         for name in fused for e in fused[name].values()] + [
+        dict(goal=f"pixel 32768 bf16: {kind}", path=(fused["pixel 32768 bf16"][kind], compares[kind]),
+             seconds=tuple(e.seconds(efficiency) for e in (fused["pixel 32768 bf16"][kind], compares[kind])))
+        for kind in compares
+    ]  # fmt: skip
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -479,10 +487,19 @@ def model_report(jobs: int = 2) -> list[str]:
     verdict = "within" if worst <= TOLERANCE else "NOT within"
     lines.append(f"calibration: largest error of the checked points {worst:.0%}, {verdict} {TOLERANCE:.0%}")
     for g in goal_rows:
-        if "kernel" in g:
+        if "path" in g:
+            (sums, tile), (t_sums, t_tile) = g["path"], g["seconds"]
+            lines.append(
+                f"path | {g['goal']} | label sums {'x'.join(map(str, sums.config[:2]))} w{sums.config[2]}: "
+                f"{sums.mix.total} instructions per warp and iteration, {t_sums * 1e3:.3f} ms | per-tile compares "
+                f"{'x'.join(map(str, tile.config[:2]))} w{tile.config[2]}: {tile.mix.total} instructions, "
+                f"{t_tile * 1e3:.3f} ms"
+            )
+        elif "kernel" in g:
             e = g["kernel"]
             lines.append(f"kernel | {g['goal'].strip()} | {'x'.join(map(str, e.config[:2]))} w{e.config[2]} | "
-                         f"{g['seconds'] * 1e3:.3f} ms | {g['bound']}-bound")  # fmt: skip
+                         f"{e.mix.total} instructions per warp and iteration | {g['seconds'] * 1e3:.3f} ms | "
+                         f"{g['bound']}-bound")  # fmt: skip
         else:
             lines.append(f"goal | {g['goal']} | today {_fmt(g['today'], g['unit'])} (measured) | "
                          f"estimate {_fmt(g['estimate'], g['unit'])} | goal {g['target']}")  # fmt: skip
