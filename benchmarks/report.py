@@ -333,8 +333,9 @@ def compile_table() -> str:
         parts = line.split()
         kind, variant, precision, dim, arch = parts[:5]
         klass = {"fp32-tf32x3": "fp32x3", "fp32-tf32": "fp32"}.get(precision, "half")
-        if kind in FIXED:  # one configuration: "BLOCK1024 w4"
-            config = first = " ".join(parts[5:7])
+        if kind in FIXED:  # one configuration: its tile constexprs and warps, "BLOCK1024 w4"
+            end = next(i for i, p in enumerate(parts[5:], 5) if re.fullmatch(r"w\d+", p))
+            config = first = " ".join(parts[5 : end + 1])
         else:
             config = " ".join(parts[5:8])
             first = "{}x{} w{} s{}".format(*CANDIDATES[(kind, klass)][0])
