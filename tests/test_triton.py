@@ -74,9 +74,19 @@ def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_
     half = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.bfloat16)})
     fp32 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32")
     fp32x3 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32x3")
-    assert len(half) == len(configs.CANDIDATES[("fwd", "half")]) and all("half" in classes[c] for c in half)
-    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")]) and all("fp32" in classes[c] for c in fp32)
-    assert len(fp32x3) == len(configs.CANDIDATES[("fwd", "fp32x3")]) and all("fp32x3" in classes[c] for c in fp32x3)
+    assert len(half) == len(configs.CANDIDATES[("fwd", "half")]) and all(("half", False) in classes[c] for c in half)
+    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")]) and all(("fp32", False) in classes[c] for c in fp32)
+    assert len(fp32x3) == len(configs.CANDIDATES[("fwd", "fp32x3")])
+    assert all(("fp32x3", False) in classes[c] for c in fp32x3)
+    # The label-sums path has its own candidates where they differ (the column backward's 4-warp 64 x 64 tile)
+    cols, cols_classes = configs._full_autotune_configs("bwd_cols")
+    prune_cols = configs.pruner(cols_classes, interpret=False)
+    bf16 = {"feat_ptr": torch.empty(0, dtype=torch.bfloat16)}
+    tiles = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in prune_cols(cols, bf16)]
+    sums = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+            for c in prune_cols(cols, bf16, LABEL_SUMS=True)]  # fmt: skip
+    assert tiles == configs.candidates("bwd_cols", "half", False)
+    assert sorted(sums) == sorted(configs.candidates("bwd_cols", "half", True)) and sums != tiles
 
 
 def test_float32_products_use_tensor_cores_whether_or_not_tf32_is_allowed():
@@ -229,3 +239,34 @@ def test_label_sums_are_taken_on_large_steps_only(monkeypatch):
     assert uses(8192, 8192, 0, 0)  # SupCon, 4096 samples x 2 views
     assert not uses(256, 512, 8192, 1000)  # PaCo LT step: the compares stay in the tiles
     assert not uses(512, 512, 0, 1000, batch_columns=False)  # PSC: no sample columns at all
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 8), (8, 16)])  # the diagonal crosses several tiles, or one
+@pytest.mark.parametrize("cols_per_split", [None, 24])
+def test_label_sums_with_rectangular_tiles_match_the_reference(monkeypatch, block_m, block_n, cols_per_split):
+    """The label-sums sweeps split each range into unmasked tiles, the tiles the diagonal crosses and the last
+    partial tile: with anchor and column tiles of different sizes, and splits that start inside a tile row."""
+    need_backend("triton", TRITON_DEVICE)
+    import triton
+
+    small = [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=1)]
+    for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
+        monkeypatch.setattr(kernel, "configs", small)
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    for case in ("base", "no-classes", "ignored"):
+        kw, grad_args = make_case(case, seed=2)
+        kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+        upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"])
+        results = {}
+        for backend in ("reference", "triton"):
+            device = TRITON_DEVICE if backend == "triton" else "cpu"
+            kw_dev = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
+            leaves = {k: kw_dev[k].clone().requires_grad_() for k in grad_args}
+            loss = gk.fused_paco_loss(**{**kw_dev, **leaves}, backend=backend, reduction="none")
+            loss.backward(upstream.to(device))
+            results[backend] = (loss.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()})
+        assert_close(results["triton"][0], results["reference"][0], atol=2e-5, rtol=2e-5, name=f"{case} loss")
+        for k in grad_args:
+            got, want = results["triton"][1][k], results["reference"][1][k]
+            assert_close(got, want, atol=2e-5, rtol=2e-5, name=f"{case} d{k}")

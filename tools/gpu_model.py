@@ -328,6 +328,8 @@ def candidates(kind: str, w: Workload, source: str | None) -> list[tuple]:
     klass = "half" if w.dtype != "fp32" else ("fp32x3" if w.precision == "tf32x3" else "fp32")
     if (kind, klass) not in configs.CANDIDATES:  # a tree without the class (3xTF32 came later)
         klass = "fp32"
+    if hasattr(configs, "candidates"):  # per path (label sums) since the label-sums kernels
+        return list(configs.candidates(kind, klass, w.label_sums))
     return list(configs.CANDIDATES[(kind, klass)])
 
 

@@ -25,11 +25,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CANDIDATES = {
     # Half precision: every tile product has 64 rows (M) or more, so that it lowers to wgmma on sm_90 (a warpgroup's
     # wgmma takes 64 rows; smaller tiles fall back to mma.sync): the anchor tile in the forward and row backward, and
-    # both tiles in the column backward (its second product, H^T A, has BLOCK_N rows). 128-row and 64 x 128 forward
-    # tiles spill, and so do a 64 x 32 row backward (152 B with class logits and label sums) and a 64 x 64 column
-    # backward with 4 warps.
+    # both tiles in the column backward (its second product, H^T A, has BLOCK_N rows). With 8 warps on a 64 x 64 tile
+    # the two warpgroups split its columns, and the backward's second product needs whole rows of H: the compiler
+    # recomputes the first product and H in each warpgroup (twice the HGMMA and exps of a tile, read from the SASS),
+    # so 4-warp tiles come first where they fit. 128-row and 64 x 128 forward tiles spill, and so does a 64 x 64
+    # column backward with 4 warps and per-tile label compares (it fits with label sums: LABEL_SUMS_CANDIDATES).
     ("fwd", "half"): [(64, 64, 8, 3), (64, 32, 4, 3)],
-    ("bwd_rows", "half"): [(64, 64, 8, 2)],
+    ("bwd_rows", "half"): [(64, 32, 4, 2), (64, 64, 8, 2)],
     ("bwd_cols", "half"): [(64, 64, 8, 2)],
     ("fwd", "fp32"): [(32, 32, 4, 2), (16, 32, 4, 2)],
     ("bwd_rows", "fp32"): [(16, 16, 4, 1), (32, 16, 4, 1)],
@@ -39,6 +41,10 @@ CANDIDATES = {
     ("fwd", "fp32x3"): [(16, 32, 4, 2)],
     ("bwd_rows", "fp32x3"): [(16, 16, 4, 1)],
     ("bwd_cols", "fp32x3"): [(16, 32, 4, 1)],
+}
+# The candidates of the label-sums path (LABEL_SUMS) where they differ: its tiles carry no labels, so larger ones fit.
+LABEL_SUMS_CANDIDATES = {
+    ("bwd_cols", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
 }
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the autotuned kernels
@@ -62,31 +68,43 @@ def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
     return "fp32x3" if input_precision == "tf32x3" else "fp32"
 
 
+def candidates(kind: str, precision: str, label_sums: bool = False) -> list[tuple]:
+    """The autotune candidates of a kernel for a precision class, on the label-sums path or not."""
+    if label_sums and (kind, precision) in LABEL_SUMS_CANDIDATES:
+        return LABEL_SUMS_CANDIDATES[(kind, precision)]
+    return CANDIDATES[(kind, precision)]
+
+
 def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
 def _full_autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
-    """Every candidate of one kernel as a triton.Config (every precision class, each configuration once: Configs
-    compare by value), and the classes of each."""
+    """Every candidate of one kernel as a triton.Config (every precision class and path, each configuration once:
+    Configs compare by value), and the (precision class, label sums) pairs of each."""
     configs, classes = [], {}
     for precision in PRECISION_CLASSES:
-        for entry in CANDIDATES[(kind, precision)]:
-            config = _config(*entry)
-            if config not in classes:
-                configs.append(config)
-            classes.setdefault(config, set()).add(precision)
+        for label_sums in (False, True):
+            for entry in candidates(kind, precision, label_sums):
+                config = _config(*entry)
+                if config not in classes:
+                    configs.append(config)
+                classes.setdefault(config, set()).add((precision, label_sums))
     return configs, classes
 
 
 def pruner(classes: dict, interpret: bool = INTERPRET):
     """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr and the
-    PRECISION constexpr)."""
+    PRECISION constexpr) and path (the LABEL_SUMS constexpr)."""
 
     def prune(configs, named_args, **kwargs):
         if interpret:
             return configs
-        wanted = precision_class(named_args["feat_ptr"].dtype, kwargs.get("PRECISION", named_args.get("PRECISION")))
+
+        def arg(name, default=None):
+            return kwargs.get(name, named_args.get(name, default))
+
+        wanted = (precision_class(named_args["feat_ptr"].dtype, arg("PRECISION")), bool(arg("LABEL_SUMS", False)))
         return [c for c in configs if wanted in classes.get(c, ())] or configs
 
     return prune

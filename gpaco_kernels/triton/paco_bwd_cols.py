@@ -25,6 +25,7 @@ from .tiles import (
     anchor_coefficients,
     as_f32,
     column_scale,
+    diagonal_tiles,
     gradient_factor,
     inverse_norm,
     load_rows,
@@ -80,32 +81,25 @@ def _paco_bwd_cols_kernel(
     if LABEL_SUMS:  # the column tile and its scale, held across the anchor loop (the tiles carry no labels)
         held = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         held_scale = column_scale(held, scale, BLOCK_N, NORMALIZE)
-    for r0 in range(0, A, BLOCK_M):
-        rows = r0 + offs_m
-        row_mask = rows < A
-        anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
-        row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
-        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-        coef, inv_pos = anchor_coefficients(
-            grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
-        )
-        if REDUCTION == 0:  # one a per anchor: scaled per anchor tile
-            coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
-        else:  # 'sum' or 'mean': one a for every anchor with a loss, the same scale on every tile (applied after)
-            coef_max = uniform_coef
-        if LABEL_SUMS:  # batch columns, positives by label sums: the denominator part only
-            l = sample_logits(
-                anchors, rows, r0, cols, col_mask, pid_n * BLOCK_N, held, held_scale, BLOCK_M, BLOCK_N, True,
-                PRECISION,
+    if LABEL_SUMS:  # tiles without masks, and the anchor tiles the diagonal crosses
+        first, last = diagonal_tiles(0, A, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
+        # fmt: off
+        acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+                            counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
+                            uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, False)
+        acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+                            counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
+                            uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, True)
+        acc = _sample_sweep(acc, last, A, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+                            counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
+                            uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, False)
+        # fmt: on
+    else:
+        for r0 in range(0, A, BLOCK_M):
+            rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
+                r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
+                loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE,
             )  # fmt: skip
-            # rows past A: zero anchors and a = 0, so H = 0 there without a select
-            h = -tl.exp(l - uniform_lse(lse, gamma)[:, None]) * (coef / coef_max)[:, None]
-            ha = tl.trans((h * G_SCALE).to(anchors.dtype))
-            if REDUCTION == 0:
-                acc += tl.dot(ha, anchors, input_precision=PRECISION) * coef_max
-            else:  # accumulated in place
-                acc = tl.dot(ha, anchors, acc, input_precision=PRECISION)
-        else:
             # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spilled registers for float32.
             x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
             l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
@@ -120,11 +114,7 @@ def _paco_bwd_cols_kernel(
             )
             h = gradient_factor(l, w, d, lse, inv_pos) * (coef / coef_max)[:, None]
             h = tl.where(row_mask[:, None], h, 0.0)
-            ha = tl.trans((h * G_SCALE).to(anchors.dtype))
-            if REDUCTION == 0:
-                acc += tl.dot(ha, anchors, input_precision=PRECISION) * coef_max
-            else:  # accumulated in place
-                acc = tl.dot(ha, anchors, acc, input_precision=PRECISION)
+            acc = _accumulate(acc, h, anchors, coef_max, REDUCTION, PRECISION)
     acc = acc * (scale / G_SCALE)
     if REDUCTION != 0:
         acc = acc * uniform_coef
@@ -132,3 +122,56 @@ def _paco_bwd_cols_kernel(
         acc = normalize_backward(acc, cols_ptr, cols, col_mask, stride_x, offs_d, D)
     out = grad_cols_ptr + cols.to(tl.int64)[:, None] * stride_g + offs_d[None, :]
     tl.store(out, acc.to(grad_cols_ptr.dtype.element_ty), mask=col_mask[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _anchor_tile(
+    r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, loss_scale,
+    ignore_index, uniform_coef, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    """What the column kernel needs of the anchor tile at r0: rows, mask, the (normalized) anchors, labels, lse,
+    (a, 1/P), and the scale a is divided by before its product (per tile with one a per anchor, else uniform_coef)."""
+    rows = r0 + offs_m
+    row_mask = rows < A
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
+    row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    coef, inv_pos = anchor_coefficients(
+        grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
+    )
+    if REDUCTION == 0:  # one a per anchor: scaled per anchor tile
+        coef_max = tl.maximum(tl.max(tl.abs(coef), axis=0), 1.1754943508222875e-38)  # float32's smallest normal
+    else:  # 'sum' or 'mean': one a for every anchor with a loss, the same scale on every tile (applied after)
+        coef_max = uniform_coef
+    return rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max
+
+
+@triton.jit
+def _accumulate(acc, h, anchors, coef_max, REDUCTION: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + H^T A: H (|H| <= 1) scaled by 2^15 and rounded to the anchors' dtype for the product; with one a per
+    anchor the tile's scale is applied to the product, else the product accumulates in place."""
+    ha = tl.trans((h * G_SCALE).to(anchors.dtype))
+    if REDUCTION == 0:
+        return acc + tl.dot(ha, anchors, input_precision=PRECISION) * coef_max
+    return tl.dot(ha, anchors, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _sample_sweep(
+    acc, start, end, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D,
+    stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, BLOCK_M: tl.constexpr,
+    REDUCTION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
+    MASK_DIAGONAL: tl.constexpr,
+):  # fmt: skip
+    """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
+    exp(l - lse), times a / scale. Columns past NCOLS need no mask (their rows of the output are never stored), nor
+    do anchors past A (zero rows, a = 0: H = 0 there)."""
+    for r0 in range(start, end, BLOCK_M):
+        rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
+            r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
+            loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE,
+        )  # fmt: skip
+        l = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
+        h = -tl.exp(l - uniform_lse(lse, gamma)[:, None]) * (coef / coef_max)[:, None]
+        acc = _accumulate(acc, h, anchors, coef_max, REDUCTION, PRECISION)
+    return acc

@@ -22,11 +22,11 @@ from .tiles import (
     G_SCALE,
     anchor_coefficients,
     as_f32,
-    column_scale,
     column_tile,
+    diagonal_tiles,
     gradient_factor,
     load_rows,
-    sample_logits,
+    sample_grad_sweep,
     uniform_lse,
 )
 
@@ -86,17 +86,24 @@ def _paco_bwd_rows_kernel(
             stride_x = stride_w if seg == 0 else (stride_f if seg == 1 else stride_q)
             lo = tl.maximum(c_start - offset, 0)
             hi = tl.minimum(c_end - offset, size)
-            for c0 in range(lo, hi, BLOCK_N):
-                cols = c0 + offs_n
-                col_mask = cols < hi
-                if LABEL_SUMS and seg > 0:
-                    x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
-                    l = sample_logits(
-                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x,
-                        column_scale(x, t_scale, BLOCK_N, NORMALIZE), BLOCK_M, BLOCK_N, seg == 1, PRECISION,
-                    )  # fmt: skip
-                    h = -tl.exp(l - sample_lse[:, None])
+            if LABEL_SUMS and seg > 0:  # tiles without masks, and the tiles the diagonal crosses
+                if seg == 1:
+                    first, last = diagonal_tiles(lo, hi, pid_m * BLOCK_M, BLOCK_M, BLOCK_N)
                 else:
+                    first = hi
+                    last = hi
+                # fmt: off
+                acc = sample_grad_sweep(acc, lo, first, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, sample_lse, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
+                acc = sample_grad_sweep(acc, first, last, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, sample_lse, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True)
+                acc = sample_grad_sweep(acc, last, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, sample_lse, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
+                # fmt: on
+            else:
+                for c0 in range(lo, hi, BLOCK_N):
+                    cols = c0 + offs_n
+                    col_mask = cols < hi
                     l, w, d, _ = column_tile(
                         seg, anchors, rows, row_mask, row_labels, cols, col_mask,
                         feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
@@ -104,23 +111,21 @@ def _paco_bwd_rows_kernel(
                         offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
                     )  # fmt: skip
                     h = gradient_factor(l, w, d, lse, inv_pos)
-                if seg == 0 and FROM_LOGITS:
-                    if NEED_LOGITS:
-                        offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]
-                        tl.store(
-                            grad_logits_ptr + offsets,
-                            (h * (coef * scale)[:, None]).to(grad_logits_ptr.dtype.element_ty),
-                            mask=row_mask[:, None] & col_mask[None, :],
-                        )
-                else:
-                    # the unit rows for the product (the raw tile again when it was loaded raw for the logits)
-                    if NORMALIZE or not (LABEL_SUMS and seg > 0):
+                    if seg == 0 and FROM_LOGITS:
+                        if NEED_LOGITS:
+                            offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]
+                            tl.store(
+                                grad_logits_ptr + offsets,
+                                (h * (coef * scale)[:, None]).to(grad_logits_ptr.dtype.element_ty),
+                                mask=row_mask[:, None] & col_mask[None, :],
+                            )
+                    else:
                         x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
-                    hx = (h * G_SCALE).to(x.dtype)
-                    if seg == 0:  # the class block (few tiles): its temperature relative to the samples' here
-                        acc += tl.dot(hx, x, input_precision=PRECISION) * (c_scale / t_scale)
-                    else:  # accumulated in place; the scale t_scale / G_SCALE is applied once, after the loop
-                        acc = tl.dot(hx, x, acc, input_precision=PRECISION)
+                        hx = (h * G_SCALE).to(x.dtype)
+                        if seg == 0:  # the class block (few tiles): its temperature relative to the samples' here
+                            acc += tl.dot(hx, x, input_precision=PRECISION) * (c_scale / t_scale)
+                        else:  # accumulated in place; the scale t_scale / G_SCALE is applied once, after the loop
+                            acc = tl.dot(hx, x, acc, input_precision=PRECISION)
             offset += size
     acc = acc * (coef * (t_scale / G_SCALE))[:, None]
     out = grad_anchor_ptr + (pid_s.to(tl.int64) * A + rows.to(tl.int64))[:, None] * stride_ga + offs_d[None, :]

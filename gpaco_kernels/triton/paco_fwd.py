@@ -22,15 +22,14 @@ import triton.language as tl
 from .configs import autotune
 from .tiles import (
     as_f32,
-    column_scale,
     column_tile,
+    diagonal_tiles,
     group_sums,
     load_rows,
     online_lse_step,
-    online_lse_step_uniform,
     out_of_range,
     row_groups,
-    sample_logits,
+    sample_lse_sweep,
     weighted_logit_sum,
 )
 
@@ -105,20 +104,31 @@ def _paco_fwd_kernel(
             size = C if seg == 0 else (N if seg == 1 else K)
             lo = tl.maximum(c_start - offset, 0)
             hi = tl.minimum(c_end - offset, size)
-            for c0 in range(lo, hi, BLOCK_N):
-                cols = c0 + offs_n
-                col_mask = cols < hi
-                if LABEL_SUMS and seg > 0:
-                    if seg == 1:
-                        x = load_rows(feat_ptr, cols, col_mask, stride_f, offs_d, D, UPCAST)
-                    else:
-                        x = load_rows(queue_ptr, cols, col_mask, stride_q, offs_d, D, UPCAST)
-                    l = sample_logits(
-                        anchors, rows, pid_m * BLOCK_M, cols, col_mask, c0, x,
-                        column_scale(x, t_scale, BLOCK_N, NORMALIZE), BLOCK_M, BLOCK_N, seg == 1, PRECISION,
-                    )  # fmt: skip
-                    m, z = online_lse_step_uniform(m, z, l, gamma)
+            if LABEL_SUMS and seg > 0:
+                # full tiles without masks; the tiles the diagonal crosses mask the own column; the last, partial
+                # tile masks the columns past hi
+                x_ptr = feat_ptr if seg == 1 else queue_ptr
+                stride_x = stride_f if seg == 1 else stride_q
+                full_end = lo + (tl.maximum(hi - lo, 0) // BLOCK_N) * BLOCK_N
+                if seg == 1:
+                    first, last = diagonal_tiles(lo, full_end, pid_m * BLOCK_M, BLOCK_M, BLOCK_N)
                 else:
+                    first = full_end
+                    last = full_end
+                # fmt: off
+                m, z = sample_lse_sweep(m, z, lo, first, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, False)
+                m, z = sample_lse_sweep(m, z, first, last, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True)
+                m, z = sample_lse_sweep(m, z, last, full_end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, False)
+                m, z = sample_lse_sweep(m, z, full_end, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True, seg == 1)
+                # fmt: on
+            else:
+                for c0 in range(lo, hi, BLOCK_N):
+                    cols = c0 + offs_n
+                    col_mask = cols < hi
                     l, w, d, col_labels = column_tile(
                     seg, anchors, rows, row_mask, row_labels, cols, col_mask,
                     feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,

@@ -191,20 +191,76 @@ def column_scale(x, scale, BLOCK_N: tl.constexpr, NORMALIZE: tl.constexpr):
 
 @triton.jit
 def sample_logits(
-    anchors, rows, r0, cols, col_mask, c0, x, col_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DIAGONAL: tl.constexpr, PRECISION: tl.constexpr,
+    anchors, rows, cols, col_mask, x, col_scale, PRECISION: tl.constexpr, MASK_COLUMNS: tl.constexpr,
+    MASK_DIAGONAL: tl.constexpr,
 ):  # fmt: skip
     """Logits of a tile of batch or queue columns x (rows not yet normalized, column_scale their factor) for the
     positive terms by label sums (LABEL_SUMS): the product, scaled, and -inf on the columns that are not in the
-    denominator: past the range's end (col_mask, in the scaling's multiply-add) and, for batch columns (DIAGONAL),
-    the anchor's own column, masked only on the tiles the diagonal crosses (rows r0.. r0 + BLOCK_M against columns
-    c0.. c0 + BLOCK_N: a branch per tile, not a compare per element)."""
+    denominator, on the tiles that have them (the sweeps below split their ranges so that the other tiles skip the
+    masks): past the range's end (MASK_COLUMNS, folded into the scaling's multiply-add) and the anchor's own column
+    of a batch tile the diagonal crosses (MASK_DIAGONAL)."""
     l = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
-    l = l * col_scale[None, :] + tl.where(col_mask, 0.0, float("-inf"))[None, :]
-    if DIAGONAL:
-        if (c0 < r0 + BLOCK_M) & (r0 < c0 + BLOCK_N):
-            l = tl.where(rows[:, None] != cols[None, :], l, float("-inf"))
+    if MASK_COLUMNS:
+        l = l * col_scale[None, :] + tl.where(col_mask, 0.0, float("-inf"))[None, :]
+    else:
+        l = l * col_scale[None, :]
+    if MASK_DIAGONAL:
+        l = tl.where(rows[:, None] != cols[None, :], l, float("-inf"))
     return l
+
+
+@triton.jit
+def diagonal_tiles(lo, hi, d0, SPAN: tl.constexpr, BLOCK: tl.constexpr):
+    """(first, last): the tiles lo + k BLOCK (k >= 0, starting below hi) that cross the diagonal block
+    [d0, d0 + SPAN) start in [first, last); both are tile starts (or hi)."""
+    first = lo + tl.cdiv(tl.maximum(d0 - BLOCK + 1 - lo, 0), BLOCK) * BLOCK
+    last = lo + tl.cdiv(tl.maximum(d0 + SPAN - lo, 0), BLOCK) * BLOCK
+    first = tl.minimum(first, hi)
+    return first, tl.maximum(tl.minimum(last, hi), first)
+
+
+@triton.jit
+def sample_lse_sweep(
+    m, z, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, gamma,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
+    MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+):  # fmt: skip
+    """The forward's online log-sum-exp over the batch or queue tiles starting in [start, end) (columns below hi),
+    positives by label sums: a product, one multiply-add, the running max and one exp per element."""
+    for c0 in range(start, end, BLOCK_N):
+        cols = c0 + offs_n
+        col_mask = cols < hi
+        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        l = sample_logits(
+            anchors, rows, cols, col_mask, x, column_scale(x, t_scale, BLOCK_N, NORMALIZE), PRECISION, MASK_COLUMNS,
+            MASK_DIAGONAL,
+        )  # fmt: skip
+        m, z = online_lse_step_uniform(m, z, l, gamma)
+    return m, z
+
+
+@triton.jit
+def sample_grad_sweep(
+    acc, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, sample_lse,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
+    MASK_DIAGONAL: tl.constexpr,
+):  # fmt: skip
+    """The row backward's acc += H X over the batch or queue tiles starting in [start, end), positives by label sums:
+    H = -gamma exp(l - lse) (sample_lse: tiles.uniform_lse). Columns past hi need no mask here: their rows of X
+    are 0, so whatever H is there adds 0 (H is finite: l = 0 there)."""
+    for c0 in range(start, end, BLOCK_N):
+        cols = c0 + offs_n
+        col_mask = cols < hi
+        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+        l = sample_logits(
+            anchors, rows, cols, col_mask, x, column_scale(x, t_scale, BLOCK_N, NORMALIZE), PRECISION, False,
+            MASK_DIAGONAL,
+        )  # fmt: skip
+        h = -tl.exp(l - sample_lse[:, None])
+        if NORMALIZE:  # the product takes the unit rows
+            x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
+        acc = tl.dot((h * G_SCALE).to(x.dtype), x, acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
