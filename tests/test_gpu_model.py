@@ -26,7 +26,7 @@ SASS = """
 
 def test_the_inner_loop_is_the_one_with_the_tensor_core_instructions():
     mix = gpu_model.LoopMix.of(SASS)
-    # the loop 0x50..0xa0 (HGMMA, MUFU, LDS.128, LDSM.x4, FFMA, BRA), not the shuffle loop 0x20..0x40
+    # the loop 0x50..0xa0 (HGMMA, MUFU, LDS.128, LDSM.x4, FFMA, BRA), not the shuffle loop 0x20..0x40 (no tensor cores)
     assert (mix.total, mix.tensor, mix.mufu, mix.kind) == (6, 1, 1, "wgmma")
     assert mix.mio == 4 + 4  # LDS.128 and LDSM .x4 hold the shared-memory pipe 4 cycles each
 

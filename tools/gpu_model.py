@@ -161,8 +161,9 @@ class LoopMix:
     @classmethod
     def of(cls, sass: str) -> LoopMix:
         """The inner loop that does the tile work: the loop with the most tensor-core instructions (the most FFMA
-        where the products run on FMA units). A loop is the address range from a backward branch's target to it.
-        Its body is counted whole, branches inside included (an upper bound for code that runs on some tiles)."""
+        where the products run on FMA units); among equals the shortest (a sweep's unmasked tiles, which run on all
+        but the few tiles that need masks). A loop is the address range from a backward branch's target to it; its
+        body is counted whole, branches inside included (an upper bound for code that runs on some tiles)."""
         from .compile_report import _SASS_LINE
 
         lines = []
@@ -184,7 +185,7 @@ class LoopMix:
             mix = cls(len(body), hgmma + hmma, sum(op == "MUFU.EX2" for op in body),
                       "wgmma" if hgmma else ("mma.sync" if hmma else "fma"),
                       sum(_mio_cycles(op) for op in body))  # fmt: skip
-            key = (mix.tensor, ffma if not mix.tensor else 0, mix.total)
+            key = (mix.tensor, ffma if not mix.tensor else 0, -mix.total)
             if best is None or key > best[0]:
                 best = (key, mix)
         if best is None:
