@@ -9,6 +9,8 @@ backend (reference, torch, cpu, triton) works from `OpParams` and the functions 
     gradient_coefficients  the per-anchor factors (a, 1/P) of G = a (w / P - d exp(l - lse))
     class_block_weights, sample_weights   w and d of a tile of columns (the torch and reference backends; the
                            compiled kernels compare labels inside their tiles with the same rules)
+    label_groups, label_sums   the groups of equal labels and their per-group sums, from which the Triton kernels
+                           take the sample positives on large steps instead of comparing labels per pair
 
 See docs of fused_paco_loss for the formula: for anchor i and contrast columns J = [class block | batch | queue],
 lse_i = m_i + log(sum_J d exp(l - m_i) + lse_eps), L_i = -(t/tb) (sum_J w l - P_i lse_i) / P_i.
@@ -317,13 +319,6 @@ def label_groups(labels: torch.Tensor, queue_labels, num_classes: int) -> LabelG
     group = torch.searchsorted(sorted_labels, labels)  # the first sorted position of the label
     bounds = torch.searchsorted(sorted_labels, sorted_labels, right=True)
     return LabelGroups(order, sorted_labels, bounds, group, keys.shape[0])
-
-
-def group_of_features(labels: torch.Tensor, groups: LabelGroups, num_classes: int) -> torch.Tensor:
-    """(N,) group of each row of features under label_groups' numbering."""
-    if groups.group is not None:
-        return groups.group
-    return torch.where((labels >= 0) & (labels < num_classes), labels, num_classes)
 
 
 def label_sums(rows: torch.Tensor, row_groups: torch.Tensor, column_rows: torch.Tensor, num_groups: int):
