@@ -3,15 +3,18 @@
 Grid (cdiv(NCOLS, BLOCK_N),). One program: BLOCK_N contrast columns of one segment (SEGMENT 1: batch rows of
 features, 0: centers W) against every anchor; forms each anchor tile's (a, 1/P) from the op's upstream gradient
 (tiles.anchor_coefficients), recomputes the logits (rows normalized as loaded with NORMALIZE), forms a' H with
-H = w / P - d exp(l - lse) and a' = a / max|a| over the anchor tile (so |a' H| <= 1 whatever the reduction: it is
-rounded to the input dtype for the product), and accumulates dX = sum_i max|a| a'_i H[i, col] A[i] / temperature, the
-tile's max|a| applied to the float32 product. Each program owns its output rows (no atomics). With FINISH (centers:
+H = w / P - d exp(l - lse) and a' = a / max|a| (so |a' H| <= 1 whatever the reduction: it is rounded to the input
+dtype for the product), and accumulates dX = sum_i max|a| a'_i H[i, col] A[i] / temperature. With 'none' max|a| is
+taken per anchor tile and applied to each tile's float32 product; with 'sum' or 'mean' every anchor with a loss has
+the same |a|, so the products accumulate in place and it is applied once. Each program owns its output rows (no
+atomics). With FINISH (centers:
 their rows take no other gradient) it also chains the gradient through the normalization (NORMALIZE) and stores the
 input's dtype; without (batch columns, whose first A rows are also anchors) it stores float32 and
 _paco_epilogue_kernel adds dAnchors and finishes. Saves nothing.
 
-With LABEL_SUMS (batch columns, as in the forward) a tile forms only H = -gamma exp(l - lse); the positive part
-w / P is added per row by _paco_epilogue_kernel, from per-label sums.
+With LABEL_SUMS (batch columns, as in the forward) the column tile is held across the anchor loop, a tile forms only
+H = -gamma exp(l - lse), and only the anchor tiles the diagonal crosses mask the own column; the positive part w / P
+is added per row by _paco_epilogue_kernel, from per-label sums.
 """
 
 from __future__ import annotations
