@@ -6,8 +6,8 @@ features, 0: centers W) against every anchor; forms each anchor tile's (a, 1/P) 
 H = w / P - d exp(l - lse) and a' = a / max|a| (so |a' H| <= 1 whatever the reduction: it is rounded to the input
 dtype for the product), and accumulates dX = sum_i max|a| a'_i H[i, col] A[i] / temperature. With 'none' max|a| is
 taken per anchor tile and applied to each tile's float32 product; with 'sum' or 'mean' every anchor with a loss has
-the same |a|, so the products accumulate in place and it is applied once. Each program owns its output rows (no
-atomics). With FINISH (centers:
+the same |a|, so the products accumulate in place and it is applied once. Each program owns its output rows:
+no atomics. With FINISH (centers:
 their rows take no other gradient) it also chains the gradient through the normalization (NORMALIZE) and stores the
 input's dtype; without (batch columns, whose first A rows are also anchors) it stores float32 and
 _paco_epilogue_kernel adds dAnchors and finishes. Saves nothing.
