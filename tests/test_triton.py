@@ -46,7 +46,12 @@ def test_split_follows_the_devices_sm_count():
 def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_split):
     need_backend("triton", TRITON_DEVICE)
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
-    kw, grad_args = make_case("logits+prior", seed=5)
+    _triton_matches_the_reference("logits+prior", seed=5)
+
+
+def _triton_matches_the_reference(case: str, seed: int) -> None:
+    """Loss ('none') and the gradients of a non-uniform upstream gradient, triton in float32 against the reference."""
+    kw, grad_args = make_case(case, seed=seed)
     kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
     upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"])
     results = {}
@@ -57,9 +62,10 @@ def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_spl
         loss = gk.fused_paco_loss(**{**kw_dev, **leaves}, backend=backend, reduction="none")
         loss.backward(upstream.to(device))
         results[backend] = (loss.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()})
-    assert_close(results["triton"][0], results["reference"][0], atol=2e-5, rtol=2e-5, name="loss")
+    assert_close(results["triton"][0], results["reference"][0], atol=2e-5, rtol=2e-5, name=f"{case} loss")
     for k in grad_args:
-        assert_close(results["triton"][1][k], results["reference"][1][k], atol=2e-5, rtol=2e-5, name=f"d{k}")
+        got, want = results["triton"][1][k], results["reference"][1][k]
+        assert_close(got, want, atol=2e-5, rtol=2e-5, name=f"{case} d{k}")
 
 
 def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_path():
@@ -255,18 +261,4 @@ def test_label_sums_with_rectangular_tiles_match_the_reference(monkeypatch, bloc
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
     monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
     for case in ("base", "no-classes", "ignored"):
-        kw, grad_args = make_case(case, seed=2)
-        kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
-        upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"])
-        results = {}
-        for backend in ("reference", "triton"):
-            device = TRITON_DEVICE if backend == "triton" else "cpu"
-            kw_dev = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
-            leaves = {k: kw_dev[k].clone().requires_grad_() for k in grad_args}
-            loss = gk.fused_paco_loss(**{**kw_dev, **leaves}, backend=backend, reduction="none")
-            loss.backward(upstream.to(device))
-            results[backend] = (loss.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()})
-        assert_close(results["triton"][0], results["reference"][0], atol=2e-5, rtol=2e-5, name=f"{case} loss")
-        for k in grad_args:
-            got, want = results["triton"][1][k], results["reference"][1][k]
-            assert_close(got, want, atol=2e-5, rtol=2e-5, name=f"{case} d{k}")
+        _triton_matches_the_reference(case, seed=2)

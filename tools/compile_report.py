@@ -75,12 +75,6 @@ VARIANTS = {
         "pixel": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE"),
         "psc": _flags("HAS_CLASSES", "EXCLUDE"),
         "supcon": _flags("HAS_BATCH"),
-        # positives by label sums (the launchers' path on large steps)
-        "gpaco-logits-sums": _flags(
-            "HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", "NORMALIZE", "LABEL_SUMS"
-        ),
-        "pixel-sums": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", "LABEL_SUMS"),
-        "supcon-sums": _flags("HAS_BATCH", "LABEL_SUMS"),
     },
     "bwd_rows": {
         "paco-centers": _flags(
@@ -99,19 +93,6 @@ VARIANTS = {
         "pixel": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", NEED_LOGITS=False, REDUCTION=MEAN),
         "psc": _flags("HAS_CLASSES", "EXCLUDE", NEED_LOGITS=False, REDUCTION=NONE),
         "supcon": _flags("HAS_BATCH", NEED_LOGITS=False, REDUCTION=MEAN),
-        "gpaco-logits-sums": _flags(
-            "HAS_CLASSES",
-            "FROM_LOGITS",
-            "HAS_BIAS",
-            "HAS_BATCH",
-            "HAS_QUEUE",
-            "NORMALIZE",
-            "LABEL_SUMS",
-            NEED_LOGITS=True,
-            REDUCTION=MEAN,
-        ),
-        "pixel-sums": _flags("HAS_CLASSES", "HAS_BATCH", "NORMALIZE", "LABEL_SUMS", NEED_LOGITS=False, REDUCTION=MEAN),
-        "supcon-sums": _flags("HAS_BATCH", "LABEL_SUMS", NEED_LOGITS=False, REDUCTION=MEAN),
     },
     "bwd_cols": {
         "centers-bias": _columns(SEGMENT=0, HAS_BIAS=True, NORMALIZE=True, REDUCTION=MEAN, FINISH=True),
@@ -130,6 +111,11 @@ VARIANTS = {
         "plain": _epilogue(),
     },
 }
+
+# The row kernels' variants on the launchers' path for large steps, positives by label sums: the same flags.
+for _kind in ("fwd", "bwd_rows"):
+    for _name in ("gpaco-logits", "pixel", "supcon"):
+        VARIANTS[_kind][f"{_name}-sums"] = dict(VARIANTS[_kind][_name], LABEL_SUMS=True)
 
 # Pointer arguments that are not of the input dtype.
 _INDEX_POINTERS = {"label_ptr", "queue_label_ptr", "group_ptr", "order_ptr", "sorted_label_ptr", "bounds_ptr"}
@@ -307,19 +293,33 @@ def _resource_usage(text: str) -> tuple[int, int]:
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def spill_instructions(sass: str) -> tuple[int, int]:
-    """(local loads/stores inside a loop, outside every loop) in a kernel's SASS. A loop is the address range from a
-    backward branch's target to the branch; a spill there costs on every iteration, one outside costs once."""
-    loops, spills = [], []
+def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, text) of each instruction of a kernel's SASS; the opcode without its predicate."""
+    out = []
     for addr_hex, text in _SASS_LINE.findall(sass):
-        addr = int(addr_hex, 16)
-        op = text.split()
-        op = op[1] if op and op[0].startswith("@") and len(op) > 1 else (op[0] if op else "")
-        if op.startswith(("STL", "LDL")):
-            spills.append(addr)
+        words = text.split()
+        op = words[1] if words and words[0].startswith("@") and len(words) > 1 else (words[0] if words else "")
+        out.append((int(addr_hex, 16), op, text))
+    return out
+
+
+def sass_loops(instructions) -> list[tuple[int, int]]:
+    """(first, last address) of each loop of sass_instructions: the range from a backward branch's target to the
+    branch (a branch to itself is the trap after EXIT, not a loop)."""
+    loops = []
+    for addr, _op, text in instructions:
         branch = re.match(r"(?:@!?U?P\w+\s+)?BRA\s+(?:\w+\s+)?0x([0-9a-f]+)", text)
-        if branch and int(branch.group(1), 16) < addr:  # a branch to itself is the trap after EXIT, not a loop
+        if branch and int(branch.group(1), 16) < addr:
             loops.append((int(branch.group(1), 16), addr))
+    return loops
+
+
+def spill_instructions(sass: str) -> tuple[int, int]:
+    """(local loads/stores inside a loop, outside every loop) in a kernel's SASS (sass_loops): a spill in a loop
+    costs on every iteration, one outside costs once."""
+    instructions = sass_instructions(sass)
+    loops = sass_loops(instructions)
+    spills = [addr for addr, op, _ in instructions if op.startswith(("STL", "LDL"))]
     hot = sum(any(lo <= a <= hi for lo, hi in loops) for a in spills)
     return hot, len(spills) - hot
 
@@ -329,9 +329,7 @@ def sass_counts(sass: str) -> dict:
     Hopper's wgmma; HMMA: mma.sync), the exponentials (MUFU.EX2), compares (FSETP, ISETP) and selects (FSEL), and
     the MMA kind that follows (wgmma, mma.sync, or fma where a dot became CUDA-core FMAs)."""
     counts = {"HGMMA": 0, "HMMA": 0, "MUFU.EX2": 0, "SETP": 0, "FSEL": 0}
-    for _, text in _SASS_LINE.findall(sass):
-        words = text.split()
-        op = words[1] if words and words[0].startswith("@") and len(words) > 1 else (words[0] if words else "")
+    for _, op, _ in sass_instructions(sass):
         if op.startswith("HGMMA"):
             counts["HGMMA"] += 1
         elif op.startswith("HMMA"):

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -164,18 +163,10 @@ class LoopMix:
         where the products run on FMA units); among equals the shortest (a sweep's unmasked tiles, which run on all
         but the few tiles that need masks). A loop is the address range from a backward branch's target to it; its
         body is counted whole, branches inside included (an upper bound for code that runs on some tiles)."""
-        from .compile_report import _SASS_LINE
+        from .compile_report import sass_instructions, sass_loops
 
-        lines = []
-        for addr_hex, text in _SASS_LINE.findall(sass):
-            words = text.split()
-            op = words[1] if words and words[0].startswith("@") and len(words) > 1 else (words[0] if words else "")
-            lines.append((int(addr_hex, 16), op, text))
-        loops = []
-        for addr, _op, text in lines:
-            branch = re.match(r"(?:@!?U?P\w+\s+)?BRA\s+(?:\w+\s+)?0x([0-9a-f]+)", text)
-            if branch and int(branch.group(1), 16) < addr:
-                loops.append((int(branch.group(1), 16), addr))
+        lines = sass_instructions(sass)
+        loops = sass_loops(lines)
         best = None
         for lo, hi in loops:
             body = [op for addr, op, _ in lines if lo <= addr <= hi]

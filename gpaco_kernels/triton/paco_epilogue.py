@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import add_split_parts, anchor_coefficients, as_f32, group_sums, load_rows, normalize_backward
+from .tiles import add_split_parts, anchor_coefficients, as_f32, group_sums, load_rows, normalize_backward, row_groups
 
 
 @triton.jit
@@ -56,11 +56,12 @@ def _paco_epilogue_kernel(
             grad_ptr, counted_ptr, pos_ptr, rows, anchor, labels, ignore_index, loss_scale, REDUCTION
         )
         c = coef * inv_pos  # 0 past the anchors
-        positives = group_sums(rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, offs_d, D) * c[:, None]
+        groups = row_groups(group_ptr, rows, row_mask, C, HAS_CLASSES)
+        positives = group_sums(groups, row_mask, sums_ptr, offs_d, D) * c[:, None]
         if HAS_BATCH:  # the own column: not a positive of its anchor
             own = c
             if HAS_COLS:
-                positives += group_sums(rows, row_mask, group_ptr, C, HAS_CLASSES, coef_sums_ptr, offs_d, D)
+                positives += group_sums(groups, row_mask, coef_sums_ptr, offs_d, D)
                 own = 2.0 * c
             positives -= load_rows(x_ptr, rows, row_mask, stride_x, offs_d, D, True, NORMALIZE) * own[:, None]
         g += positive_scale * positives

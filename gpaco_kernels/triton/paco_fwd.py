@@ -85,9 +85,8 @@ def _paco_fwd_kernel(
         if pid_s == 0:  # the sample positives, once per anchor, before the loop (after it, they spilled)
             # <a_i, M[g_i]>, less <a_i, a_i's own unit row> for batch columns: two row tiles one after the other
             # (one float32 tile live at a time: both at once spilled at 64 x 32 on sm_80)
-            sums = group_sums(rows, row_mask, group_ptr, C, HAS_CLASSES, sums_ptr, offs_d, D)
-            sample_wl = tl.sum(anchors.to(tl.float32) * sums, axis=1)
             group = row_groups(group_ptr, rows, row_mask, C, HAS_CLASSES)
+            sample_wl = tl.sum(anchors.to(tl.float32) * group_sums(group, row_mask, sums_ptr, offs_d, D), axis=1)
             count = tl.load(counts_ptr + group, mask=row_mask, other=0.0)
             if HAS_BATCH:
                 own = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, True, NORMALIZE)
@@ -130,10 +129,10 @@ def _paco_fwd_kernel(
                     cols = c0 + offs_n
                     col_mask = cols < hi
                     l, w, d, col_labels = column_tile(
-                    seg, anchors, rows, row_mask, row_labels, cols, col_mask,
-                    feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
-                    stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
-                    offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
+                        seg, anchors, rows, row_mask, row_labels, cols, col_mask,
+                        feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                        stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                        offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
                     )  # fmt: skip
                     if HAS_CLASSES and seg > 0:  # batch and queue labels: every one is read by some program
                         bad_label = tl.maximum(bad_label, out_of_range(col_labels, col_mask, C, ignore_index))

@@ -220,6 +220,21 @@ def diagonal_tiles(lo, hi, d0, SPAN: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def sample_tile(
+    c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+):  # fmt: skip
+    """(cols, col_mask, x, l) of the batch or queue tile at c0 (columns below hi) for the sweeps below: its rows x as
+    stored, and its logits by sample_logits."""
+    cols = c0 + offs_n
+    col_mask = cols < hi
+    x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
+    col_scale = column_scale(x, t_scale, BLOCK_N, NORMALIZE)
+    l = sample_logits(anchors, rows, cols, col_mask, x, col_scale, PRECISION, MASK_COLUMNS, MASK_DIAGONAL)
+    return cols, col_mask, x, l
+
+
+@triton.jit
 def sample_lse_sweep(
     m, z, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, gamma,
     BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -228,12 +243,9 @@ def sample_lse_sweep(
     """The forward's online log-sum-exp over the batch or queue tiles starting in [start, end) (columns below hi),
     positives by label sums: a product, one multiply-add, the running max and one exp per element."""
     for c0 in range(start, end, BLOCK_N):
-        cols = c0 + offs_n
-        col_mask = cols < hi
-        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
-        l = sample_logits(
-            anchors, rows, cols, col_mask, x, column_scale(x, t_scale, BLOCK_N, NORMALIZE), PRECISION, MASK_COLUMNS,
-            MASK_DIAGONAL,
+        _, _, _, l = sample_tile(
+            c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
+            MASK_COLUMNS, MASK_DIAGONAL,
         )  # fmt: skip
         m, z = online_lse_step_uniform(m, z, l, gamma)
     return m, z
@@ -249,12 +261,9 @@ def sample_grad_sweep(
     H = -gamma exp(l - lse) (sample_lse: tiles.uniform_lse). Columns past hi need no mask here: their rows of X
     are 0, so whatever H is there adds 0 (H is finite: l = 0 there)."""
     for c0 in range(start, end, BLOCK_N):
-        cols = c0 + offs_n
-        col_mask = cols < hi
-        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
-        l = sample_logits(
-            anchors, rows, cols, col_mask, x, column_scale(x, t_scale, BLOCK_N, NORMALIZE), PRECISION, False,
-            MASK_DIAGONAL,
+        cols, col_mask, x, l = sample_tile(
+            c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
+            False, MASK_DIAGONAL,
         )  # fmt: skip
         h = -tl.exp(l - sample_lse[:, None])
         if NORMALIZE:  # the product takes the unit rows
@@ -293,12 +302,11 @@ def row_groups(group_ptr, rows, row_mask, C, CLASSES: tl.constexpr):
 
 
 @triton.jit
-def group_sums(rows, row_mask, group_ptr, C, CLASSES: tl.constexpr, sums_ptr, offs_d, D):
-    """sums[group of r] (float32, (len(rows), BLOCK_D)) for rows r of features (row_groups); sums is a contiguous
-    (G, D) float32 matrix of _paco_label_sums_kernel."""
-    g = row_groups(group_ptr, rows, row_mask, C, CLASSES)
+def group_sums(groups, row_mask, sums_ptr, offs_d, D):
+    """sums[groups] (float32, (len(groups), BLOCK_D)): the rows of a contiguous (G, D) float32 matrix of
+    _paco_label_sums_kernel for the groups of a tile of rows (row_groups)."""
     mask = row_mask[:, None] & (offs_d[None, :] < D)
-    return tl.load(sums_ptr + g.to(tl.int64)[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+    return tl.load(sums_ptr + groups.to(tl.int64)[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
