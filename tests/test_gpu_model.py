@@ -40,14 +40,49 @@ def test_shared_memory_pipe_cycles(op, cycles):
     assert gpu_model._mio_cycles(op) == cycles
 
 
+def _estimate(programs, resident, kind="wgmma", config=(64, 64, 4, 3)):
+    mix = gpu_model.LoopMix(total=400, tensor=8, mufu=16, kind=kind, mio=10)
+    operands = "ieee" if kind == "fma" else "half"
+    cycles = gpu_model.iteration_cycles(mix, warps=4, tile_flops=2 * 64 * 64 * 128, operands=operands)
+    return gpu_model.KernelEstimate("fwd", config, mix, programs=programs, iterations=10, cycles=cycles,
+                                    resident=resident)  # fmt: skip
+
+
 def test_a_kernel_estimate_is_the_busiest_resource_on_the_busiest_sm():
-    mix = gpu_model.LoopMix(total=400, tensor=8, mufu=16, kind="wgmma", mio=10)
-    cycles = gpu_model.iteration_cycles(mix, warps=4, tile_flops=2 * 64 * 64 * 128, operands="half")
-    assert cycles == {"issue": 400 + 40, "mufu": 16 * 4 * 2, "tensor": 2 * 64 * 64 * 128 / 4096}
-    e = gpu_model.KernelEstimate("fwd", (64, 64, 4, 3), mix, programs=133, iterations=10, cycles=cycles, resident=1)
-    # 133 programs on 132 SMs: the busiest SM runs two; issue at half efficiency is the largest resource
-    assert e.seconds(0.5) == pytest.approx(2 * 10 * 880 / gpu_model.H200["clock_hz"])
-    assert e.bound(0.5) == "issue" and e.bound(0.05) == "issue"
+    e = _estimate(programs=133, resident=1)
+    assert e.cycles == {"issue": 400 + 40, "mufu": 16 * 4 * 2, "tensor": 2 * 64 * 64 * 128 / 4096}
+    # 133 programs on 132 SMs, one at a time: the busiest SM runs two rounds, each its products (256 cycles) waited
+    # on, then its issue at half efficiency (880 cycles)
+    assert e.seconds(0.5) == pytest.approx(2 * 10 * (256 + 880) / gpu_model.H200["clock_hz"])
+    assert e.bound(0.5) == "latency"
+
+
+def test_programs_resident_together_hide_latency_up_to_the_shared_resources():
+    # 4 programs per SM, all resident at once: one round; latency 256 + 440 / 0.9 < 4 x 440 issue cycles
+    e = _estimate(programs=4 * 132, resident=4)
+    assert e.together() == 4 and e.rounds() == 1
+    assert e.seconds(0.9) == pytest.approx(10 * 4 * 440 / gpu_model.H200["clock_hz"])
+    assert e.bound(0.9) == "issue"
+    # the same kernel one program at a time takes four rounds of its latency
+    alone = _estimate(programs=4 * 132, resident=1)
+    assert alone.seconds(0.9) == pytest.approx(4 * 10 * (256 + 440 / 0.9) / gpu_model.H200["clock_hz"])
+    # where the products are FFMA they are in the instruction count, not waited on besides
+    assert _estimate(programs=132, resident=1, kind="fma").per_iteration(1.0)["latency"] == 440
+
+
+def test_the_fitted_efficiency_reproduces_the_fitted_time_and_refuses_a_throughput_bound_point():
+    e = _estimate(programs=133, resident=1)
+    seconds = e.seconds(0.6)
+    assert gpu_model.fit_efficiency(e, seconds) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="not latency-bound"):
+        # 4 resident programs issue 1760 cycles per iteration: 1500 cycles is faster than any efficiency allows
+        gpu_model.fit_efficiency(_estimate(programs=4 * 132, resident=4), 10 * 1500 / gpu_model.H200["clock_hz"])
+
+
+def test_pick_takes_the_recorded_config_else_the_fastest():
+    slow, fast = _estimate(133, 1, config=(64, 64, 8, 3)), _estimate(4 * 132, 4, config=(32, 64, 4, 3))
+    assert gpu_model.pick({"fwd": [slow, fast]}, 0.7)["fwd"] is fast
+    assert gpu_model.pick({"fwd": [slow, fast]}, 0.7, {"fwd": (64, 64, 8, 3)})["fwd"] is slow
 
 
 def test_the_record_labels_every_figure_an_estimate():
