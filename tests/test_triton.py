@@ -68,7 +68,8 @@ def _triton_matches_the_reference(case: str, seed: int) -> None:
         assert_close(got, want, atol=2e-5, rtol=2e-5, name=f"{case} d{k}")
 
 
-def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_path():
+def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_path(monkeypatch):
+    monkeypatch.setattr(configs, "arch_of", lambda device: 90)  # the pruner reads the GPU generation of feat_ptr
     for kind in configs.KERNELS:
         for precision in configs.PRECISION_CLASSES:
             assert configs.CANDIDATES[(kind, precision)], (kind, precision)
@@ -80,10 +81,12 @@ def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_
     half = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.bfloat16)})
     fp32 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32")
     fp32x3 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32x3")
-    assert len(half) == len(configs.CANDIDATES[("fwd", "half")]) and all(("half", False) in classes[c] for c in half)
-    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")]) and all(("fp32", False) in classes[c] for c in fp32)
+    assert len(half) == len(configs.CANDIDATES[("fwd", "half")])
+    assert all(("half", False, True) in classes[c] for c in half)
+    assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")])
+    assert all(("fp32", False, True) in classes[c] for c in fp32)
     assert len(fp32x3) == len(configs.CANDIDATES[("fwd", "fp32x3")])
-    assert all(("fp32x3", False) in classes[c] for c in fp32x3)
+    assert all(("fp32x3", False, True) in classes[c] for c in fp32x3)
     # The label-sums path has its own candidates where they differ (the column backward's 4-warp 64 x 64 tile)
     cols, cols_classes = configs._full_autotune_configs("bwd_cols")
     prune_cols = configs.pruner(cols_classes, interpret=False)
@@ -93,6 +96,27 @@ def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_
             for c in prune_cols(cols, bf16, LABEL_SUMS=True)]  # fmt: skip
     assert tiles == configs.candidates("bwd_cols", "half", False)
     assert sorted(sums) == sorted(configs.candidates("bwd_cols", "half", True)) and sums != tiles
+
+
+def _pruned(kind, arch, monkeypatch, **constexprs):
+    monkeypatch.setattr(configs, "arch_of", lambda device: arch)
+    all_configs, classes = configs._full_autotune_configs(kind)
+    kept = configs.pruner(classes, interpret=False)(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.bfloat16)},
+                                                     **constexprs)  # fmt: skip
+    return sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept)
+
+
+def test_hopper_only_candidates_are_kept_on_sm90_and_dropped_on_sm80(monkeypatch):
+    """The 4-warp 64 x 64 row backward of the label-sums path takes whole wgmmas on Hopper; on sm_80 it lowers to
+    mma.sync and spills outside its loops, so the pruner leaves it out there (and the compile report does not
+    compile it for sm_80)."""
+    hopper = _pruned("bwd_rows", 90, monkeypatch, LABEL_SUMS=True)
+    ampere = _pruned("bwd_rows", 80, monkeypatch, LABEL_SUMS=True)
+    assert (64, 64, 4, 2) in hopper and (64, 64, 4, 2) not in ampere
+    assert ampere == sorted(configs.candidates("bwd_rows", "half", True, 80)) and ampere
+    assert hopper == sorted(configs.candidates("bwd_rows", "half", True, 90))
+    # elsewhere the generations share their candidates
+    assert _pruned("bwd_cols", 80, monkeypatch, LABEL_SUMS=True) == _pruned("bwd_cols", 90, monkeypatch, LABEL_SUMS=True)
 
 
 def test_float32_products_use_tensor_cores_whether_or_not_tf32_is_allowed():

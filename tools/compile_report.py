@@ -188,11 +188,12 @@ def cases(archs, dims, only=None) -> list[Case]:
                 klass = precision_class_of(precision)
                 # a fixed kernel: its one configuration (tile, num_warps, 1 stage); finalize has no BLOCK_D
                 sums = bool(variants[variant].get("LABEL_SUMS", False))
-                configs = candidates(kind, klass, sums) if kind not in FIXED else [FIXED_CONFIG]
                 has_d = "BLOCK_D" in {name for name, _ in kernel_arguments(kernel(kind))}
-                for config in configs:
-                    for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
-                        out.extend(Case(kind, variant, precision, block_d, arch, config) for arch in archs)
+                for arch in archs:
+                    configs = candidates(kind, klass, sums, arch) if kind not in FIXED else [FIXED_CONFIG]
+                    for config in configs:
+                        for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
+                            out.append(Case(kind, variant, precision, block_d, arch, config))
     return out
 
 

@@ -43,10 +43,16 @@ CANDIDATES = {
     ("bwd_rows", "fp32x3"): [(16, 16, 4, 1)],
     ("bwd_cols", "fp32x3"): [(16, 32, 4, 1)],
 }
-# The candidates of the label-sums path (LABEL_SUMS) where they differ: its tiles carry no labels, so larger ones fit.
+# The candidates of the label-sums path (LABEL_SUMS) where they differ: its tiles carry no labels, so 4-warp 64 x 64
+# ones fit (the row backward's class block with given logits runs in narrower tiles for that, paco_bwd_rows).
 LABEL_SUMS_CANDIDATES = {
     ("bwd_cols", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
+    ("bwd_rows", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
 }
+# Candidates for Hopper (sm_90) alone: 4-warp 64-row backward tiles, whose one warpgroup takes each 64-row wgmma
+# whole where 8 warps recompute the first product in both warpgroups. On sm_80 they lower to mma.sync and park
+# 72-96 B outside their loops (the compile report), and the 8-warp tile serves there.
+HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}}
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
@@ -69,11 +75,22 @@ def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
     return "fp32x3" if input_precision == "tf32x3" else "fp32"
 
 
-def candidates(kind: str, precision: str, label_sums: bool = False) -> list[tuple]:
-    """The autotune candidates of a kernel for a precision class, on the label-sums path or not."""
+def candidates(kind: str, precision: str, label_sums: bool = False, arch: int = 90) -> list[tuple]:
+    """The autotune candidates of a kernel for a precision class, on the label-sums path or not, for a GPU of
+    compute capability `arch` (major x 10 + minor)."""
     if label_sums and (kind, precision) in LABEL_SUMS_CANDIDATES:
-        return LABEL_SUMS_CANDIDATES[(kind, precision)]
-    return CANDIDATES[(kind, precision)]
+        found = LABEL_SUMS_CANDIDATES[(kind, precision)]
+    else:
+        found = CANDIDATES[(kind, precision)]
+    if arch < 90:
+        found = [c for c in found if c not in HOPPER_ONLY.get((kind, precision), ())]
+    return found
+
+
+def arch_of(device: torch.device) -> int:
+    """Compute capability (major x 10 + minor) of a CUDA device."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
@@ -81,22 +98,23 @@ def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
 
 
 def _full_autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
-    """Every candidate of one kernel as a triton.Config (every precision class and path, each configuration once:
-    Configs compare by value), and the (precision class, label sums) pairs of each."""
+    """Every candidate of one kernel as a triton.Config (every precision class, path and GPU generation, each
+    configuration once: Configs compare by value), and the (precision class, label sums, Hopper) triples of each."""
     configs, classes = [], {}
     for precision in PRECISION_CLASSES:
         for label_sums in (False, True):
-            for entry in candidates(kind, precision, label_sums):
-                config = _config(*entry)
-                if config not in classes:
-                    configs.append(config)
-                classes.setdefault(config, set()).add((precision, label_sums))
+            for hopper in (False, True):
+                for entry in candidates(kind, precision, label_sums, 90 if hopper else 80):
+                    config = _config(*entry)
+                    if config not in classes:
+                        configs.append(config)
+                    classes.setdefault(config, set()).add((precision, label_sums, hopper))
     return configs, classes
 
 
 def pruner(classes: dict, interpret: bool = INTERPRET):
     """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr and the
-    PRECISION constexpr) and path (the LABEL_SUMS constexpr)."""
+    PRECISION constexpr), path (the LABEL_SUMS constexpr) and GPU generation (feat_ptr's device)."""
 
     def prune(configs, named_args, **kwargs):
         if interpret:
@@ -105,7 +123,9 @@ def pruner(classes: dict, interpret: bool = INTERPRET):
         def arg(name, default=None):
             return kwargs.get(name, named_args.get(name, default))
 
-        wanted = (precision_class(named_args["feat_ptr"].dtype, arg("PRECISION")), bool(arg("LABEL_SUMS", False)))
+        feat = named_args["feat_ptr"]
+        wanted = (precision_class(feat.dtype, arg("PRECISION")), bool(arg("LABEL_SUMS", False)),
+                  arch_of(feat.device) >= 90)  # fmt: skip
         return [c for c in configs if wanted in classes.get(c, ())] or configs
 
     return prune

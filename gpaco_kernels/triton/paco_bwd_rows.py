@@ -67,21 +67,41 @@ def _paco_bwd_rows_kernel(
     row_mask = rows < A
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     coef, inv_pos = anchor_coefficients(
         grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
     )
+    if HAS_CLASSES and FROM_LOGITS and NEED_LOGITS:
+        # Given class logits: dS = a H / tc, elementwise in each tile (no product, nothing into dAnchors). Done
+        # first, before the anchors are loaded and the accumulator is live, and in tiles a quarter as wide: with
+        # 4 warps a 64 x 64 tile of S, its weights and H spill hundreds of bytes and 64 x 32 a few (read from the
+        # SASS); 64 x 16 does not, and the class block is a few of the columns.
+        for c0 in range(tl.maximum(c_start, 0), tl.minimum(c_end, C), BLOCK_N // 4):
+            cols = c0 + tl.arange(0, BLOCK_N // 4)
+            col_mask = cols < tl.minimum(c_end, C)
+            l, w, d, _ = column_tile(
+                0, 0, rows, row_mask, row_labels, cols, col_mask,
+                feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
+            )  # fmt: skip
+            h = gradient_factor(l, w, d, lse, inv_pos)
+            offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]
+            tl.store(
+                grad_logits_ptr + offsets,
+                (h * (coef * c_scale)[:, None]).to(grad_logits_ptr.dtype.element_ty),
+                mask=row_mask[:, None] & col_mask[None, :],
+            )
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     if LABEL_SUMS:
         sample_lse = uniform_lse(lse, gamma)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     offset = 0
     for seg in tl.static_range(3):
         present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
-        if present:
+        if present and not (seg == 0 and FROM_LOGITS):  # given class logits: above
             size = C if seg == 0 else (N if seg == 1 else K)
-            scale = c_scale if seg == 0 else t_scale
             x_ptr = centers_ptr if seg == 0 else (feat_ptr if seg == 1 else queue_ptr)
             stride_x = stride_w if seg == 0 else (stride_f if seg == 1 else stride_q)
             lo = tl.maximum(c_start - offset, 0)
@@ -111,22 +131,14 @@ def _paco_bwd_rows_kernel(
                         offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
                     )  # fmt: skip
                     h = gradient_factor(l, w, d, lse, inv_pos)
-                    if seg == 0 and FROM_LOGITS:
-                        if NEED_LOGITS:
-                            offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]
-                            tl.store(
-                                grad_logits_ptr + offsets,
-                                (h * (coef * scale)[:, None]).to(grad_logits_ptr.dtype.element_ty),
-                                mask=row_mask[:, None] & col_mask[None, :],
-                            )
-                    else:
-                        x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
-                        hx = (h * G_SCALE).to(x.dtype)
-                        if seg == 0:  # the class block (few tiles): its temperature relative to the samples' here
-                            acc += tl.dot(hx, x, input_precision=PRECISION) * (c_scale / t_scale)
-                        else:  # accumulated in place; the scale t_scale / G_SCALE is applied once, after the loop
-                            acc = tl.dot(hx, x, acc, input_precision=PRECISION)
-            offset += size
+                    x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
+                    hx = (h * G_SCALE).to(x.dtype)
+                    if seg == 0:  # the class block (few tiles): its temperature relative to the samples' here
+                        acc += tl.dot(hx, x, input_precision=PRECISION) * (c_scale / t_scale)
+                    else:  # accumulated in place; the scale t_scale / G_SCALE is applied once, after the loop
+                        acc = tl.dot(hx, x, acc, input_precision=PRECISION)
+        if present:
+            offset += C if seg == 0 else (N if seg == 1 else K)
     acc = acc * (coef * (t_scale / G_SCALE))[:, None]
     out = grad_anchor_ptr + (pid_s.to(tl.int64) * A + rows.to(tl.int64))[:, None] * stride_ga + offs_d[None, :]
     tl.store(out, acc, mask=row_mask[:, None] & (offs_d[None, :] < D))
