@@ -25,6 +25,8 @@ import triton.language as tl
 from .configs import autotune
 from .tiles import (
     G_SCALE,
+    G_SCALE_LOG2,
+    LOG2E,
     anchor_coefficients,
     as_f32,
     column_scale,
@@ -35,7 +37,7 @@ from .tiles import (
     normalize_backward,
     sample_logits,
     segment_weights,
-    uniform_lse,
+    uniform_lse2,
 )
 
 
@@ -83,7 +85,7 @@ def _paco_bwd_cols_kernel(
         uniform_coef = tl.maximum(uniform_coef, 1.1754943508222875e-38)
     if LABEL_SUMS:  # the column tile and its scale, held across the anchor loop (the tiles carry no labels)
         held = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
-        held_scale = column_scale(held, scale, BLOCK_N, NORMALIZE)
+        held_scale = column_scale(held, scale * LOG2E, BLOCK_N, NORMALIZE)  # base-2 logits (tiles.sample_tile)
     if LABEL_SUMS:  # tiles without masks, and the anchor tiles the diagonal crosses
         first, last = diagonal_tiles(0, A, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
         # fmt: off
@@ -97,6 +99,8 @@ def _paco_bwd_cols_kernel(
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
                             uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, False)
         # fmt: on
+        if REDUCTION != 0:  # the sweeps summed p A over the anchors with a loss; H a = -p a, a = sign |a|
+            acc = acc * tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0)
     else:
         for r0 in range(0, A, BLOCK_M):
             rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
@@ -167,14 +171,21 @@ def _sample_sweep(
     MASK_DIAGONAL: tl.constexpr,
 ):  # fmt: skip
     """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
-    exp(l - lse), times a / scale. Columns past NCOLS need no mask (their rows of the output are never stored), nor
-    do anchors past A (zero rows, a = 0: H = 0 there)."""
+    exp(l - lse) = -exp2(l2 - shift2) (base-2 logits, tiles.uniform_lse2), times a / scale; for 'sum' and 'mean'
+    (one a) the sum of p A with G_SCALE in the exponent, its sign -sign(a) applied by the caller. Columns past NCOLS
+    need no mask (their rows of the output are never stored), nor do anchors past A (zero rows, a = 0: H = 0 there)."""
     for r0 in range(start, end, BLOCK_M):
         rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
             r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
             loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE,
         )  # fmt: skip
-        l = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
-        h = -tl.exp(l - uniform_lse(lse, gamma)[:, None]) * (coef / coef_max)[:, None]
-        acc = _accumulate(acc, h, anchors, coef_max, REDUCTION, PRECISION)
+        l2 = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
+        shift2 = uniform_lse2(lse, gamma)
+        if REDUCTION == 0:  # one a per anchor, per-tile scale: as the per-tile path
+            h = -tl.exp2(l2 - shift2[:, None]) * (coef / coef_max)[:, None]
+            acc = _accumulate(acc, h, anchors, coef_max, REDUCTION, PRECISION)
+        else:  # one a for every anchor with a loss: p G_SCALE = exp2(l2 - shift2 + log2 G_SCALE) on those, 0 elsewhere
+            shift2 = tl.where(coef != 0, shift2 - G_SCALE_LOG2, float("inf"))
+            pa = tl.trans(tl.exp2(l2 - shift2[:, None]).to(anchors.dtype))
+            acc = tl.dot(pa, anchors, acc, input_precision=PRECISION)
     return acc

@@ -27,7 +27,7 @@ from .tiles import (
     gradient_factor,
     load_rows,
     sample_grad_sweep,
-    uniform_lse,
+    uniform_lse2,
 )
 
 
@@ -95,7 +95,7 @@ def _paco_bwd_rows_kernel(
             )
     anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     if LABEL_SUMS:
-        sample_lse = uniform_lse(lse, gamma)
+        sample_lse2 = uniform_lse2(lse, gamma)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     offset = 0
     for seg in tl.static_range(3):
@@ -112,14 +112,16 @@ def _paco_bwd_rows_kernel(
                 else:
                     first = hi
                     last = hi
+                acc = -acc  # the sweeps subtract (tiles.sample_grad_sweep)
                 # fmt: off
                 acc = sample_grad_sweep(acc, lo, first, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
                 acc = sample_grad_sweep(acc, first, last, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True)
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True)
                 acc = sample_grad_sweep(acc, last, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
                 # fmt: on
+                acc = -acc
             else:
                 for c0 in range(lo, hi, BLOCK_N):
                     cols = c0 + offs_n

@@ -26,11 +26,10 @@ from .tiles import (
     diagonal_tiles,
     group_sums,
     load_rows,
-    online_lse_step,
+    lse_tile_step,
     out_of_range,
     row_groups,
     sample_lse_sweep,
-    weighted_logit_sum,
 )
 
 
@@ -69,7 +68,6 @@ def _paco_fwd_kernel(
     row_mask = rows < A
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
     bad_label = tl.zeros((), tl.int32)
     if HAS_CLASSES:
@@ -81,6 +79,20 @@ def _paco_fwd_kernel(
     z = tl.zeros((BLOCK_M,), tl.float32)
     wl = tl.zeros((BLOCK_M,), tl.float32)
     pos = tl.zeros((BLOCK_M,), tl.float32)
+    if HAS_CLASSES and FROM_LOGITS:
+        # Given class logits take no product: first, before the anchors are loaded, and in tiles a quarter as wide
+        # (as the row backward's dS: a 64 x 64 tile of S and its weights spills with 4 warps, read from the SASS).
+        for c0 in range(c_start, tl.minimum(c_end, C), BLOCK_N // 4):
+            cols = c0 + tl.arange(0, BLOCK_N // 4)
+            col_mask = cols < tl.minimum(c_end, C)
+            l, w, d, _ = column_tile(
+                0, 0, rows, row_mask, row_labels, cols, col_mask,
+                feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
+                stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
+                offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
+            )  # fmt: skip
+            m, z, wl, pos = lse_tile_step(m, z, wl, pos, l, w, d)
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
     if LABEL_SUMS:
         if pid_s == 0:  # the sample positives, once per anchor, before the loop (after it, they spilled)
             # <a_i, M[g_i]>, less <a_i, a_i's own unit row> for batch columns: two row tiles one after the other
@@ -99,8 +111,8 @@ def _paco_fwd_kernel(
     offset = 0
     for seg in tl.static_range(3):
         present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
-        if present:
-            size = C if seg == 0 else (N if seg == 1 else K)
+        size = C if seg == 0 else (N if seg == 1 else K)
+        if present and not (seg == 0 and FROM_LOGITS):  # given class logits: above
             lo = tl.maximum(c_start - offset, 0)
             hi = tl.minimum(c_end - offset, size)
             if LABEL_SUMS and seg > 0:
@@ -136,9 +148,8 @@ def _paco_fwd_kernel(
                     )  # fmt: skip
                     if HAS_CLASSES and seg > 0:  # batch and queue labels: every one is read by some program
                         bad_label = tl.maximum(bad_label, out_of_range(col_labels, col_mask, C, ignore_index))
-                    m, z = online_lse_step(m, z, l, d)
-                    wl += weighted_logit_sum(w, l)
-                    pos += tl.sum(w, axis=1)
+                    m, z, wl, pos = lse_tile_step(m, z, wl, pos, l, w, d)
+        if present:
             offset += size
 
     stride_part = num_splits.to(tl.int64) * A

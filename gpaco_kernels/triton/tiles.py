@@ -169,13 +169,22 @@ def column_tile(
 
 
 @triton.jit
+def exp(x):
+    """e^x as exp2(x log2 e): a multiply and one MUFU.EX2 per element. tl.exp lowers to ex2.approx without .ftz,
+    which ptxas wraps in a range fix-up (a compare and two multiplies more per element, read from the SASS);
+    tl.exp2 is ex2.approx.ftz, whose results below 2^-126 are 0: terms of sums whose largest term is 1, and
+    probabilities far below anything a float32 or half-precision gradient holds."""
+    return tl.exp2(x * LOG2E)
+
+
+@triton.jit
 def online_lse_step(m, z, l, d):
     """Running max m and rescaled sum z = sum d exp(l - m) after one more tile. A row whose logits so far are all
     -inf keeps m = -inf and z = 0: its shift is taken as 0 (exp(-inf - -inf) would be NaN)."""
     m_new = tl.maximum(m, tl.max(l, axis=1))
     shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    terms = d * tl.exp(tl.where(d > 0, l - shift[:, None], float("-inf")))
-    return m_new, z * tl.exp(m - shift) + tl.sum(terms, axis=1)
+    terms = d * exp(tl.where(d > 0, l - shift[:, None], float("-inf")))
+    return m_new, z * exp(m - shift) + tl.sum(terms, axis=1)
 
 
 @triton.jit
@@ -195,7 +204,8 @@ def sample_logits(
     MASK_DIAGONAL: tl.constexpr,
 ):  # fmt: skip
     """Logits of a tile of batch or queue columns x (rows not yet normalized, column_scale their factor) for the
-    positive terms by label sums (LABEL_SUMS): the product, scaled, and -inf on the columns that are not in the
+    positive terms by label sums (LABEL_SUMS), in whatever base col_scale gives them (the sweeps' are base 2: they
+    only ever feed exp2): the product, scaled, and -inf on the columns that are not in the
     denominator, on the tiles that have them (the sweeps below split their ranges so that the other tiles skip the
     masks): past the range's end (MASK_COLUMNS, folded into the scaling's multiply-add) and the anchor's own column
     of a batch tile the diagonal crosses (MASK_DIAGONAL)."""
@@ -224,12 +234,13 @@ def sample_tile(
     c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
 ):  # fmt: skip
-    """(cols, col_mask, x, l) of the batch or queue tile at c0 (columns below hi) for the sweeps below: its rows x as
-    stored, and its logits by sample_logits."""
+    """(cols, col_mask, x, l2) of the batch or queue tile at c0 (columns below hi) for the sweeps below: its rows x as
+    stored, and its logits by sample_logits in base 2, l2 = l log2(e) (log2 e folded into the columns' scale, so
+    that each element's exponential is one exp2 of a difference)."""
     cols = c0 + offs_n
     col_mask = cols < hi
     x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
-    col_scale = column_scale(x, t_scale, BLOCK_N, NORMALIZE)
+    col_scale = column_scale(x, t_scale * LOG2E, BLOCK_N, NORMALIZE)
     l = sample_logits(anchors, rows, cols, col_mask, x, col_scale, PRECISION, MASK_COLUMNS, MASK_DIAGONAL)
     return cols, col_mask, x, l
 
@@ -243,51 +254,64 @@ def sample_lse_sweep(
     """The forward's online log-sum-exp over the batch or queue tiles starting in [start, end) (columns below hi),
     positives by label sums: a product, one multiply-add, the running max and one exp per element."""
     for c0 in range(start, end, BLOCK_N):
-        _, _, _, l = sample_tile(
+        _, _, _, l2 = sample_tile(
             c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
             MASK_COLUMNS, MASK_DIAGONAL,
         )  # fmt: skip
-        m, z = online_lse_step_uniform(m, z, l, gamma)
+        m, z = online_lse_step_uniform(m, z, l2, gamma)
     return m, z
 
 
 @triton.jit
 def sample_grad_sweep(
-    acc, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, sample_lse,
+    acc, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, sample_lse2,
     BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
     MASK_DIAGONAL: tl.constexpr,
 ):  # fmt: skip
-    """The row backward's acc += H X over the batch or queue tiles starting in [start, end), positives by label sums:
-    H = -gamma exp(l - lse) (sample_lse: tiles.uniform_lse). Columns past hi need no mask here: their rows of X
-    are 0, so whatever H is there adds 0 (H is finite: l = 0 there)."""
+    """The row backward's acc -= H X over the batch or queue tiles starting in [start, end), positives by label sums
+    (the caller negates acc around the sweeps): -H = gamma exp(l - lse) = exp2(l2 - sample_lse2) (tiles.uniform_lse2),
+    times G_SCALE as the other products take it, both folded into the exponent: per element one subtraction and one
+    exp2. Columns past hi need no mask here: their rows of X are 0, so whatever H is there adds 0 (H is finite:
+    l = 0 there)."""
     for c0 in range(start, end, BLOCK_N):
-        cols, col_mask, x, l = sample_tile(
+        cols, col_mask, x, l2 = sample_tile(
             c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
             False, MASK_DIAGONAL,
         )  # fmt: skip
-        h = -tl.exp(l - sample_lse[:, None])
+        p = tl.exp2(l2 - (sample_lse2 - G_SCALE_LOG2)[:, None])
         if NORMALIZE:  # the product takes the unit rows
             x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE)
-        acc = tl.dot((h * G_SCALE).to(x.dtype), x, acc, input_precision=PRECISION)
+        acc = tl.dot(p.to(x.dtype), x, acc, input_precision=PRECISION)
     return acc
 
 
 @triton.jit
-def online_lse_step_uniform(m, z, l, weight):
-    """online_lse_step for a tile whose columns all have the denominator weight `weight` (a scalar: gamma for
-    batch and queue columns), the columns out of the denominator holding l = -inf: one exp per element and no
-    select. exp(l - shift) <= 1, so weight 0 adds exactly 0."""
-    m_new = tl.maximum(m, tl.max(l, axis=1))
-    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    return m_new, z * tl.exp(m - shift) + weight * tl.sum(tl.exp(l - shift[:, None]), axis=1)
+def lse_tile_step(m, z, wl, pos, l, w, d):
+    """The forward's running (m, z, sum w l, P) after one tile with per-element weights (w, d): column_tile's."""
+    m, z = online_lse_step(m, z, l, d)
+    return m, z, wl + weighted_logit_sum(w, l), pos + tl.sum(w, axis=1)
 
 
 @triton.jit
-def uniform_lse(lse, weight):
-    """The per-row exponent shift of the backward's p = weight exp(l - lse) = exp(l - (lse - log weight)) for
-    columns of one denominator weight (>= 0): +inf (p = 0) for weight 0, and for rows whose lse is -inf (nothing in
-    their denominator), where l - lse would be NaN or inf."""
-    shifted = tl.where(weight > 0, lse - tl.log(tl.maximum(weight, 1e-38)), float("inf"))
+def online_lse_step_uniform(m, z, l2, weight):
+    """online_lse_step for a tile of base-2 logits l2 = l log2(e) whose columns all have the denominator weight
+    `weight` (a scalar: gamma for batch and queue columns), the columns out of the denominator holding -inf: per
+    element a max, one subtraction, one exp2 and an add, no select. m and z stay in natural units (the class block
+    shares them); the shift goes to base 2 once per row. exp2(l2 - shift2) <= 1 (to rounding), so weight 0 adds
+    exactly 0."""
+    m_new = tl.maximum(m, tl.max(l2, axis=1) * LN2)
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    terms = tl.exp2(l2 - (shift * LOG2E)[:, None])
+    return m_new, z * exp(m - shift) + weight * tl.sum(terms, axis=1)
+
+
+@triton.jit
+def uniform_lse2(lse, weight):
+    """The per-row exponent shift, in base 2, of the backward's p = weight exp(l - lse) = exp2(l2 - shift2) for base-2
+    logits l2 = l log2(e) of columns of one denominator weight (>= 0): shift2 = (lse - ln weight) log2(e); +inf
+    (p = 0) for weight 0, and for rows whose lse is -inf (nothing in their denominator), where l - lse would be NaN
+    or inf."""
+    shifted = tl.where(weight > 0, (lse - tl.log(tl.maximum(weight, 1e-38))) * LOG2E, float("inf"))
     return tl.where(lse == float("-inf"), float("inf"), shifted)
 
 
@@ -319,7 +343,7 @@ def weighted_logit_sum(w, l):
 def gradient_factor(l, w, d, lse, inv_pos):
     """H = w / P - d exp(l - lse) of a tile: G = a H times the segment's 1/temperature, with the per-anchor a kept
     out (it is 1/A after a mean, below float16's range at A = 65536: the kernels apply it in float32). |H| <= 1."""
-    p = d * tl.exp(tl.where(d > 0, l - lse[:, None], float("-inf")))
+    p = d * exp(tl.where(d > 0, l - lse[:, None], float("-inf")))
     return w * inv_pos[:, None] - p
 
 
@@ -347,6 +371,10 @@ def normalize_backward(g, x_ptr, rows, row_mask, stride_x, offs_d, D):
     return (g - u * radial[:, None]) * inv_norm[:, None]
 
 
+# log2(e) and ln(2): the tiles' exponentials are base 2 (tiles.exp), the label-sums sweeps' logits too.
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
 # Rows are divided by max(|row|, NORM_EPS), as torch.nn.functional.normalize does (ops/spec.py NORM_EPS).
 NORM_EPS: tl.constexpr = tl.constexpr(1e-12)
 
@@ -354,3 +382,4 @@ NORM_EPS: tl.constexpr = tl.constexpr(1e-12)
 # and the product is scaled back in float32: probabilities of order 1/M stay normal float16 numbers up to M ~ 2^29
 # (2^-14 / 2^15) instead of going subnormal past M = 2^14; |H| <= 1 keeps H * G_SCALE below float16's 65504.
 G_SCALE: tl.constexpr = tl.constexpr(32768.0)
+G_SCALE_LOG2: tl.constexpr = tl.constexpr(15.0)  # log2(G_SCALE): folded into exp2's exponent where H is one exp
