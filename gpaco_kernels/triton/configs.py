@@ -48,6 +48,7 @@ CANDIDATES = {
 LABEL_SUMS_CANDIDATES = {
     ("bwd_cols", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
     ("bwd_rows", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
+    ("fwd", "half"): [(64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3)],
 }
 # Candidates for Hopper (sm_90) alone: 4-warp 64-row backward tiles, whose one warpgroup takes each 64-row wgmma
 # whole where 8 warps recompute the first product in both warpgroups. On sm_80 they lower to mma.sync and park
