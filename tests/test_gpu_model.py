@@ -98,3 +98,69 @@ def test_the_record_labels_every_figure_an_estimate():
     ]
     assert len(data) >= 10, table  # calibration, goals, the two paths
     assert all("(estimate)" in r for r in data), table
+
+
+def test_a_blocked_layout_gives_each_thread_its_rows_and_columns():
+    layout = dict(size=[2, 2], threads=[2, 16], warps=[4, 1], order=[1, 0])
+    coords = gpu_model._blocked_coords((32, 32), layout["size"], layout["threads"], layout["warps"], layout["order"],
+                                       lane=0, warp=0)  # fmt: skip
+    # a warp covers 4 rows x 32 columns, 4 warps 16 rows: thread 0 holds rows 0-1 and 16-17, columns 0-1
+    assert sorted({i for i, _ in coords}) == [0, 1, 16, 17] and sorted({j for _, j in coords}) == [0, 1]
+    lane17 = gpu_model._blocked_coords((32, 32), [2, 2], [2, 16], [4, 1], [1, 0], lane=17, warp=1)
+    assert sorted({i for i, _ in lane17}) == [6, 7, 22, 23] and sorted({j for _, j in lane17}) == [2, 3]
+
+
+UNSWIZZLED = (1, 1, 1, [1, 0])  # vec, perPhase, maxPhase, order
+
+
+@pytest.mark.parametrize(
+    "coords,swizzle,expected",
+    [
+        # 32 lanes, 32 consecutive floats: one wavefront, as charged
+        (lambda lane: [(0, lane)], UNSWIZZLED, (1, 1)),
+        # 128-bit loads of one row each, 16 rows of 128 floats: every row's 4 words sit in banks 0-3
+        (lambda lane: [(lane % 16, k) for k in range(4)], UNSWIZZLED, (16, 4)),
+        # the same 4 floats for every lane: served together
+        (lambda lane: [(0, k) for k in range(4)], UNSWIZZLED, (1, 4)),
+        # 8 rows whose 4-float groups are XORed with the row: the rows land in different banks
+        (lambda lane: [(lane % 8, k) for k in range(4)], (4, 1, 8, [1, 0]), (1, 4)),
+        # two instructions of 128 bits per lane, 8 rows in banks 0-3 and 4-7
+        (lambda lane: [(lane % 8, k) for k in range(8)], UNSWIZZLED, (16, 8)),
+    ],
+)  # fmt: skip
+def test_shared_wavefronts_count_the_most_words_one_bank_serves(coords, swizzle, expected):
+    assert gpu_model.shared_wavefronts(coords, (16, 128), 32, swizzle) == expected
+
+
+_DOT_A = "tensor<32x128xf32, #ttg.dot_op<{opIdx = 0, parent = #blocked}>>"
+_DOT_B = "tensor<128x32xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked}>>"
+TTGIR = f"""
+#blocked = #ttg.blocked<{{sizePerThread = [2, 2], threadsPerWarp = [2, 16], warpsPerCTA = [4, 1], order = [1, 0]}}>
+#shared = #ttg.swizzled_shared<{{vec = 1, perPhase = 1, maxPhase = 1, order = [1, 0]}}>
+#shared1 = #ttg.swizzled_shared<{{vec = 1, perPhase = 1, maxPhase = 1, order = [0, 1]}}>
+  tt.func public @k() {{
+    %a = ttg.local_load %x : !ttg.memdesc<32x128xf32, #shared, #smem> -> {_DOT_A} loc(#loc1)
+    %r = scf.for %i = %c0 to %n step %c1 iter_args(%acc = %cst) -> (tensor<32x32xf32, #blocked>)  : i32 {{
+      %a2 = ttg.local_load %x : !ttg.memdesc<32x128xf32, #shared, #smem> -> {_DOT_A} loc(#loc2)
+      %b = ttg.local_load %y : !ttg.memdesc<128x32xf32, #shared1, #smem> -> {_DOT_B} loc(#loc3)
+      %s = scf.if %c -> (tensor<32x32xf32, #blocked>) {{
+        scf.yield %acc : tensor<32x32xf32, #blocked>
+      }} else {{
+        scf.yield %acc : tensor<32x32xf32, #blocked>
+      }} loc(#loc4)
+      %d = tt.dot %a2, %b, %s : {_DOT_A} * {_DOT_B} -> tensor<32x32xf32, #blocked> loc(#loc5)
+      scf.yield %d : tensor<32x32xf32, #blocked>
+    }} loc(#loc6)
+    tt.return
+  }}
+"""
+
+
+def test_fma_products_pay_the_bank_conflicts_of_their_unswizzled_operands():
+    # per warp and iteration, 4 warps: A (32x128, K contiguous) is 4 rows x 32 loads of 128 bits per thread, each
+    # instruction 2 distinct rows (512 B apart: the same banks) for 2 wavefronts where 4 are charged: -2 x 128;
+    # B (128x32, K contiguous per column) is 2 columns x 32 loads, each 16 distinct columns in banks k..k+3 for 16
+    # wavefronts where 4 are charged: +12 x 64. The load before the loop is not counted.
+    assert gpu_model.fma_conflict_cycles(TTGIR, warps=4) == -2 * 128 + 12 * 64
+    # no product on FMA units (the dot line's operands of an MMA layout), no added cycles
+    assert gpu_model.fma_conflict_cycles(TTGIR.replace("tt.dot", "tt.other"), warps=4) == 0

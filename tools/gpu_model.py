@@ -4,9 +4,11 @@
 
 No GPU is needed. Each kernel is compiled here for sm_90 (as tools/compile_report.py does) and its SASS read: the
 inner loop (the loop with the tensor-core instructions) gives, per warp and iteration, the instructions issued, the
-cycles its shared-memory instructions and shuffles hold the SM's one MIO pipe (tools.gpu_model._mio_cycles),
-the MUFU.EX2 count, and the tile's tensor-core FLOPs. An SM runs `together` programs at once (its occupancy, from
-registers, warps and shared memory, or fewer where the grid is small), and one iteration of them takes
+cycles its shared-memory instructions and shuffles hold the SM's one MIO pipe (tools.gpu_model._mio_cycles;
+for products on FMA units plus the bank conflicts of their unswizzled operands, from the layouts of the Triton GPU
+IR: fma_conflict_cycles), the MUFU.EX2 count, and the tile's tensor-core FLOPs. An SM runs `together` programs
+at once (its occupancy, from registers, warps and shared memory, or fewer where the grid is small), and one
+iteration of them takes
 
     cycles = max(tensor + issue / efficiency,                  one program alone: latency
                  together x issue, together x MUFU, together x tensor)     the SM's shared resources, full
@@ -32,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -164,6 +168,7 @@ class LoopMix:
     mufu: int  # MUFU.EX2
     kind: str  # wgmma | mma.sync | fma
     mio: float = 0.0  # cycles of the SM's shared-memory pipe per warp and iteration (LDS/LDSM/STS/SHFL, _mio_cycles)
+    conflicts: float = 0.0  # cycles bank conflicts add to `mio` (FMA products: fma_conflict_cycles)
 
     @classmethod
     def of(cls, sass: str) -> LoopMix:
@@ -204,6 +209,158 @@ def _mio_cycles(op: str) -> float:
     return 0.0
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared-memory bank conflicts of float32 FMA products. A tensor-core product reads its operands from swizzled
+# shared memory (ldmatrix, wgmma descriptors) without conflicts, so the LDS cycles of its SASS are what the pipe
+# spends. A dot on FMA units (a dot operand of a blocked layout) loads each thread's rows and columns from an
+# unswizzled buffer: lanes that read different rows of one column of banks are served one after another. SASS
+# addresses are in registers, so the conflicts are computed from the layouts of the Triton GPU IR instead.
+# ---------------------------------------------------------------------------------------------------------------------
+
+_BLOCKED = re.compile(r"#(\w+) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\], threadsPerWarp = \[([\d, ]+)\], "
+                      r"warpsPerCTA = \[([\d, ]+)\], order = \[([\d, ]+)\]")  # fmt: skip
+_SHARED = re.compile(r"#(\w+) = #ttg\.swizzled_shared<\{vec = (\d+), perPhase = (\d+), maxPhase = (\d+), "
+                     r"order = \[([\d, ]+)\]")  # fmt: skip
+_MEMDESC = r"!ttg\.memdesc<(\d+)x(\d+)x(\w+), #(\w+)"
+_LOCAL_LOAD = re.compile(r"ttg\.local_load .*: " + _MEMDESC + r".*-> tensor<\d+x\d+x\w+, #ttg\.dot_op<\{opIdx = (\d), "
+                         r"parent = #(\w+)\}>")  # fmt: skip
+_LOCAL_ALLOC = re.compile(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+x\w+, #(\w+)>\) -> " + _MEMDESC)
+_FMA_DOT = re.compile(r"tt\.dot .*: tensor<(\d+)x(\d+)x\w+, #ttg\.dot_op<\{opIdx = 0, parent = #(\w+)\}>> \* "
+                      r"tensor<\d+x(\d+)x\w+")  # fmt: skip
+_BITS = {"f32": 32, "f16": 16, "bf16": 16}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def _blocked_coords(shape, size, threads, warps, order, lane: int, warp: int) -> list[tuple[int, int]]:
+    """The (row, column) elements one thread of a 2-D blocked layout holds (a shape smaller than the layout's tile
+    wraps round: those elements are held by several threads)."""
+
+    def split(index, counts):  # the thread's (or warp's) coordinate per dim, order[0] fastest
+        out = [0, 0]
+        for dim in order:
+            out[dim], index = index % counts[dim], index // counts[dim]
+        return out
+
+    t, w = split(lane, threads), split(warp, warps)
+    per_dim = []
+    for d in range(2):
+        tile = size[d] * threads[d] * warps[d]
+        reps = max(1, -(-shape[d] // tile))
+        per_dim.append(sorted({(r * tile + w[d] * size[d] * threads[d] + t[d] * size[d] + e) % shape[d]
+                               for r in range(reps) for e in range(size[d])}))  # fmt: skip
+    return [(i, j) for i in per_dim[0] for j in per_dim[1]]
+
+
+def _shared_offset(i: int, j: int, shape, vec: int, per_phase: int, max_phase: int, order) -> int:
+    """Element offset of (i, j) in a swizzled shared buffer: order[0] the contiguous dim; each row of it has its
+    vec-element groups XORed with (row // perPhase) % maxPhase."""
+    coord = (i, j)
+    inner, outer = coord[order[0]], coord[order[1]]
+    phase = (outer // per_phase) % max_phase
+    return outer * shape[order[0]] + ((inner // vec) ^ phase) * vec + inner % vec
+
+
+def shared_wavefronts(coords_of_lane, shape, bits: int, swizzle) -> tuple[float, float]:
+    """(wavefronts, what the SASS reading charges for the same instructions) of one warp moving its elements to or
+    from a shared buffer: each lane's elements (coords_of_lane(lane), the same count for every lane) go in vectors of
+    elements contiguous in shared memory (up to 128 bits, aligned), one instruction per vector index; an instruction
+    takes as many wavefronts as the most distinct 32-bit words any one of the 32 banks holds among the lanes'
+    addresses (lanes reading the same word are served together). _mio_cycles charges vector bits / 32 per instruction
+    (32 lanes of distinct, conflict-free addresses)."""
+    vec, per_phase, max_phase, order = swizzle
+    most = 128 // bits
+    if max_phase > 1:
+        most = min(most, vec)
+    lanes = []
+    for lane in range(32):
+        offsets = sorted(_shared_offset(i, j, shape, vec, per_phase, max_phase, order) for i, j in coords_of_lane(lane))
+        vectors, k = [], 0
+        while k < len(offsets):  # greedy: the longest aligned run of consecutive offsets, up to `most` elements
+            n = most
+            while n > 1 and not (offsets[k] % n == 0 and offsets[k : k + n] == list(range(offsets[k], offsets[k] + n))):
+                n //= 2
+            vectors.append(offsets[k : k + n])
+            k += n
+        lanes.append(vectors)
+    wavefronts = charged = 0.0
+    for index in range(min(len(v) for v in lanes)):
+        words = {o * bits // 32 for v in lanes for o in v[index]}
+        banks = {}
+        for word in words:
+            banks[word % 32] = banks.get(word % 32, 0) + 1
+        wavefronts += max(banks.values())
+        charged += max(1.0, len(lanes[0][index]) * bits / 32)
+    return wavefronts, charged
+
+
+def _held(shape, layout, operand, lane: int, warp: int) -> list[tuple[int, int]]:
+    """The elements of a (rows, columns) tensor one thread holds: its share of a blocked layout (operand None), or as
+    an FMA product's operand of that parent layout, the parent's rows (operand 0, A) or columns (operand 1, B) of
+    the thread, each with the whole reduction dim."""
+    held = _blocked_coords(shape, *layout, lane, warp)
+    if operand == 0:
+        return [(i, k) for i in sorted({i for i, _ in held}) for k in range(shape[1])]
+    if operand == 1:
+        return [(k, j) for j in sorted({j for _, j in held}) for k in range(shape[0])]
+    return held
+
+
+def _added_cycles(shape, layout, operand, dtype: str, swizzle, warps: int) -> float:
+    """Wavefronts less what the SASS reading charged, summed over the warps, of one transfer between registers and a
+    shared buffer (_held, shared_wavefronts)."""
+    total = 0.0
+    for warp in range(warps):
+        waves, charged = shared_wavefronts(functools.partial(_held, shape, layout, operand, warp=warp), shape,
+                                           _BITS[dtype], swizzle)  # fmt: skip
+        total += waves - charged
+    return total
+
+
+def fma_conflict_cycles(ttgir: str, warps: int) -> float:
+    """Shared-memory cycles per warp and iteration that bank conflicts add to the inner loop of a kernel whose
+    products run on FMA units: over the loop with the most FMA-product FLOPs, its dot-operand loads (local_load to a
+    blocked parent's dot operand) and its stores of blocked tensors to shared memory (local_alloc), the wavefronts
+    each takes (shared_wavefronts) less what the SASS reading charged them, averaged over the warps. 0 where no
+    product runs on FMA units."""
+    blocked = {m[0]: tuple(_ints(x) for x in m[1:]) for m in _BLOCKED.findall(ttgir)}
+    shared = {m[0]: (int(m[1]), int(m[2]), int(m[3]), _ints(m[4])) for m in _SHARED.findall(ttgir)}
+    loops, stack = {}, []  # loop number -> [FMA-product FLOPs, added cycles summed over the warps]
+    for line in ttgir.splitlines():
+        text = line.strip()
+        if text.startswith("}"):  # a region closes (and, with "} else {", the next opens)
+            if stack:
+                stack.pop()
+            if text.endswith("{"):
+                stack.append(None)
+            continue
+        if text.endswith("{"):
+            start = len(loops)
+            if "scf.for" in text:
+                loops[start] = [0.0, 0.0]
+            stack.append(start if "scf.for" in text else None)
+            continue
+        loop = next((n for n in reversed(stack) if n is not None), None)
+        if loop is None:
+            continue
+        if (dot := _FMA_DOT.search(line)) and dot[3] in blocked:
+            loops[loop][0] += 2 * int(dot[1]) * int(dot[2]) * int(dot[4])
+        load, alloc = _LOCAL_LOAD.search(line), _LOCAL_ALLOC.search(line)
+        if load and load[6] in blocked and load[4] in shared:  # a dot operand read for FMA products
+            rows, cols, dtype, layout, op_idx, parent = load.groups()
+            operand = 0 if op_idx == "0" else 1
+            loops[loop][1] += _added_cycles((int(rows), int(cols)), blocked[parent], operand, dtype, shared[layout],
+                                            warps)  # fmt: skip
+        elif alloc and alloc[1] in blocked and alloc[5] in shared:  # a blocked tensor stored for a product
+            source, rows, cols, dtype, layout = alloc.groups()
+            loops[loop][1] += _added_cycles((int(rows), int(cols)), blocked[source], None, dtype, shared[layout],
+                                            warps)  # fmt: skip
+    flops, extra = max(loops.values(), default=(0.0, 0.0))
+    return extra / warps if flops else 0.0
+
+
 def occupancy(registers: int, warps: int, shared: int, gpu=H200) -> int:
     """Programs (CTAs) resident per SM: registers (allocated per warp in units of 256), warps, shared memory."""
     per_warp = -(-registers * 32 // 256) * 256
@@ -218,7 +375,7 @@ def iteration_cycles(mix: LoopMix, warps: int, tile_flops: float, operands: str,
     the loop body on its sub-partition's scheduler, plus the cycles its shared-memory instructions and shuffles hold
     the SM's one MIO pipe; at full efficiency here, KernelEstimate.seconds divides by the fitted share), MUFU (32
     lanes per warp instruction) and tensor cores."""
-    issue = mix.total * warps / gpu["schedulers"] + mix.mio * warps
+    issue = mix.total * warps / gpu["schedulers"] + (mix.mio + mix.conflicts) * warps
     mufu = mix.mufu * warps * 32 / gpu["mufu_lanes"]
     tensor = tile_flops / gpu["tensor"][(mix.kind, operands)]
     return dict(issue=issue, mufu=mufu, tensor=tensor)
@@ -299,7 +456,10 @@ def _compile_worker(job: tuple) -> tuple:
     )
     cubin = compiled.asm["cubin"]
     registers, _ = cr._resource_usage(cr._cuobjdump(cubin, "--dump-resource-usage"))
-    return LoopMix.of(cr._cuobjdump(cubin, "-sass")), registers, compiled.metadata.shared
+    mix = LoopMix.of(cr._cuobjdump(cubin, "-sass"))
+    if mix.kind == "fma":
+        mix.conflicts = fma_conflict_cycles(compiled.asm["ttgir"], num_warps)
+    return mix, registers, compiled.metadata.shared
 
 
 @dataclass(frozen=True)
