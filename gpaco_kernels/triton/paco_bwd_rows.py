@@ -24,6 +24,7 @@ from .tiles import (
     as_f32,
     column_tile,
     diagonal_tiles,
+    given_class_tile,
     gradient_factor,
     load_rows,
     sample_grad_sweep,
@@ -78,13 +79,9 @@ def _paco_bwd_rows_kernel(
         # 4 warps a 64 x 64 tile of S, its weights and H spill hundreds of bytes and 64 x 32 a few (read from the
         # SASS); 64 x 16 does not, and the class block is a few of the columns.
         for c0 in range(tl.maximum(c_start, 0), tl.minimum(c_end, C), BLOCK_N // 4):
-            cols = c0 + tl.arange(0, BLOCK_N // 4)
-            col_mask = cols < tl.minimum(c_end, C)
-            l, w, d, _ = column_tile(
-                0, 0, rows, row_mask, row_labels, cols, col_mask,
-                feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
-                stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
-                offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
+            cols, col_mask, l, w, d = given_class_tile(
+                c0, tl.minimum(c_end, C), rows, row_mask, row_labels, logits_ptr, stride_s, bias_ptr, c_scale, alpha,
+                beta_on, beta_off, gamma, BLOCK_N // 4, HAS_BIAS, EXCLUDE,
             )  # fmt: skip
             h = gradient_factor(l, w, d, lse, inv_pos)
             offsets = rows.to(tl.int64)[:, None] * stride_gs + cols[None, :]

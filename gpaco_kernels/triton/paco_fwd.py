@@ -24,6 +24,7 @@ from .tiles import (
     as_f32,
     column_tile,
     diagonal_tiles,
+    given_class_tile,
     group_sums,
     load_rows,
     lse_tile_step,
@@ -83,13 +84,9 @@ def _paco_fwd_kernel(
         # Given class logits take no product: first, before the anchors are loaded, and in tiles a quarter as wide
         # (as the row backward's dS: a 64 x 64 tile of S and its weights spills with 4 warps, read from the SASS).
         for c0 in range(c_start, tl.minimum(c_end, C), BLOCK_N // 4):
-            cols = c0 + tl.arange(0, BLOCK_N // 4)
-            col_mask = cols < tl.minimum(c_end, C)
-            l, w, d, _ = column_tile(
-                0, 0, rows, row_mask, row_labels, cols, col_mask,
-                feat_ptr, label_ptr, queue_ptr, queue_label_ptr, logits_ptr, centers_ptr, bias_ptr,
-                stride_f, stride_q, stride_s, stride_w, t_scale, c_scale, alpha, beta_on, beta_off, gamma,
-                offs_d, D, FROM_LOGITS, HAS_BIAS, EXCLUDE, UPCAST, PRECISION, NORMALIZE,
+            _, _, l, w, d = given_class_tile(
+                c0, tl.minimum(c_end, C), rows, row_mask, row_labels, logits_ptr, stride_s, bias_ptr, c_scale, alpha,
+                beta_on, beta_off, gamma, BLOCK_N // 4, HAS_BIAS, EXCLUDE,
             )  # fmt: skip
             m, z, wl, pos = lse_tile_step(m, z, wl, pos, l, w, d)
     anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)

@@ -169,6 +169,24 @@ def column_tile(
 
 
 @triton.jit
+def given_class_tile(
+    c0, c_end, rows, row_mask, row_labels, logits_ptr, stride_s, bias_ptr, c_scale, alpha, beta_on, beta_off, gamma,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
+):  # fmt: skip
+    """(cols, col_mask, l, w, d) of the WIDTH class columns from c0 (those before c_end) when the class logits are
+    given: the tile the forward and the row backward sweep before the anchors load (no product, so no anchors)."""
+    cols = c0 + tl.arange(0, WIDTH)
+    col_mask = cols < c_end
+    offsets = rows.to(tl.int64)[:, None] * stride_s + cols[None, :]
+    l = tl.load(logits_ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        l = l + tl.load(bias_ptr + cols, mask=col_mask, other=0.0)[None, :]
+    l = tl.where(col_mask[None, :], l * c_scale, float("-inf"))
+    w, d = segment_weights(0, rows, row_labels, cols, cols, col_mask, alpha, beta_on, beta_off, gamma, EXCLUDE)
+    return cols, col_mask, l, w, d
+
+
+@triton.jit
 def exp(x):
     """e^x as exp2(x log2 e): a multiply and one MUFU.EX2 per element. tl.exp lowers to ex2.approx without .ftz,
     which ptxas wraps in a range fix-up (a compare and two multiplies more per element, read from the SASS);
