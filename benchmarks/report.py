@@ -310,11 +310,13 @@ def gemm_peaks(records) -> str:
 
 HEADLINE_VARIANTS = {
     ("fwd", "gpaco-logits"), ("fwd", "pixel"), ("fwd", "pixel-sums"), ("bwd_rows", "gpaco-logits"),
-    ("bwd_rows", "pixel-sums"), ("bwd_cols", "batch"), ("bwd_cols", "batch-sums"), ("finalize", "mean"),
+    ("bwd_rows", "pixel-sums"), ("bwd_cols", "batch"), ("bwd_cols", "batch-sums"), ("bwd_one_pass", "batch-sums"),
+    ("finalize", "mean"),
     ("epilogue", "label-sums"), ("label_sums", "backward"),
 }  # fmt: skip
 KERNEL_NAMES = {
-    "fwd": "forward", "bwd_rows": "row backward", "bwd_cols": "column backward", "finalize": "forward finalize",
+    "fwd": "forward", "bwd_rows": "row backward", "bwd_cols": "column backward",
+    "bwd_one_pass": "one-pass backward (opt-in)", "finalize": "forward finalize",
     "epilogue": "dFeatures epilogue", "label_sums": "label sums",
 }  # fmt: skip
 
@@ -577,7 +579,7 @@ def gpu_model_table() -> str:
         "| pixel 32768 bf16 | label sums: loop instructions per warp, estimate | per-tile label compares: the same |",
         "|---|---|---|",
     ]
-    summary = ""
+    summary, backward = "", []
     for line in lines:
         cells = [c.strip() for c in line.split("|")]
         if cells[0] == "path" and len(cells) >= 4:
@@ -598,10 +600,13 @@ def gpu_model_table() -> str:
                 f"| {goal} | {today.removeprefix('today ').removesuffix(' (measured)')} | "
                 f"{estimate.removeprefix('estimate ')} (estimate) | {target.removeprefix('goal ')} |"
             )
+        elif cells[0] == "backward" and len(cells) >= 5:
+            backward = [f"Backward shape, {cells[1]} (estimates): {cells[2]}; {cells[3]}; {cells[4]}."]
         elif line.startswith("calibration:"):
             summary = line.removeprefix("calibration: ")
     head = lines[1] if len(lines) > 1 else ""
-    return "\n".join([head + ".", "", *calibration, "", f"Calibration: {summary}.", "", *goals, "", *paths])
+    return "\n".join([head + ".", "", *calibration, "", f"Calibration: {summary}.", "", *goals, "", *paths, "",
+                      *backward])  # fmt: skip
 
 
 def selfcheck_block() -> str:

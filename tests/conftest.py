@@ -25,7 +25,12 @@ def small_tiles(monkeypatch):
     except ImportError:  # no triton here: the triton tests fail on their own, saying so (helpers.need_backend)
         return
     small = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
+    for kernel in (
+        launch._paco_fwd_kernel,
+        launch._paco_bwd_rows_kernel,
+        launch._paco_bwd_cols_kernel,
+        launch._paco_bwd_one_pass_kernel,
+    ):
         monkeypatch.setattr(kernel, "configs", small)
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", 16)
     # The positives by label sums on every shape (the default tiles take the heuristic: compares in the tiles on the

@@ -5,6 +5,7 @@ determinism. No NaN or inf where the float64 reference is finite, and no NaN hid
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -230,10 +231,23 @@ def test_cpu_backend_is_bitwise_reproducible_at_a_fixed_thread_count():
             assert torch.equal(a, b)
 
 
-def test_triton_kernels_use_no_atomics():
+def test_triton_kernels_use_atomics_only_in_the_one_pass_backward():
+    """Results are deterministic by default: the only atomic add is the one-pass backward's dAnchors part, a shape
+    the launcher takes only when asked (launch.BACKWARD, default two kernels) and torch's deterministic mode is off
+    (tests/test_triton.py runs it)."""
+    import ast
+
     folder = pathlib.Path(gk.__file__).parent / "triton"
     sources = {p.name: p.read_text() for p in folder.glob("*.py")}
     assert {"paco_fwd.py", "paco_bwd_rows.py", "paco_bwd_cols.py", "tiles.py"} <= set(sources)
+    found = []
     for name, text in sources.items():
-        code = text.replace("no atomics", "").replace("without atomics", "").replace("No atomics", "")
-        assert "atomic" not in code, name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Attribute) and c.attr.startswith("atomic")]
+                found += [(name, node.name)] * len(calls)
+    assert found == [("paco_bwd_cols.py", "_add_anchor_part")]
+    from gpaco_kernels.triton import launch
+
+    if "GPACO_TRITON_BACKWARD" not in os.environ:
+        assert launch.BACKWARD == "two-kernel"

@@ -209,14 +209,16 @@ def test_triton_training_step_compiles_with_fullgraph_on_cuda(reduction):
         assert_close(g, w, atol=2e-5, rtol=2e-5, name="compiled gradient")
 
 
+@pytest.mark.parametrize("backward_shape", ["two-kernel", "one-pass"])  # launch.BACKWARD
 @pytest.mark.parametrize("variant", ["logits", "none"])  # group ids from class labels, and from any labels
-def test_triton_opcheck_on_the_label_sums_path(variant, monkeypatch):
+def test_triton_opcheck_on_the_label_sums_path(variant, backward_shape, monkeypatch):
     """The large-step path (positives by label sums: group ids by sort and search, a sums kernel per direction)
-    passes the same opchecks, fake tensors included."""
+    passes the same opchecks, fake tensors included, with either backward shape."""
     need_backend("triton", TRITON_DEVICE)
     from gpaco_kernels.triton import launch
 
     monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    monkeypatch.setattr(launch, "BACKWARD", backward_shape)
     forward, backward = _ops("triton")
     for dtype in _dtypes("triton"):
         x, cfg = _problem(variant, dtype)

@@ -281,9 +281,109 @@ def test_label_sums_with_rectangular_tiles_match_the_reference(monkeypatch, bloc
     import triton
 
     small = [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=1)]
-    for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
+    for kernel in (
+        launch._paco_fwd_kernel,
+        launch._paco_bwd_rows_kernel,
+        launch._paco_bwd_cols_kernel,
+        launch._paco_bwd_one_pass_kernel,
+    ):
         monkeypatch.setattr(kernel, "configs", small)
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
     monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
     for case in ("base", "no-classes", "ignored"):
         _triton_matches_the_reference(case, seed=2)
+
+
+def _one_pass_runs(monkeypatch):
+    """Count the one-pass kernel's launches (it shares its JIT function with the column kernel, so launch counters
+    that name kernels by function cannot tell them apart), and check each asks for dAnchors."""
+    runs = []
+    kernel = launch._paco_bwd_one_pass_kernel
+    original = kernel.run
+
+    def run(*args, **kwargs):
+        assert kwargs["ANCHOR_GRAD"] and kwargs["LABEL_SUMS"]
+        runs.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", run)
+    return runs
+
+
+def _reduced_loss_and_grads(kw, grad_args, backend, reduction, upstream):
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    kw_dev = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
+    leaves = {k: kw_dev[k].clone().requires_grad_() for k in grad_args}
+    loss = gk.fused_paco_loss(**{**kw_dev, **leaves}, backend=backend, reduction=reduction)
+    loss.backward(torch.tensor(upstream, dtype=loss.dtype, device=device))
+    return loss.detach().cpu().double(), {k: v.grad.cpu().double() for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("case", ["no-queue", "no-classes", "ignored", "normalize+centers", "no-positives"])
+@pytest.mark.parametrize("reduction,upstream", [("mean", 1.7), ("sum", -0.6)])
+def test_one_pass_backward_matches_the_reference(monkeypatch, small_tiles, case, reduction, upstream):
+    """The one-pass backward (the batch columns' kernel adds their part of dAnchors by atomics, the row kernel skips
+    them) against the float64 reference, on 16 x 16 tiles, with an upstream gradient other than 1 of either sign."""
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", None)  # the one pass applies to one column split
+    monkeypatch.setattr(launch, "BACKWARD", "one-pass")
+    runs = _one_pass_runs(monkeypatch)
+    kw, grad_args = make_case(case, seed=7)
+    single = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    double = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    got = _reduced_loss_and_grads(single, grad_args, "triton", reduction, upstream)
+    assert len(runs) == 1, "the one-pass kernel did not run"
+    want = _reduced_loss_and_grads(double, grad_args, "reference", reduction, upstream)
+    assert_close(got[0], want[0], atol=2e-5, rtol=2e-5, name=f"{case} loss")
+    for k in grad_args:
+        assert_close(got[1][k], want[1][k], atol=2e-5, rtol=2e-5, name=f"{case} d{k}")
+
+
+def test_one_pass_backward_in_float16_agrees_with_the_two_kernel_backward(monkeypatch, small_tiles):
+    """float16 (the compiled path's half-precision products; bfloat16 dots are wrong under the interpreter): the one
+    pass rounds the same tiles of H as the two kernels, so the two agree to float32 summation order."""
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", None)
+    kw, grad_args = make_case("no-queue", seed=3)
+    half = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    two = _reduced_loss_and_grads(half, grad_args, "triton", "mean", 3.0)
+    monkeypatch.setattr(launch, "BACKWARD", "one-pass")
+    runs = _one_pass_runs(monkeypatch)
+    one = _reduced_loss_and_grads(half, grad_args, "triton", "mean", 3.0)
+    assert len(runs) == 1
+    for k in grad_args:
+        scale = two[1][k].abs().max().item()
+        assert scale > 0
+        assert_close(one[1][k], two[1][k], atol=2e-3 * scale, rtol=0, name=f"d{k}")
+
+
+def test_one_pass_backward_is_not_taken_where_it_does_not_apply_or_determinism_is_asked(monkeypatch, small_tiles):
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "BACKWARD", "one-pass")
+    runs = _one_pass_runs(monkeypatch)
+    kw, grad_args = make_case("no-queue", seed=1)
+    kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", 16)  # several column splits: two kernels
+    _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", None)
+    _reduced_loss_and_grads(kw, grad_args, "triton", "none", [1.0] * kw["num_anchors"])  # one a per anchor
+    assert runs == []
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        deterministic = _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+    assert runs == []  # torch's deterministic mode: the two kernels
+    one_pass = _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)
+    assert len(runs) == 1  # and the one pass once it is off again, to the same gradients but summation order
+    assert_close(one_pass[1]["features"], deterministic[1]["features"], atol=1e-6, rtol=1e-5, name="dfeatures")
+
+
+def test_an_unknown_backward_shape_is_refused(monkeypatch, small_tiles):
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "BACKWARD", "one_pass")
+    kw, grad_args = make_case("no-queue", seed=1)
+    kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    with pytest.raises(ValueError, match=r"BACKWARD \(or GPACO_TRITON_BACKWARD\) is 'one_pass'; expected one of"):
+        _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)

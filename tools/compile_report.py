@@ -52,12 +52,12 @@ MEAN, NONE = 2, 0  # the kernels' REDUCTION constexpr (launch.REDUCTIONS)
 
 
 def _flags(*on: str, **more) -> dict:
-    return dict({name: name in on for name in _ROW_FLAGS}, **more)
+    return dict({name: name in on for name in _ROW_FLAGS}, **dict(dict(BATCH_BY_COLUMNS=False), **more))
 
 
 def _columns(**on) -> dict:
     """The column kernel's flags: these set, the others off."""
-    flags = dict(HAS_BIAS=False, EXCLUDE=False, NORMALIZE=False, FINISH=False, LABEL_SUMS=False)
+    flags = dict(HAS_BIAS=False, EXCLUDE=False, NORMALIZE=False, FINISH=False, LABEL_SUMS=False, ANCHOR_GRAD=False)
     return dict(flags, **on)
 
 
@@ -100,6 +100,11 @@ VARIANTS = {
         "psc-centers": _columns(SEGMENT=0, EXCLUDE=True, REDUCTION=NONE, FINISH=True),
         "batch-sums": _columns(SEGMENT=1, NORMALIZE=True, REDUCTION=MEAN, LABEL_SUMS=True),
     },
+    # the column kernel adding the batch columns' part of dAnchors (float32 atomics): 'mean' and 'sum' only
+    "bwd_one_pass": {
+        "batch-sums": _columns(SEGMENT=1, NORMALIZE=True, REDUCTION=MEAN, LABEL_SUMS=True, ANCHOR_GRAD=True),
+        "plain-sum": _columns(SEGMENT=1, REDUCTION=1, LABEL_SUMS=True, ANCHOR_GRAD=True),
+    },
     "label_sums": {
         "forward": dict(CLASSES=True, HAS_BATCH=True, NORMALIZE=True, COEFFICIENTS=False, REDUCTION=MEAN),
         "backward": dict(CLASSES=False, HAS_BATCH=True, NORMALIZE=False, COEFFICIENTS=True, REDUCTION=NONE),
@@ -116,6 +121,8 @@ VARIANTS = {
 for _kind in ("fwd", "bwd_rows"):
     for _name in ("gpaco-logits", "pixel", "supcon"):
         VARIANTS[_kind][f"{_name}-sums"] = dict(VARIANTS[_kind][_name], LABEL_SUMS=True)
+# the row backward of the one-pass backward: the batch columns left to the column kernel
+VARIANTS["bwd_rows"]["gpaco-logits-one-pass"] = dict(VARIANTS["bwd_rows"]["gpaco-logits-sums"], BATCH_BY_COLUMNS=True)
 
 # Pointer arguments that are not of the input dtype.
 _INDEX_POINTERS = {"label_ptr", "queue_label_ptr", "group_ptr", "order_ptr", "sorted_label_ptr", "bounds_ptr"}
@@ -129,7 +136,7 @@ _FLOAT_SCALARS = {"t_scale", "c_scale", "scale", "alpha", "beta_on", "beta_off",
 
 @dataclass(frozen=True)
 class Case:
-    kind: str  # fwd | bwd_rows | bwd_cols
+    kind: str  # fwd | bwd_rows | bwd_cols | bwd_one_pass | a fixed kernel
     variant: str
     precision: str
     block_d: int
@@ -155,7 +162,7 @@ class Result:
         instruction; mma.sync runs there at a fraction of its rate): a failure."""
         c = self.case
         half = PRECISIONS[c.precision][0] in ("bf16", "fp16")
-        needs = c.arch == 90 and half and c.kind in ("fwd", "bwd_rows", "bwd_cols")
+        needs = c.arch == 90 and half and c.kind in ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")
         return needs and self.sass is not None and self.sass["mma"] != "wgmma"
 
     def problems(self) -> list[str]:
@@ -352,7 +359,7 @@ def kernel(kind: str):
     import importlib
 
     module = importlib.import_module(f"gpaco_kernels.triton.paco_{kind}")
-    fn = getattr(module, f"_paco_{kind}_kernel")
+    fn = getattr(module, f"_paco_{kind}_kernel")  # bwd_one_pass: the column kernel's JIT function, autotuned apart
     return fn.fn if hasattr(fn, "configs") else fn  # an Autotuner wraps the JIT function; fixed kernels are one
 
 

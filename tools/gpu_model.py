@@ -521,34 +521,37 @@ def candidates(kind: str, w: Workload, source: str | None) -> list[tuple]:
     return list(configs.CANDIDATES[(kind, klass)])
 
 
-def _tile_jobs(w: Workload, source: str | None) -> list[tuple]:
+STEP_KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the tile kernels of a step with the two-kernel backward
+
+
+def _tile_jobs(w: Workload, source: str | None, kinds=STEP_KERNELS) -> list[tuple]:
     jobs = []
-    for kind in ("fwd", "bwd_rows", "bwd_cols"):
+    for kind in kinds:
         for config in candidates(kind, w, source):
             block_m, block_n, warps, stages = config
-            flags = dict(w.flags, LABEL_SUMS=w.label_sums)
-            if kind == "bwd_cols":
+            flags = dict(w.flags, LABEL_SUMS=w.label_sums, BATCH_BY_COLUMNS=False)
+            if kind in ("bwd_cols", "bwd_one_pass"):  # the batch columns; the one pass adds their dAnchors part
                 flags = dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False, NORMALIZE=False, REDUCTION=2, FINISH=False,
-                             LABEL_SUMS=w.label_sums)  # fmt: skip
+                             LABEL_SUMS=w.label_sums, ANCHOR_GRAD=kind == "bwd_one_pass")  # fmt: skip
             constexprs = dict(flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=128, UPCAST=False,
                               PRECISION=w.precision)  # fmt: skip
             jobs.append((kind, config, (source, kind, constexprs, w.dtype, warps, stages)))
     return jobs
 
 
-def estimate(w: Workload, source: str | None = None, pool=None) -> dict:
+def estimate(w: Workload, source: str | None = None, pool=None, kinds=STEP_KERNELS) -> dict:
     """kernel -> the KernelEstimate of every autotune candidate for a workload: the batch columns' inner loop of each
     kernel, on the grid its launcher makes (one column split: these workloads have enough anchor blocks). The class
     block's loop (150 of 32918 columns) is left out. `pick` chooses among them."""
-    jobs = _tile_jobs(w, source)
+    jobs = _tile_jobs(w, source, kinds)
     results = list(pool.map(_compile_worker, [job for _, _, job in jobs]))
     operands = "half" if w.dtype != "fp32" else w.precision
     estimates = {}
     for (kind, config, _), (mix, registers, shared) in zip(jobs, results):
         block_m, block_n, warps, _ = config
-        products = 1 if kind == "fwd" else 2
+        products = {"fwd": 1, "bwd_one_pass": 3}.get(kind, 2)
         tile_flops = products * 2 * block_m * block_n * 128
-        if kind == "bwd_cols":
+        if kind in ("bwd_cols", "bwd_one_pass"):
             programs, iterations = math.ceil(w.batch / block_n), math.ceil(w.anchors / block_m)
         else:
             programs, iterations = math.ceil(w.anchors / block_m), math.ceil(w.batch / block_n)
@@ -641,6 +644,10 @@ def goals(pool, efficiency: float) -> list[dict]:
     compares = pick(estimate(dataclasses.replace(GOAL_WORKLOADS["pixel 32768 bf16"], label_sums=False), None, pool),
                     efficiency)  # fmt: skip
 
+    # the one-pass backward (the batch columns' kernel adding dAnchors by atomics) against the two kernels
+    one_pass = pick(estimate(GOAL_WORKLOADS["pixel 32768 bf16"], None, pool, kinds=("bwd_one_pass",)),
+                    efficiency)["bwd_one_pass"]  # fmt: skip
+
     def step(name):
         return sum(e.seconds(efficiency) for e in fused[name].values())
 
@@ -666,6 +673,8 @@ def goals(pool, efficiency: float) -> list[dict]:
         dict(goal=f"pixel 32768 bf16: {kind}", path=(fused["pixel 32768 bf16"][kind], compares[kind]),
              seconds=tuple(e.seconds(efficiency) for e in (fused["pixel 32768 bf16"][kind], compares[kind])))
         for kind in compares
+    ] + [dict(goal="pixel 32768 bf16", one_pass=one_pass, seconds=one_pass.seconds(efficiency),
+              two_seconds=sum(fused["pixel 32768 bf16"][k].seconds(efficiency) for k in ("bwd_rows", "bwd_cols")))
     ]  # fmt: skip
 
 
@@ -719,6 +728,16 @@ def model_report(jobs: int = 2) -> list[str]:
                 f"{sums.mix.total} instructions per warp and iteration, {t_sums * 1e3:.3f} ms | per-tile compares "
                 f"{'x'.join(map(str, tile.config[:2]))} w{tile.config[2]}: {tile.mix.total} instructions, "
                 f"{t_tile * 1e3:.3f} ms"
+            )
+        elif "one_pass" in g:
+            e = g["one_pass"]
+            choice = "two kernels" if g["two_seconds"] <= g["seconds"] else "one pass"
+            lines.append(
+                f"backward | {g['goal']} | two kernels (rows + columns): {g['two_seconds'] * 1e3:.3f} ms | one pass "
+                f"{'x'.join(map(str, e.config[:2]))} w{e.config[2]}: {e.mix.total} instructions per warp and "
+                f"iteration, {g['seconds'] * 1e3:.3f} ms, {e.bound(efficiency)}-bound (its atomics counted as issued "
+                f"instructions; the L2's atomic throughput is not modelled, so a lower bound) | the model's choice: "
+                f"{choice}"
             )
         elif "kernel" in g:
             e = g["kernel"]

@@ -42,6 +42,12 @@ CANDIDATES = {
     ("fwd", "fp32x3"): [(16, 32, 4, 2)],
     ("bwd_rows", "fp32x3"): [(16, 16, 4, 1)],
     ("bwd_cols", "fp32x3"): [(16, 32, 4, 1)],
+    # The one-pass backward (paco_bwd_one_pass: the column kernel adding dAnchors too, label sums only): a second
+    # accumulator, BLOCK_M x D, live beside the column tile's. 64 x 128 tiles fit with 8 warps but are slower by the
+    # model (tools/gpu_model.py); 64 x 64 with 4 warps spills on sm_80 (HOPPER_ONLY).
+    ("bwd_one_pass", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
+    ("bwd_one_pass", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1)],
+    ("bwd_one_pass", "fp32x3"): [(16, 32, 4, 1)],
 }
 # The candidates of the label-sums path (LABEL_SUMS) where they differ: its tiles carry no labels, so 4-warp 64 x 64
 # ones fit (the row backward's class block with given logits runs in narrower tiles for that, paco_bwd_rows).
@@ -53,9 +59,9 @@ LABEL_SUMS_CANDIDATES = {
 # Candidates for Hopper (sm_90) alone: 4-warp 64-row backward tiles, whose one warpgroup takes each 64-row wgmma
 # whole where 8 warps recompute the first product in both warpgroups. On sm_80 they lower to mma.sync and park
 # 72-96 B outside their loops (the compile report), and the 8-warp tile serves there.
-HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}}
+HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
-KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the autotuned kernels
+KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
 # kind -> (tile constexprs, num_warps). finalize: one program over the anchors, BLOCK at a time; epilogue:
 # BLOCK_R rows of dFeatures per program; label_sums: one group per program, BLOCK_R of its rows at a time.
@@ -67,6 +73,8 @@ FIXED = {
 INTERPRET_CONFIG = (32, 32, 4, 1)
 SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
 AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS"]
+# Flags that change a kernel's work enough to tune apart: the row backward without the batch columns (one-pass)
+EXTRA_KEY = {"bwd_rows": ["BATCH_BY_COLUMNS"]}
 
 
 def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
@@ -132,13 +140,16 @@ def pruner(classes: dict, interpret: bool = INTERPRET):
     return prune
 
 
-def autotune(kind: str):
-    """triton.autotune for kernel `kind`, keyed on the shape buckets, BLOCK_D and precision; under the interpreter
-    the single INTERPRET_CONFIG (autotune then runs it without timing)."""
+def autotune(kind: str, restore_value=None):
+    """triton.autotune for kernel `kind`, keyed on the shape buckets, BLOCK_D and precision (and EXTRA_KEY); under
+    the interpreter the single INTERPRET_CONFIG (autotune then runs it without timing). restore_value: the
+    arguments the kernel adds into, put back after each timing run."""
     configs, classes = _full_autotune_configs(kind)
     if INTERPRET:
         configs, classes = [_config(*INTERPRET_CONFIG)], {}
-    return triton.autotune(configs=configs, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": pruner(classes)})
+    prune = {"early_config_prune": pruner(classes)}
+    key = AUTOTUNE_KEY + EXTRA_KEY.get(kind, [])
+    return triton.autotune(configs=configs, key=key, prune_configs_by=prune, restore_value=restore_value)
 
 
 def bucket(n: int) -> int:

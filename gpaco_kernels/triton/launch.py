@@ -22,12 +22,20 @@ search behind the group ids, and the sums kernel) cost more host time than the c
 Split heuristic: with few anchor blocks (PaCo: 256 anchors against a queue of thousands) the columns are split over a
 second grid dimension until there are about two programs per SM of the device, each split at least 128 columns
 (shorter ones would spend more on writing and merging their partial results than on their columns).
+
+Backward shape (BACKWARD): "two-kernel" (the default) recomputes each tile's logits in the row kernel (dAnchors)
+and in the column kernel (dColumns); every sum has a fixed order, so results are deterministic. "one-pass" lets the
+column kernel of the batch columns add their part of dAnchors too, by float32 atomics (paco_bwd_one_pass.py), where
+it applies: label sums, one column split, 'mean' or 'sum', dFeatures wanted; the last bits of dAnchors then vary
+from run to run, and torch.use_deterministic_algorithms(True) keeps the two-kernel backward. The GPU model
+(tools/gpu_model.py) estimates the one pass no faster at the pixel loss's sizes, so it is not the default.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +46,7 @@ from .._checks import range_message
 from ..ops.spec import ContrastInputs, LabelGroups, OpParams, label_groups
 from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, bucket, precision_class
 from .paco_bwd_cols import _paco_bwd_cols_kernel
+from .paco_bwd_one_pass import _paco_bwd_one_pass_kernel
 from .paco_bwd_rows import _paco_bwd_rows_kernel
 from .paco_epilogue import _paco_epilogue_kernel
 from .paco_finalize import _paco_finalize_kernel
@@ -58,6 +67,8 @@ LABEL_SUMS_BLOCK_R = FIXED["label_sums"][0]["BLOCK_R"]  # tests make it small
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernels' REDUCTION constexpr
 FINALIZE_BLOCK = FIXED["finalize"][0]["BLOCK"]  # tests make these small, to run several blocks
 EPILOGUE_BLOCK_R = FIXED["epilogue"][0]["BLOCK_R"]
+BACKWARDS = ("two-kernel", "one-pass")  # the backward's shapes (module docstring), read at each call
+BACKWARD = os.environ.get("GPACO_TRITON_BACKWARD", "two-kernel")  # the environment variable sets it for a process
 
 
 @functools.cache
@@ -300,6 +311,20 @@ def _range_message(x: ContrastInputs, p: OpParams) -> str:
     )
 
 
+def one_pass_backward(o: _Operands, p: OpParams, splits: int, need_features: bool) -> bool:
+    """Whether this backward takes the one-pass shape (module docstring): BACKWARD asks for it, torch's deterministic
+    mode is off, and it applies (label sums, batch columns that take a gradient, one column split, 'mean' or 'sum',
+    dFeatures wanted)."""
+    if BACKWARD not in BACKWARDS:
+        raise ValueError(
+            f"gpaco_kernels.triton.launch.BACKWARD (or GPACO_TRITON_BACKWARD) is {BACKWARD!r}; expected one of "
+            f"{', '.join(map(repr, BACKWARDS))}"
+        )
+    applies = o.label_sums and o.N > 0 and p.batch_column_grad and splits == 1 and p.reduction != "none"
+    wanted = BACKWARD == "one-pass" and not torch.are_deterministic_algorithms_enabled()
+    return bool(wanted and applies and need_features)
+
+
 def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs, launch=wrap_triton):
     """Gradients (features, center_logits, centers) in the dtypes of those inputs, each None when not needed.
     grad_loss has the loss's shape; lse, pos and counted are paco_fwd's."""
@@ -314,28 +339,34 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
     # Few anchors against many columns: the columns are split as in the forward; each split writes its own part of
     # dAnchors, summed in a fixed order (deterministic) by the epilogue.
     cols_per_split, splits = o.split()
-    parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)
+    one_pass = one_pass_backward(o, p, splits, need_features)
+    # one pass: one more part, zeros, that the batch columns' kernel adds their share of dAnchors into
+    parts = torch.empty((splits + one_pass, A, D), device=feats.device, dtype=torch.float32)
+    if one_pass:
+        parts[splits].zero_()
     grad_logits = torch.empty_like(o.logits) if need_logits else o.logits
 
     def row_grid(meta):
         return (triton.cdiv(A, meta["BLOCK_M"]), splits)
 
-    def columns(segment, matrix, scale, with_bias, finish):
+    def columns(segment, matrix, scale, with_bias, finish, anchor_grad=False):
         """The gradient of the rows of `matrix` (features or centers) as columns: finished in matrix's dtype, or
-        float32 for the epilogue to finish."""
+        float32 for the epilogue to finish; with anchor_grad (one pass) also their part of dAnchors, into the last
+        of `parts`."""
         out = (
             torch.empty_like(matrix) if finish else torch.empty(matrix.shape, device=feats.device, dtype=torch.float32)
         )
-        launch(_paco_bwd_cols_kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
+        kernel = _paco_bwd_one_pass_kernel if anchor_grad else _paco_bwd_cols_kernel
+        launch(kernel)[lambda meta: (triton.cdiv(matrix.shape[0], meta["BLOCK_N"]),)](
             # data pointers
-            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, out,
+            feats, o.labels, matrix, o.bias, lse, pos, grad_loss, counted, out, parts[-1],
             # shapes and strides
             A, matrix.shape[0], D, feats.stride(0), matrix.stride(0), out.stride(0),
             bucket(A), bucket(matrix.shape[0]),
             # constants
             scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"], **common,
             SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, REDUCTION=reduction, FINISH=finish,
-            LABEL_SUMS=o.label_sums and segment == 1, **tiles,
+            LABEL_SUMS=o.label_sums and segment == 1, ANCHOR_GRAD=anchor_grad, **tiles,
         )  # fmt: skip
         return out
 
@@ -351,18 +382,21 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
             parts.stride(1), grad_logits.stride(0),
             bucket(A), bucket(o.total_cols),
             # constants
-            **scalars, **common, **o.flags(), REDUCTION=reduction, NEED_LOGITS=need_logits, **tiles,
+            **scalars, **common, **o.flags(), REDUCTION=reduction, NEED_LOGITS=need_logits,
+            BATCH_BY_COLUMNS=one_pass, **tiles,
         )  # fmt: skip
         if need_features:
             # dFeatures = the batch columns' gradient (when they take one) + dAnchors, finished by the epilogue.
-            batch = columns(1, feats, scalars["t_scale"], False, False) if o.N and p.batch_column_grad else None
+            batch = None
+            if o.N and p.batch_column_grad:
+                batch = columns(1, feats, scalars["t_scale"], False, False, one_pass)
             grad_features = torch.empty_like(feats)
             # the positives' part of the batch and queue columns (LABEL_SUMS): from per-label sums, in the epilogue
             sums = _label_sums(o, p, launch, coefficients=(pos, grad_loss, counted))
             launch(_paco_epilogue_kernel)[(triton.cdiv(feats.shape[0], EPILOGUE_BLOCK_R),)](
                 parts, parts if batch is None else batch, feats, grad_features,
                 o.labels, sums.group, sums.sums, sums.coef_sums, pos, grad_loss, counted,
-                feats.shape[0], A, o.C, splits, D, feats.stride(0), grad_features.stride(0),
+                feats.shape[0], A, o.C, splits + one_pass, D, feats.stride(0), grad_features.stride(0),
                 p.alpha / p.temperature, p.loss_scale, p.ignore_index,
                 HAS_COLS=batch is not None, NORMALIZE=p.normalize, LABEL_SUMS=o.label_sums, HAS_CLASSES=o.C > 0,
                 HAS_BATCH=o.N > 0, REDUCTION=reduction, BLOCK_R=EPILOGUE_BLOCK_R, BLOCK_D=tiles["BLOCK_D"],

@@ -6,15 +6,17 @@ features, 0: centers W) against every anchor; forms each anchor tile's (a, 1/P) 
 H = w / P - d exp(l - lse) and a' = a / max|a| (so |a' H| <= 1 whatever the reduction: it is rounded to the input
 dtype for the product), and accumulates dX = sum_i max|a| a'_i H[i, col] A[i] / temperature. With 'none' max|a| is
 taken per anchor tile and applied to each tile's float32 product; with 'sum' or 'mean' every anchor with a loss has
-the same |a|, so the products accumulate in place and it is applied once. Each program owns its output rows:
-no atomics. With FINISH (centers:
+the same |a|, so the products accumulate in place and it is applied once. Each program owns its output rows
+(atomics only for ANCHOR_GRAD, below). With FINISH (centers:
 their rows take no other gradient) it also chains the gradient through the normalization (NORMALIZE) and stores the
 input's dtype; without (batch columns, whose first A rows are also anchors) it stores float32 and
 _paco_epilogue_kernel adds dAnchors and finishes. Saves nothing.
 
 With LABEL_SUMS (batch columns, as in the forward) the column tile is held across the anchor loop, a tile forms only
 H = -gamma exp(l - lse), and only the anchor tiles the diagonal crosses mask the own column; the positive part w / P
-is added per row by _paco_epilogue_kernel, from per-label sums.
+is added per row by _paco_epilogue_kernel, from per-label sums. With ANCHOR_GRAD (LABEL_SUMS, batch columns: the
+one-pass backward, launched as paco_bwd_one_pass._paco_bwd_one_pass_kernel) each tile's H also gives its part of
+dAnchors, H X, added to grad_anchor_ptr by float32 atomics.
 """
 
 from __future__ import annotations
@@ -50,16 +52,19 @@ def _paco_bwd_cols_kernel(
     lse_ptr, pos_ptr,  # (A,) float32 each, saved by the forward
     grad_ptr, counted_ptr,  # the op's upstream gradient ((A,) or ()), (1,) float32 counted anchors
     grad_cols_ptr,  # (NCOLS, D) out: with FINISH the finished gradient of those rows in their dtype, else float32
+    grad_anchor_ptr,  # (A, D) float32, zeros on entry: with ANCHOR_GRAD these columns' part of dAnchors added in
     # shapes and strides
     A, NCOLS, D, stride_f, stride_x, stride_g,
     rows_bucket, cols_bucket,  # autotune key only
     # constants
     scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr, NORMALIZE: tl.constexpr,
-    REDUCTION: tl.constexpr, FINISH: tl.constexpr, LABEL_SUMS: tl.constexpr,
+    REDUCTION: tl.constexpr, FINISH: tl.constexpr, LABEL_SUMS: tl.constexpr, ANCHOR_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
+    tl.static_assert(not ANCHOR_GRAD or (LABEL_SUMS and SEGMENT == 1 and REDUCTION != 0),
+                     "ANCHOR_GRAD: batch columns, label sums, 'sum' or 'mean'")  # fmt: skip
     # float arguments arrive as fp64 from torch.compile (see tiles.as_f32)
     scale = as_f32(scale)
     alpha = as_f32(alpha)
@@ -86,18 +91,29 @@ def _paco_bwd_cols_kernel(
     if LABEL_SUMS:  # the column tile and its scale, held across the anchor loop (the tiles carry no labels)
         held = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         held_scale = column_scale(held, scale * LOG2E, BLOCK_N, NORMALIZE)  # base-2 logits (tiles.sample_tile)
+        # ANCHOR_GRAD ('sum'/'mean': one a): dAnchors_i += -a (t / G_SCALE) sum_j (p_ij G_SCALE) u_j, the sweep's
+        # tile of p G_SCALE against the held columns (u_j: unit rows; with NORMALIZE their inverse norms scale p's
+        # columns); `anchor_factor` = -a t / G_SCALE, a = sign |a|.
+        held_norm = column_scale(held, 1.0, BLOCK_N, NORMALIZE)
+        anchor_factor = 0.0
+        if ANCHOR_GRAD:
+            anchor_factor = tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0) * uniform_coef
+            anchor_factor = anchor_factor * (scale / G_SCALE)
     if LABEL_SUMS:  # tiles without masks, and the anchor tiles the diagonal crosses
         first, last = diagonal_tiles(0, A, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
         # fmt: off
         acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, False)
+                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
+                            PRECISION, NORMALIZE, False, ANCHOR_GRAD)
         acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, True)
+                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
+                            PRECISION, NORMALIZE, True, ANCHOR_GRAD)
         acc = _sample_sweep(acc, last, A, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, BLOCK_M, REDUCTION, UPCAST, PRECISION, NORMALIZE, False)
+                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
+                            PRECISION, NORMALIZE, False, ANCHOR_GRAD)
         # fmt: on
         if REDUCTION != 0:  # the sweeps summed p A over the anchors with a loss; H a = -p a, a = sign |a|
             acc = acc * tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0)
@@ -166,14 +182,17 @@ def _accumulate(acc, h, anchors, coef_max, REDUCTION: tl.constexpr, PRECISION: t
 @triton.jit
 def _sample_sweep(
     acc, start, end, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D,
-    stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, BLOCK_M: tl.constexpr,
-    REDUCTION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
-    MASK_DIAGONAL: tl.constexpr,
+    stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm,
+    BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ANCHOR_GRAD: tl.constexpr,
 ):  # fmt: skip
     """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
     exp(l - lse) = -exp2(l2 - shift2) (base-2 logits, tiles.uniform_lse2), times a / scale; for 'sum' and 'mean'
     (one a) the sum of p A with G_SCALE in the exponent, its sign -sign(a) applied by the caller. Columns past NCOLS
-    need no mask (their rows of the output are never stored), nor do anchors past A (zero rows, a = 0: H = 0 there)."""
+    need no mask (their rows of the output are never stored, and their held rows are 0, so they add 0 to dAnchors),
+    nor do anchors past A (zero rows, a = 0: H = 0 there). With ANCHOR_GRAD ('sum'/'mean') the same tile of p G_SCALE
+    also adds its part of dAnchors (against the held columns, times anchor_factor) by float32 atomics: the sum's
+    order varies."""
     for r0 in range(start, end, BLOCK_M):
         rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
             r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
@@ -186,6 +205,23 @@ def _sample_sweep(
             acc = _accumulate(acc, h, anchors, coef_max, REDUCTION, PRECISION)
         else:  # one a for every anchor with a loss: p G_SCALE = exp2(l2 - shift2 + log2 G_SCALE) on those, 0 elsewhere
             shift2 = tl.where(coef != 0, shift2 - G_SCALE_LOG2, float("inf"))
-            pa = tl.trans(tl.exp2(l2 - shift2[:, None]).to(anchors.dtype))
-            acc = tl.dot(pa, anchors, acc, input_precision=PRECISION)
+            p = tl.exp2(l2 - shift2[:, None])
+            acc = tl.dot(tl.trans(p.to(anchors.dtype)), anchors, acc, input_precision=PRECISION)
+            if ANCHOR_GRAD:
+                _add_anchor_part(p, held, held_norm, anchor_factor, grad_anchor_ptr, rows, row_mask, offs_d, D,
+                                 PRECISION, NORMALIZE)  # fmt: skip
     return acc
+
+
+@triton.jit
+def _add_anchor_part(
+    pg, held, held_norm, factor, grad_anchor_ptr, rows, row_mask, offs_d, D, PRECISION: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    """dAnchors[rows] += factor (pg u) by float32 atomics: pg a (BLOCK_M x BLOCK_N) tile of p G_SCALE, u the held
+    columns' unit rows (with NORMALIZE the inverse norms scale pg's columns instead)."""
+    if NORMALIZE:
+        pg = pg * held_norm[None, :]
+    part = tl.dot(pg.to(held.dtype), held, input_precision=PRECISION) * factor
+    out = grad_anchor_ptr + rows.to(tl.int64)[:, None] * D + offs_d[None, :]
+    tl.atomic_add(out, part, mask=row_mask[:, None] & (offs_d[None, :] < D), sem="relaxed")

@@ -9,7 +9,9 @@ logits (disjoint columns). Saves nothing; the kernel that finishes dFeatures (_p
 columns, else _paco_epilogue_kernel) sums the splits' parts in a fixed order (deterministic).
 
 With LABEL_SUMS (as in the forward) batch and queue tiles form only H = -gamma exp(l - lse); the positive part
-w / P of their columns is added per row by _paco_epilogue_kernel, from per-label sums.
+w / P of their columns is added per row by _paco_epilogue_kernel, from per-label sums. With BATCH_BY_COLUMNS (the
+one-pass backward, paco_bwd_one_pass.py: label sums, one split) the batch columns' part of dAnchors comes from the
+column kernel instead, and this kernel skips them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _paco_bwd_rows_kernel(
     t_scale, c_scale, alpha, beta_on, beta_off, gamma, loss_scale, ignore_index,
     HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
     HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr, REDUCTION: tl.constexpr,
-    NEED_LOGITS: tl.constexpr, LABEL_SUMS: tl.constexpr,
+    NEED_LOGITS: tl.constexpr, LABEL_SUMS: tl.constexpr, BATCH_BY_COLUMNS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -97,7 +99,8 @@ def _paco_bwd_rows_kernel(
     offset = 0
     for seg in tl.static_range(3):
         present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
-        if present and not (seg == 0 and FROM_LOGITS):  # given class logits: above
+        # given class logits: above; batch columns by the one-pass column kernel with BATCH_BY_COLUMNS
+        if present and not (seg == 0 and FROM_LOGITS) and not (seg == 1 and BATCH_BY_COLUMNS):
             size = C if seg == 0 else (N if seg == 1 else K)
             x_ptr = centers_ptr if seg == 0 else (feat_ptr if seg == 1 else queue_ptr)
             stride_x = stride_w if seg == 0 else (stride_f if seg == 1 else stride_q)
