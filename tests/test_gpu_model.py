@@ -164,3 +164,13 @@ def test_fma_products_pay_the_bank_conflicts_of_their_unswizzled_operands():
     assert gpu_model.fma_conflict_cycles(TTGIR, warps=4) == -2 * 128 + 12 * 64
     # no product on FMA units (the dot line's operands of an MMA layout), no added cycles
     assert gpu_model.fma_conflict_cycles(TTGIR.replace("tt.dot", "tt.other"), warps=4) == 0
+
+
+def test_the_tile_sweep_sets_every_label_sums_candidate_beside_the_larger_tiles():
+    from gpaco_kernels.triton import configs
+    from tools import compile_report, tile_sweep
+
+    for kind, (variant, tiles) in tile_sweep.SWEEP.items():
+        assert variant in compile_report.VARIANTS[kind]
+        assert set(configs.candidates(kind, "half", True)) <= set(tiles), kind
+        assert any(c[0] == 128 for c in tiles) and any(c[1] == 128 for c in tiles), kind

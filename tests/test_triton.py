@@ -387,3 +387,12 @@ def test_an_unknown_backward_shape_is_refused(monkeypatch, small_tiles):
     kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
     with pytest.raises(ValueError, match=r"BACKWARD \(or GPACO_TRITON_BACKWARD\) is 'one_pass'; expected one of"):
         _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)
+
+
+@pytest.mark.parametrize("temperature", [-0.1, 0.0, float("nan")])
+def test_the_launchers_refuse_a_temperature_that_is_not_positive(temperature):
+    """The forward's sweeps scale the max of the raw products (right for a positive scale only); the public functions
+    check the temperature, the launchers too, for a direct call of the op."""
+    p = OpParams(8, temperature, 1.0, 1.0, 1.0, 0.0, 1.0, -1.0, False, -100, True, 1e-12, True, False, "mean")
+    with pytest.raises(ValueError, match="temperature must be positive for the Triton kernels, got"):
+        launch._scalars(p)

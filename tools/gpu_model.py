@@ -524,10 +524,10 @@ def candidates(kind: str, w: Workload, source: str | None) -> list[tuple]:
 STEP_KERNELS = ("fwd", "bwd_rows", "bwd_cols")  # the tile kernels of a step with the two-kernel backward
 
 
-def _tile_jobs(w: Workload, source: str | None, kinds=STEP_KERNELS) -> list[tuple]:
+def _tile_jobs(w: Workload, source: str | None, kinds=STEP_KERNELS, configs: dict | None = None) -> list[tuple]:
     jobs = []
     for kind in kinds:
-        for config in candidates(kind, w, source):
+        for config in (configs or {}).get(kind) or candidates(kind, w, source):
             block_m, block_n, warps, stages = config
             flags = dict(w.flags, LABEL_SUMS=w.label_sums, BATCH_BY_COLUMNS=False)
             if kind in ("bwd_cols", "bwd_one_pass"):  # the batch columns; the one pass adds their dAnchors part
@@ -539,11 +539,12 @@ def _tile_jobs(w: Workload, source: str | None, kinds=STEP_KERNELS) -> list[tupl
     return jobs
 
 
-def estimate(w: Workload, source: str | None = None, pool=None, kinds=STEP_KERNELS) -> dict:
-    """kernel -> the KernelEstimate of every autotune candidate for a workload: the batch columns' inner loop of each
-    kernel, on the grid its launcher makes (one column split: these workloads have enough anchor blocks). The class
-    block's loop (150 of 32918 columns) is left out. `pick` chooses among them."""
-    jobs = _tile_jobs(w, source, kinds)
+def estimate(w: Workload, source: str | None = None, pool=None, kinds=STEP_KERNELS, configs=None) -> dict:
+    """kernel -> the KernelEstimate of every autotune candidate for a workload (or of `configs`: kernel -> its
+    configurations): the batch columns' inner loop of each kernel, on the grid its launcher makes (one column split:
+    these workloads have enough anchor blocks). The class block's loop (150 of 32918 columns) is left out. `pick`
+    chooses among them. Spills are not modelled: compile_report says which configurations spill."""
+    jobs = _tile_jobs(w, source, kinds, configs)
     results = list(pool.map(_compile_worker, [job for _, _, job in jobs]))
     operands = "half" if w.dtype != "fp32" else w.precision
     estimates = {}

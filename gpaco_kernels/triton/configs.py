@@ -50,11 +50,13 @@ CANDIDATES = {
     ("bwd_one_pass", "fp32x3"): [(16, 32, 4, 1)],
 }
 # The candidates of the label-sums path (LABEL_SUMS) where they differ: its tiles carry no labels, so 4-warp 64 x 64
-# ones fit (the row backward's class block with given logits runs in narrower tiles for that, paco_bwd_rows).
+# ones fit (the row backward's class block with given logits runs in narrower tiles for that, paco_bwd_rows), and so
+# does an 8-warp 64 x 128 forward (two warpgroups, 64 columns each). `python -m tools.tile_sweep` compiles and
+# estimates larger tiles: the 128-row ones spill with 4 warps and with 8 are estimated slower (one program per SM).
 LABEL_SUMS_CANDIDATES = {
     ("bwd_cols", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
     ("bwd_rows", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
-    ("fwd", "half"): [(64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3)],
+    ("fwd", "half"): [(64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3), (64, 128, 8, 3)],
 }
 # Candidates for Hopper (sm_90) alone: 4-warp 64-row backward tiles, whose one warpgroup takes each 64-row wgmma
 # whole where 8 warps recompute the first product in both warpgroups. On sm_80 they lower to mma.sync and park

@@ -194,6 +194,10 @@ class _Operands:
 
 
 def _scalars(p: OpParams) -> dict:
+    # The forward's sample sweeps take the max of the raw products and scale it once (tiles.online_lse_step_scaled),
+    # which is right for a positive scale only. The public functions check this; the op itself can be called directly.
+    if not p.temperature > 0:
+        raise ValueError(f"temperature must be positive for the Triton kernels, got {p.temperature!r}")
     return dict(
         t_scale=1.0 / p.temperature,
         c_scale=1.0 / p.center_temperature,

@@ -270,13 +270,21 @@ def sample_lse_sweep(
     MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
 ):  # fmt: skip
     """The forward's online log-sum-exp over the batch or queue tiles starting in [start, end) (columns below hi),
-    positives by label sums: a product, one multiply-add, the running max and one exp per element."""
+    positives by label sums: a product, the running max, one multiply-add and one exp per element. Where every column
+    has the same scale (no NORMALIZE) and no mask, the max is taken of the raw products (the scale is positive, so
+    max(raw) scale = max(raw scale)) and the scale goes into the exponent's multiply-add: no multiply per element
+    first (the scaled tile has two uses, the max and the exponent, so the compiler cannot fuse its multiply)."""
     for c0 in range(start, end, BLOCK_N):
-        _, _, _, l2 = sample_tile(
-            c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
-            MASK_COLUMNS, MASK_DIAGONAL,
-        )  # fmt: skip
-        m, z = online_lse_step_uniform(m, z, l2, gamma)
+        if not NORMALIZE and not MASK_COLUMNS and not MASK_DIAGONAL:
+            x = load_rows(x_ptr, c0 + offs_n, c0 + offs_n < hi, stride_x, offs_d, D, UPCAST)
+            raw = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
+            m, z = online_lse_step_scaled(m, z, raw, t_scale * LOG2E, gamma)
+        else:
+            _, _, _, l2 = sample_tile(
+                c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION,
+                NORMALIZE, MASK_COLUMNS, MASK_DIAGONAL,
+            )  # fmt: skip
+            m, z = online_lse_step_uniform(m, z, l2, gamma)
     return m, z
 
 
@@ -320,6 +328,17 @@ def online_lse_step_uniform(m, z, l2, weight):
     m_new = tl.maximum(m, tl.max(l2, axis=1) * LN2)
     shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     terms = tl.exp2(l2 - (shift * LOG2E)[:, None])
+    return m_new, z * exp(m - shift) + weight * tl.sum(terms, axis=1)
+
+
+@triton.jit
+def online_lse_step_scaled(m, z, raw, scale2, weight):
+    """online_lse_step_uniform for the raw products raw = <a, x> of columns that share one positive base-2 scale
+    scale2 (l2 = raw scale2) and are all in the denominator: the max of the raw products, scaled once per row, and
+    per element one multiply-add (raw scale2 - shift2) and one exp2."""
+    m_new = tl.maximum(m, tl.max(raw, axis=1) * (scale2 * LN2))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    terms = tl.exp2(raw * scale2 - (shift * LOG2E)[:, None])
     return m_new, z * exp(m - shift) + weight * tl.sum(terms, axis=1)
 
 
