@@ -396,3 +396,44 @@ def test_the_launchers_refuse_a_temperature_that_is_not_positive(temperature):
     p = OpParams(8, temperature, 1.0, 1.0, 1.0, 0.0, 1.0, -1.0, False, -100, True, 1e-12, True, False, "mean")
     with pytest.raises(ValueError, match="temperature must be positive for the Triton kernels, got"):
         launch._scalars(p)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 8), (8, 16)])
+@pytest.mark.parametrize("reduction,upstream", [("none", None), ("mean", -1.3)])
+def test_partial_tiles_never_read_the_rows_past_the_end(monkeypatch, block_m, block_n, reduction, upstream):
+    """The label-sums sweeps load their full tiles without a row mask (ROWS_IN_RANGE) and only the last, partial tile
+    with one. Features and queue here are the front rows of buffers whose rows past the end are NaN, with every
+    sample an anchor (the column kernel's anchor tiles end where the features do): a partial tile loaded without its
+    mask would read NaN into the loss or the gradients."""
+    need_backend("triton", TRITON_DEVICE)
+    import triton
+
+    small = [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=1)]
+    for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
+        monkeypatch.setattr(kernel, "configs", small)
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    gen = torch.Generator().manual_seed(3)
+    N, K, C, D = 37, 29, 5, 6  # no multiple of either tile
+    labels, queue_labels = torch.randint(0, C, (N,), generator=gen), torch.randint(0, C, (K,), generator=gen)
+    features = torch.nn.functional.normalize(torch.randn(N, D, generator=gen, dtype=torch.float64), dim=1)
+    queue = torch.randn(K, D, generator=gen, dtype=torch.float64)
+    logits = torch.randn(N, C, generator=gen, dtype=torch.float64)
+    results = {}
+    for backend, dtype in (("triton", torch.float32), ("reference", torch.float64)):
+        device = TRITON_DEVICE if backend == "triton" else "cpu"
+        padded = torch.full((N + 16, D), float("nan"), dtype=dtype, device=device)
+        padded[:N] = features.to(device, dtype)
+        padded_queue = torch.full((K + 16, D), float("nan"), dtype=dtype, device=device)
+        padded_queue[:K] = queue.to(device, dtype)
+        padded.requires_grad_()
+        center_logits = logits.to(device, dtype).requires_grad_()
+        loss = gk.fused_paco_loss(
+            padded[:N], labels.to(device), num_anchors=N, queue=padded_queue[:K], queue_labels=queue_labels.to(device),
+            center_logits=center_logits, alpha=0.7, gamma=0.5, temperature=0.3, backend=backend, reduction=reduction,
+        )  # fmt: skip
+        grad = torch.linspace(-1.0, 2.0, N, dtype=dtype) if upstream is None else torch.tensor(upstream, dtype=dtype)
+        loss.backward(grad.to(device))
+        results[backend] = [loss.detach(), padded.grad[:N], center_logits.grad]
+    for name, got, want in zip(("loss", "dFeatures", "dLogits"), results["triton"], results["reference"]):
+        assert torch.isfinite(got.cpu()).all(), name
+        assert_close(got.cpu().double(), want.cpu(), atol=2e-5, rtol=2e-5, name=name)

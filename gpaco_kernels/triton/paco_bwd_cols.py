@@ -99,21 +99,26 @@ def _paco_bwd_cols_kernel(
         if ANCHOR_GRAD:
             anchor_factor = tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0) * uniform_coef
             anchor_factor = anchor_factor * (scale / G_SCALE)
-    if LABEL_SUMS:  # tiles without masks, and the anchor tiles the diagonal crosses
-        first, last = diagonal_tiles(0, A, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
+    if LABEL_SUMS:  # full tiles without masks, the anchor tiles the diagonal crosses, then the last partial tile
+        full_end = (A // BLOCK_M) * BLOCK_M
+        first, last = diagonal_tiles(0, full_end, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
         # fmt: off
         acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
                             uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, False, ANCHOR_GRAD)
+                            PRECISION, NORMALIZE, False, True, ANCHOR_GRAD)
         acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
                             uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, True, ANCHOR_GRAD)
-        acc = _sample_sweep(acc, last, A, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+                            PRECISION, NORMALIZE, True, True, ANCHOR_GRAD)
+        acc = _sample_sweep(acc, last, full_end, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr,
+                            grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
+                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
+                            PRECISION, NORMALIZE, False, True, ANCHOR_GRAD)
+        acc = _sample_sweep(acc, full_end, A, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
                             counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
                             uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, False, ANCHOR_GRAD)
+                            PRECISION, NORMALIZE, True, False, ANCHOR_GRAD)
         # fmt: on
         if REDUCTION != 0:  # the sweeps summed p A over the anchors with a loss; H a = -p a, a = sign |a|
             acc = acc * tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0)
@@ -121,7 +126,7 @@ def _paco_bwd_cols_kernel(
         for r0 in range(0, A, BLOCK_M):
             rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
                 r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
-                loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE,
+                loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, False,
             )  # fmt: skip
             # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spilled registers for float32.
             x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
@@ -151,12 +156,14 @@ def _paco_bwd_cols_kernel(
 def _anchor_tile(
     r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, loss_scale,
     ignore_index, uniform_coef, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr,
+    ROWS_IN_RANGE: tl.constexpr,
 ):  # fmt: skip
     """What the column kernel needs of the anchor tile at r0: rows, mask, the (normalized) anchors, labels, lse,
-    (a, 1/P), and the scale a is divided by before its product (per tile with one a per anchor, else uniform_coef)."""
+    (a, 1/P), and the scale a is divided by before its product (per tile with one a per anchor, else uniform_coef).
+    ROWS_IN_RANGE: the tile is full (rows < A), so the anchors load without a row mask."""
     rows = r0 + offs_m
     row_mask = rows < A
-    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE)
+    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE)
     row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     coef, inv_pos = anchor_coefficients(
@@ -184,19 +191,20 @@ def _sample_sweep(
     acc, start, end, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D,
     stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm,
     BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ANCHOR_GRAD: tl.constexpr,
+    NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr, ANCHOR_GRAD: tl.constexpr,
 ):  # fmt: skip
     """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
     exp(l - lse) = -exp2(l2 - shift2) (base-2 logits, tiles.uniform_lse2), times a / scale; for 'sum' and 'mean'
     (one a) the sum of p A with G_SCALE in the exponent, its sign -sign(a) applied by the caller. Columns past NCOLS
     need no mask (their rows of the output are never stored, and their held rows are 0, so they add 0 to dAnchors),
-    nor do anchors past A (zero rows, a = 0: H = 0 there). With ANCHOR_GRAD ('sum'/'mean') the same tile of p G_SCALE
+    nor do anchors past A (loaded as zero rows, a = 0: H = 0 there); full tiles (ROWS_IN_RANGE) load the anchors
+    without a row mask. With ANCHOR_GRAD ('sum'/'mean') the same tile of p G_SCALE
     also adds its part of dAnchors (against the held columns, times anchor_factor) by float32 atomics: the sum's
     order varies."""
     for r0 in range(start, end, BLOCK_M):
         rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
             r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
-            loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE,
+            loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, ROWS_IN_RANGE,
         )  # fmt: skip
         l2 = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
         shift2 = uniform_lse2(lse, gamma)

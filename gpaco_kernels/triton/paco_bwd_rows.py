@@ -107,19 +107,22 @@ def _paco_bwd_rows_kernel(
             lo = tl.maximum(c_start - offset, 0)
             hi = tl.minimum(c_end - offset, size)
             if LABEL_SUMS and seg > 0:  # tiles without masks, and the tiles the diagonal crosses
+                full_end = lo + (tl.maximum(hi - lo, 0) // BLOCK_N) * BLOCK_N  # the last tile, if partial, after
                 if seg == 1:
-                    first, last = diagonal_tiles(lo, hi, pid_m * BLOCK_M, BLOCK_M, BLOCK_N)
+                    first, last = diagonal_tiles(lo, full_end, pid_m * BLOCK_M, BLOCK_M, BLOCK_N)
                 else:
-                    first = hi
-                    last = hi
+                    first = full_end
+                    last = full_end
                 acc = -acc  # the sweeps subtract (tiles.sample_grad_sweep)
                 # fmt: off
                 acc = sample_grad_sweep(acc, lo, first, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True)
                 acc = sample_grad_sweep(acc, first, last, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True)
-                acc = sample_grad_sweep(acc, last, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False)
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True, True)
+                acc = sample_grad_sweep(acc, last, full_end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True)
+                acc = sample_grad_sweep(acc, full_end, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
+                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, seg == 1, False)
                 # fmt: on
                 acc = -acc
             else:
