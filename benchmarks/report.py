@@ -579,15 +579,22 @@ def gpu_model_table() -> str:
         "| pixel 32768 bf16 | label sums: loop instructions per warp, estimate | per-tile label compares: the same |",
         "|---|---|---|",
     ]
+    loads = [
+        "| pixel 32768 bf16 | tiles by descriptors (TMA; eager, Hopper): loop instructions per warp, estimate | "
+        "by pointers (torch.compile, sm_80): the same |",
+        "|---|---|---|",
+    ]
     summary, backward = "", []
     for line in lines:
         cells = [c.strip() for c in line.split("|")]
-        if cells[0] == "path" and len(cells) >= 4:
+        if cells[0] in ("path", "loads") and len(cells) >= 4:
             found = [re.search(r"(\S+ w\d+):? (\d+) instructions.*?([\d.]+) ms", c) for c in cells[2:4]]
             if all(found):
                 (cs, ns, ts), (ct, nt, tt) = (f.groups() for f in found)
                 kernel = cells[1].split(": ")[-1]
-                paths.append(f"| {kernel} | {cs}: {ns}, {ts} ms (estimate) | {ct}: {nt}, {tt} ms (estimate) |")
+                (paths if cells[0] == "path" else loads).append(
+                    f"| {kernel} | {cs}: {ns}, {ts} ms (estimate) | {ct}: {nt}, {tt} ms (estimate) |"
+                )
         if cells[0] == "calibration" and len(cells) >= 6:
             point, kernel, measured, model, error = cells[1:6]
             calibration.append(
@@ -605,8 +612,9 @@ def gpu_model_table() -> str:
         elif line.startswith("calibration:"):
             summary = line.removeprefix("calibration: ")
     head = lines[1] if len(lines) > 1 else ""
+    loads = loads if len(loads) > 2 else []
     return "\n".join([head + ".", "", *calibration, "", f"Calibration: {summary}.", "", *goals, "", *paths, "",
-                      *backward])  # fmt: skip
+                      *loads, *([""] if loads else []), *backward])  # fmt: skip
 
 
 def selfcheck_block() -> str:

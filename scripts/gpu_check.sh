@@ -58,7 +58,8 @@ export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 [ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider -k "cuda or split or gpu or label or one_pass" \
+step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider \
+    -k "cuda or split or gpu or label or one_pass or partial or descriptor" \
     tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py
 step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] && echo --quick)
 # The fixed cost of a tiny step per loss and backend (host and wall time, launches, host reads).
@@ -66,8 +67,9 @@ step overhead 90 python3 -m benchmarks.overhead --device cuda --repeats 200 --re
 # Host time against device time of one step (the LT step is small enough to be bound by the host).
 # Per-kernel times at the issue's headline points (the GPU model's calibration points: tools/gpu_model.py), with
 # autotune's picks in the log: pixel 32768 bf16 and 16384 float32 (TF32 off), SupCon 4096 bf16; then the pixel and
-# SupCon steps again with the one-pass backward (launch.BACKWARD), the choice the GPU model cannot settle alone.
-step profile 180 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider triton &&
+# SupCon steps again with the one-pass backward (launch.BACKWARD), the choice the GPU model cannot settle alone, and
+# the pixel step with its tiles loaded by pointers instead of tensor descriptors (launch.tma_rows).
+step profile 210 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider triton &&
     python3 -m benchmarks.profile_step --sweep lt-queue --size 8192 --provider dense --rows 10 &&
     python3 -m benchmarks.profile_step --sweep pixel --size 32768 --provider triton --rows 10 &&
     python3 -m benchmarks.profile_step --sweep pixel --size 16384 --provider triton --dtype float32 --rows 10 &&
@@ -76,7 +78,9 @@ step profile 180 bash -c "python3 -m benchmarks.profile_step --sweep lt-queue --
     GPACO_TRITON_BACKWARD=one-pass python3 -m benchmarks.profile_step --sweep pixel --size 32768 --provider triton \
         --rows 10 &&
     GPACO_TRITON_BACKWARD=one-pass python3 -m benchmarks.profile_step --sweep supcon --size 4096 --provider triton \
-        --rows 10"
+        --rows 10 &&
+    echo 'tiles by pointers (GPACO_TRITON_TMA=0)' &&
+    GPACO_TRITON_TMA=0 python3 -m benchmarks.profile_step --sweep pixel --size 32768 --provider triton --rows 10"
 step bench_bf16 150 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps lt-queue pixel \
     --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 step bench_supcon 120 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps supcon \
@@ -92,7 +96,7 @@ step max_batch 240 python3 -m benchmarks.max_batch --budget 2GiB --device cuda -
     cat "$OUT/steps.txt"
     grep -h -E "passed|failed|error" "$OUT/log.txt" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -3
     grep -h "selfcheck:" "$OUT/log.txt" || true
-    grep -h -E "ms per step|^backward: one-pass" "$OUT/log.txt" || true
+    grep -h -E "ms per step|^backward: one-pass|^tiles by pointers" "$OUT/log.txt" || true
     grep -h -E "^(gpaco-lt|pixel) .*\| (bare|triton|torch)" "$OUT/log.txt" || true
     sed -n '/fwd+bwd per step/,/dense\/this > 1/p' "$OUT/log.txt" || true
     [ -s "$OUT/records.jsonl" ] && python3 - "$OUT/records.jsonl" <<'EOF'

@@ -32,10 +32,10 @@ def _normal(gen, *shape):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
-def make_case(name, seed=0):
-    """(kwargs of fused_paco_loss in float64, names of the tensor arguments that take a gradient)."""
+def make_case(name, seed=0, dim=5):
+    """(kwargs of fused_paco_loss in float64, names of the tensor arguments that take a gradient); dim: D."""
     gen = torch.Generator().manual_seed(seed)
-    N, A, K, C, D = 37, 19, 29, 11, 5  # odd sizes: no tile or chunk multiple
+    N, A, K, C, D = 37, 19, 29, 11, dim  # odd sizes: no tile or chunk multiple
     feats = torch.nn.functional.normalize(_normal(gen, N, D), dim=1) * 1.5
     labels = torch.randint(0, C, (N,), generator=gen)
     kw = dict(

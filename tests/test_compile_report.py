@@ -143,3 +143,26 @@ def test_half_precision_sm90_configurations_without_wgmma_are_told_apart():
     fp32 = report.Case("fwd", "pixel", "fp32-tf32", 128, 90, (32, 32, 4, 2))
     assert not report.Result(sm80, sass=mma_sync, **base).lacks_wgmma()  # sm_80 has no wgmma
     assert not report.Result(fp32, sass=mma_sync, **base).lacks_wgmma()  # float32 tiles: not asked
+
+
+# A TMA load's wait: the loop 0x0100..0x0300 branches out to a retry block after EXIT, which jumps back into it.
+SASS_WAIT = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0100*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [UR4], R2 ;
+        /*0110*/              @!P1 BRA 0x400 ;
+        /*0120*/                   FFMA R2, R3, R4, R2 ;
+        /*0300*/              @!P0 BRA 0x100 ;
+        /*0310*/                   STL [R1], R2 ;
+        /*0320*/                   LDL.LU R0, [R1] ;
+        /*0330*/                   EXIT ;
+        /*0400*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [UR4], R2 ;
+        /*0410*/              @!P1 BRA 0x400 ;
+        /*0420*/                   BRA 0x120 ;
+        /*0430*/                   BRA 0x430;
+"""
+
+
+def test_the_way_back_from_an_out_of_line_wait_is_not_a_loop():
+    # the loop and the retry's spin; not 0x120..0x420, which would put the spills after the loop inside one
+    assert report.sass_loops(report.sass_instructions(SASS_WAIT)) == [(0x100, 0x300), (0x400, 0x410)]
+    assert report.spill_instructions(SASS_WAIT) == (0, 2)

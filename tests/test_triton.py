@@ -49,9 +49,9 @@ def test_split_ranges_match_the_reference(monkeypatch, small_tiles, cols_per_spl
     _triton_matches_the_reference("logits+prior", seed=5)
 
 
-def _triton_matches_the_reference(case: str, seed: int) -> None:
+def _triton_matches_the_reference(case: str, seed: int, dim: int = 5) -> None:
     """Loss ('none') and the gradients of a non-uniform upstream gradient, triton in float32 against the reference."""
-    kw, grad_args = make_case(case, seed=seed)
+    kw, grad_args = make_case(case, seed=seed, dim=dim)
     kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
     upstream = torch.linspace(-1.0, 2.0, kw["num_anchors"])
     results = {}
@@ -73,7 +73,7 @@ def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_
     for kind in configs.KERNELS:
         for precision in configs.PRECISION_CLASSES:
             assert configs.CANDIDATES[(kind, precision)], (kind, precision)
-    assert configs.AUTOTUNE_KEY == ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS"]
+    assert configs.AUTOTUNE_KEY == ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS", "TMA"]
     assert [configs.bucket(n) for n in (1, 17, 256, 257)] == [1, 32, 256, 512]
     # The pruner keeps the candidates of the input's precision class (compiled path; the interpreter has one).
     all_configs, classes = configs._full_autotune_configs("fwd")
@@ -274,9 +274,12 @@ def test_label_sums_are_taken_on_large_steps_only(monkeypatch):
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 8), (8, 16)])  # the diagonal crosses several tiles, or one
 @pytest.mark.parametrize("cols_per_split", [None, 24])
-def test_label_sums_with_rectangular_tiles_match_the_reference(monkeypatch, block_m, block_n, cols_per_split):
+@pytest.mark.parametrize("tma", [False, True])
+def test_label_sums_with_rectangular_tiles_match_the_reference(monkeypatch, block_m, block_n, cols_per_split, tma):
     """The label-sums sweeps split each range into unmasked tiles, the tiles the diagonal crosses and the last
-    partial tile: with anchor and column tiles of different sizes, and splits that start inside a tile row."""
+    partial tile: with anchor and column tiles of different sizes, and splits that start inside a tile row; tiles
+    loaded by pointers, or by tensor descriptors (launch.tma_rows; D = 8: float32 rows 32 bytes apart, as TMA needs)
+    whose shape ends at the split's last column."""
     need_backend("triton", TRITON_DEVICE)
     import triton
 
@@ -290,8 +293,25 @@ def test_label_sums_with_rectangular_tiles_match_the_reference(monkeypatch, bloc
         monkeypatch.setattr(kernel, "configs", small)
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", cols_per_split)
     monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
-    for case in ("base", "no-classes", "ignored"):
-        _triton_matches_the_reference(case, seed=2)
+    monkeypatch.setattr(launch, "FORCE_TMA", tma)
+    runs = _tile_kernel_runs(monkeypatch)
+    for case in ("base", "no-classes", "ignored", "normalize+centers"):
+        _triton_matches_the_reference(case, seed=2, dim=8 if tma else 5)
+    assert {r["TMA"] for r in runs if r["LABEL_SUMS"]} == {tma}, "the tiles were not loaded as asked"
+
+
+def _tile_kernel_runs(monkeypatch):
+    """The keyword arguments of every launch of the forward, row and column kernels."""
+    runs = []
+    for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
+        original = kernel.run
+
+        def run(*args, _original=original, **kwargs):
+            runs.append(kwargs)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", run)
+    return runs
 
 
 def _one_pass_runs(monkeypatch):
@@ -400,11 +420,13 @@ def test_the_launchers_refuse_a_temperature_that_is_not_positive(temperature):
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 8), (8, 16)])
 @pytest.mark.parametrize("reduction,upstream", [("none", None), ("mean", -1.3)])
-def test_partial_tiles_never_read_the_rows_past_the_end(monkeypatch, block_m, block_n, reduction, upstream):
+@pytest.mark.parametrize("tma", [False, True])
+def test_partial_tiles_never_read_the_rows_past_the_end(monkeypatch, block_m, block_n, reduction, upstream, tma):
     """The label-sums sweeps load their full tiles without a row mask (ROWS_IN_RANGE) and only the last, partial tile
-    with one. Features and queue here are the front rows of buffers whose rows past the end are NaN, with every
-    sample an anchor (the column kernel's anchor tiles end where the features do): a partial tile loaded without its
-    mask would read NaN into the loss or the gradients."""
+    with one; by tensor descriptors (tma), the descriptor's shape ends at the last row. Features and queue here are
+    the front rows of buffers whose rows past the end are NaN, with every sample an anchor (the column kernel's
+    anchor tiles end where the features do): a partial tile that read past the end would bring NaN into the loss or
+    the gradients."""
     need_backend("triton", TRITON_DEVICE)
     import triton
 
@@ -412,8 +434,10 @@ def test_partial_tiles_never_read_the_rows_past_the_end(monkeypatch, block_m, bl
     for kernel in (launch._paco_fwd_kernel, launch._paco_bwd_rows_kernel, launch._paco_bwd_cols_kernel):
         monkeypatch.setattr(kernel, "configs", small)
     monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    monkeypatch.setattr(launch, "FORCE_TMA", tma)
+    runs = _tile_kernel_runs(monkeypatch)
     gen = torch.Generator().manual_seed(3)
-    N, K, C, D = 37, 29, 5, 6  # no multiple of either tile
+    N, K, C, D = 37, 29, 5, 8  # no multiple of either tile; float32 rows 32 bytes apart, as TMA needs
     labels, queue_labels = torch.randint(0, C, (N,), generator=gen), torch.randint(0, C, (K,), generator=gen)
     features = torch.nn.functional.normalize(torch.randn(N, D, generator=gen, dtype=torch.float64), dim=1)
     queue = torch.randn(K, D, generator=gen, dtype=torch.float64)
@@ -437,3 +461,57 @@ def test_partial_tiles_never_read_the_rows_past_the_end(monkeypatch, block_m, bl
     for name, got, want in zip(("loss", "dFeatures", "dLogits"), results["triton"], results["reference"]):
         assert torch.isfinite(got.cpu()).all(), name
         assert_close(got.cpu().double(), want.cpu(), atol=2e-5, rtol=2e-5, name=name)
+    assert {r["TMA"] for r in runs} == {tma}, "the tiles were not loaded as asked"
+
+
+def test_tile_loads_by_descriptors_only_where_the_copy_engine_can_take_the_rows(monkeypatch):
+    """launch.tma_rows: the label-sums path only; never for rows a descriptor cannot describe (a start or a row pitch
+    that is not a multiple of 16 bytes), even when forced; on CPU tensors only when forced (tests); never for the
+    torch.compile path's launches (wrap_triton)."""
+    p = OpParams(8, 0.1, 1.0, 1.0, 1.0, 0.0, 1.0, -1.0, False, -100, True, 1e-12, True, False, "mean")
+
+    def operands(rows, dim, queue=0, offset=0):
+        feats = torch.randn(rows * dim + offset).narrow(0, offset, rows * dim).view(rows, dim)
+        kw = dict(queue=torch.randn(queue, dim), queue_labels=torch.zeros(queue, dtype=torch.long)) if queue else {}
+        return launch._Operands.of(ContrastInputs(feats, torch.zeros(rows, dtype=torch.long), **kw), p)
+
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    monkeypatch.setattr(launch, "FORCE_TMA", True)
+    assert launch.tma_rows(operands(8, 8), launch.direct)  # float32 rows 32 bytes apart
+    assert launch.tma_rows(operands(8, 8, queue=4), launch.direct)
+    assert not launch.tma_rows(operands(8, 5), launch.direct)  # rows 20 bytes apart
+    assert not launch.tma_rows(operands(8, 8, offset=1), launch.direct)  # a start 4 bytes past an aligned one
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", False)
+    assert not launch.tma_rows(operands(8, 8), launch.direct)  # the per-tile path loads by pointers
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
+    monkeypatch.setattr(launch, "FORCE_TMA", None)
+    assert not launch.tma_rows(operands(8, 8), launch.direct)  # CPU tensors: no copy engine
+    assert not launch.tma_rows(operands(8, 8), torch.library.wrap_triton)
+
+
+def test_descriptor_scratch_lends_an_allocator_for_its_launches_only_and_keeps_the_users():
+    pytest.importorskip("triton.runtime._allocation")
+    from triton.runtime import _allocation
+
+    if not launch._device_descriptors_supported():
+        pytest.skip("this triton has no context-local allocator for device-side descriptors")
+    before = _allocation._allocator.get()
+    assert isinstance(before, _allocation.NullAllocator), "a test left an allocator set"
+    with launch._descriptor_scratch(torch.device("cuda", 0), True):
+        assert not isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+    assert _allocation._allocator.get() is before
+    with (
+        launch._descriptor_scratch(torch.device("cuda", 0), False),
+        launch._descriptor_scratch(torch.device("cpu"), True),
+    ):
+        assert _allocation._allocator.get() is before  # not asked: nothing set
+
+    def users(size, alignment, stream):
+        raise AssertionError("not called here")
+
+    token = _allocation._allocator.set(users)
+    try:
+        with launch._descriptor_scratch(torch.device("cuda", 0), True):
+            assert _allocation._allocator.get() is users
+    finally:
+        _allocation._allocator.reset(token)

@@ -123,6 +123,12 @@ for _kind in ("fwd", "bwd_rows"):
         VARIANTS[_kind][f"{_name}-sums"] = dict(VARIANTS[_kind][_name], LABEL_SUMS=True)
 # the row backward of the one-pass backward: the batch columns left to the column kernel
 VARIANTS["bwd_rows"]["gpaco-logits-one-pass"] = dict(VARIANTS["bwd_rows"]["gpaco-logits-sums"], BATCH_BY_COLUMNS=True)
+# The label-sums sweeps with their tiles loaded by tensor descriptors (launch.tma_rows): Hopper only (`cases`).
+for _kind, _names in (("fwd", ("gpaco-logits-sums", "pixel-sums", "supcon-sums")),
+                      ("bwd_rows", ("gpaco-logits-sums", "pixel-sums", "supcon-sums")),
+                      ("bwd_cols", ("batch-sums",)), ("bwd_one_pass", ("batch-sums", "plain-sum"))):  # fmt: skip
+    for _name in _names:
+        VARIANTS[_kind][f"{_name}-tma"] = dict(VARIANTS[_kind][_name], TMA=True)
 
 # Pointer arguments that are not of the input dtype.
 _INDEX_POINTERS = {"label_ptr", "queue_label_ptr", "group_ptr", "order_ptr", "sorted_label_ptr", "bounds_ptr"}
@@ -197,6 +203,8 @@ def cases(archs, dims, only=None) -> list[Case]:
                 sums = bool(variants[variant].get("LABEL_SUMS", False))
                 has_d = "BLOCK_D" in {name for name, _ in kernel_arguments(kernel(kind))}
                 for arch in archs:
+                    if variants[variant].get("TMA") and arch < 90:  # the launcher takes TMA from sm_90 on
+                        continue
                     configs = candidates(kind, klass, sums, arch) if kind not in FIXED else [FIXED_CONFIG]
                     for config in configs:
                         for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
@@ -229,8 +237,8 @@ def launch_constexprs(case: Case) -> tuple[dict, dict, str]:
         block_m, block_n, num_warps, num_stages = case.config
         tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=case.block_d)
         label = f"{block_m}x{block_n} w{num_warps} s{num_stages}"
-    extra = dict(UPCAST=False, PRECISION=PRECISIONS[case.precision][1])
-    constexprs = {k: v for k, v in {**VARIANTS[case.kind][case.variant], **tiles, **extra}.items() if k in names}
+    extra = dict(UPCAST=False, PRECISION=PRECISIONS[case.precision][1], TMA=False)
+    constexprs = {k: v for k, v in {**extra, **VARIANTS[case.kind][case.variant], **tiles}.items() if k in names}
     return constexprs, dict(num_warps=num_warps, num_stages=num_stages), label
 
 
@@ -313,12 +321,19 @@ def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
 
 def sass_loops(instructions) -> list[tuple[int, int]]:
     """(first, last address) of each loop of sass_instructions: the range from a backward branch's target to the
-    branch (a branch to itself is the trap after EXIT, not a loop)."""
+    branch (a branch to itself is the trap after EXIT, not a loop). An unconditional branch back from code placed
+    after the kernel's last EXIT is not a loop either: ptxas puts the retry of an mbarrier wait (a TMA load's
+    completion) out of line there, and its jump back lands inside the loop that waited."""
+    exits = [addr for addr, op, _ in instructions if op == "EXIT"]
+    last_exit = max(exits, default=-1)
     loops = []
     for addr, _op, text in instructions:
-        branch = re.match(r"(?:@!?U?P\w+\s+)?BRA\s+(?:\w+\s+)?0x([0-9a-f]+)", text)
-        if branch and int(branch.group(1), 16) < addr:
-            loops.append((int(branch.group(1), 16), addr))
+        branch = re.match(r"(@!?U?P\w+\s+)?BRA\s+(?:\w+\s+)?0x([0-9a-f]+)", text)
+        if not branch or int(branch.group(2), 16) >= addr:
+            continue
+        if branch.group(1) is None and addr > last_exit >= 0 and int(branch.group(2), 16) < last_exit:
+            continue  # the way back from an out-of-line block
+        loops.append((int(branch.group(2), 16), addr))
     return loops
 
 

@@ -474,6 +474,7 @@ class Workload:
     precision: str  # tl.dot input_precision: tf32 for half inputs, ieee / tf32 / tf32x3 for float32
     flags: dict  # the row kernels' constexprs (both trees' names; each kernel takes the ones it has)
     label_sums: bool = False
+    tma: bool = False  # tiles loaded by tensor descriptors (launch.tma_rows: the eager path on Hopper)
 
 
 PIXEL_FLAGS = dict(HAS_CLASSES=True, FROM_LOGITS=True, HAS_BIAS=False, EXCLUDE=False, HAS_BATCH=True,
@@ -529,10 +530,10 @@ def _tile_jobs(w: Workload, source: str | None, kinds=STEP_KERNELS, configs: dic
     for kind in kinds:
         for config in (configs or {}).get(kind) or candidates(kind, w, source):
             block_m, block_n, warps, stages = config
-            flags = dict(w.flags, LABEL_SUMS=w.label_sums, BATCH_BY_COLUMNS=False)
+            flags = dict(w.flags, LABEL_SUMS=w.label_sums, BATCH_BY_COLUMNS=False, TMA=w.tma)
             if kind in ("bwd_cols", "bwd_one_pass"):  # the batch columns; the one pass adds their dAnchors part
                 flags = dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False, NORMALIZE=False, REDUCTION=2, FINISH=False,
-                             LABEL_SUMS=w.label_sums, ANCHOR_GRAD=kind == "bwd_one_pass")  # fmt: skip
+                             LABEL_SUMS=w.label_sums, ANCHOR_GRAD=kind == "bwd_one_pass", TMA=w.tma)  # fmt: skip
             constexprs = dict(flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=128, UPCAST=False,
                               PRECISION=w.precision)  # fmt: skip
             jobs.append((kind, config, (source, kind, constexprs, w.dtype, warps, stages)))
@@ -620,11 +621,11 @@ def calibrate(pool) -> tuple[float, list[dict]]:
 
 
 # The issue's goals, each as (name, workload of today's kernels, the records' measurement it is divided by or into).
-GOAL_WORKLOADS = {
-    "pixel 32768 bf16": Workload("pixel 32768", 32768, 32768, 150, "bf16", "tf32", PIXEL_FLAGS, label_sums=True),
-    "pixel 16384 bf16": Workload("pixel 16384", 16384, 16384, 150, "bf16", "tf32", PIXEL_FLAGS, label_sums=True),
-    "SupCon 4096 bf16": Workload("SupCon 4096", 8192, 8192, 0, "bf16", "tf32", SUPCON_FLAGS, label_sums=True),
-    "pixel 16384 fp32": Workload("pixel 16384", 16384, 16384, 150, "fp32", "tf32x3", PIXEL_FLAGS, label_sums=True),
+GOAL_WORKLOADS = {  # the benchmarks' eager steps: label sums, and on Hopper tiles loaded by descriptors (TMA)
+    "pixel 32768 bf16": Workload("pixel 32768", 32768, 32768, 150, "bf16", "tf32", PIXEL_FLAGS, True, True),
+    "pixel 16384 bf16": Workload("pixel 16384", 16384, 16384, 150, "bf16", "tf32", PIXEL_FLAGS, True, True),
+    "SupCon 4096 bf16": Workload("SupCon 4096", 8192, 8192, 0, "bf16", "tf32", SUPCON_FLAGS, True, True),
+    "pixel 16384 fp32": Workload("pixel 16384", 16384, 16384, 150, "fp32", "tf32x3", PIXEL_FLAGS, True, True),
 }
 # Measured on the H200 (records.jsonl): the tight floor and dense eager steps the goals compare with, and today's
 # fused step (median wall time of the step: runs e1319d4f, 07a2079d, f476647a).
@@ -643,6 +644,10 @@ def goals(pool, efficiency: float) -> list[dict]:
     fused = {name: pick(estimate(w, None, pool), efficiency) for name, w in GOAL_WORKLOADS.items()}
     # the same step with the per-tile label compares (the launcher's small-step path), for what label sums remove
     compares = pick(estimate(dataclasses.replace(GOAL_WORKLOADS["pixel 32768 bf16"], label_sums=False), None, pool),
+                    efficiency)  # fmt: skip
+
+    # the same step with its tiles loaded by pointers (torch.compile's path, and GPUs before Hopper)
+    pointers = pick(estimate(dataclasses.replace(GOAL_WORKLOADS["pixel 32768 bf16"], tma=False), None, pool),
                     efficiency)  # fmt: skip
 
     # the one-pass backward (the batch columns' kernel adding dAnchors by atomics) against the two kernels
@@ -674,6 +679,10 @@ def goals(pool, efficiency: float) -> list[dict]:
         dict(goal=f"pixel 32768 bf16: {kind}", path=(fused["pixel 32768 bf16"][kind], compares[kind]),
              seconds=tuple(e.seconds(efficiency) for e in (fused["pixel 32768 bf16"][kind], compares[kind])))
         for kind in compares
+    ] + [
+        dict(goal=f"pixel 32768 bf16: {kind}", loads=(fused["pixel 32768 bf16"][kind], pointers[kind]),
+             seconds=tuple(e.seconds(efficiency) for e in (fused["pixel 32768 bf16"][kind], pointers[kind])))
+        for kind in pointers
     ] + [dict(goal="pixel 32768 bf16", one_pass=one_pass, seconds=one_pass.seconds(efficiency),
               two_seconds=sum(fused["pixel 32768 bf16"][k].seconds(efficiency) for k in ("bwd_rows", "bwd_cols")))
     ]  # fmt: skip
@@ -729,6 +738,14 @@ def model_report(jobs: int = 2) -> list[str]:
                 f"{sums.mix.total} instructions per warp and iteration, {t_sums * 1e3:.3f} ms | per-tile compares "
                 f"{'x'.join(map(str, tile.config[:2]))} w{tile.config[2]}: {tile.mix.total} instructions, "
                 f"{t_tile * 1e3:.3f} ms"
+            )
+        elif "loads" in g:
+            (tma, ptr), (t_tma, t_ptr) = g["loads"], g["seconds"]
+            lines.append(
+                f"loads | {g['goal']} | descriptors (TMA) {'x'.join(map(str, tma.config[:2]))} w{tma.config[2]}: "
+                f"{tma.mix.total} instructions per warp and iteration, {t_tma * 1e3:.3f} ms | pointers "
+                f"{'x'.join(map(str, ptr.config[:2]))} w{ptr.config[2]}: {ptr.mix.total} instructions, "
+                f"{t_ptr * 1e3:.3f} ms"
             )
         elif "one_pass" in g:
             e = g["one_pass"]

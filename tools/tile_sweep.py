@@ -4,7 +4,8 @@
 
 For each kernel and configuration of SWEEP (the issue's 128-row and 128-column tiles, next to today's label-sums
 candidates): the compile report's verdict (tools/compile_report.py: registers, spill bytes, pass or fail) for the
-kernel's pixel variant on the label-sums path at D 128, bfloat16, on sm_90 and sm_80, and the GPU model's estimate
+kernel's pixel variant on the label-sums path at D 128, bfloat16, on sm_90 (tiles loaded by tensor descriptors, as
+the eager path there) and sm_80, and the GPU model's estimate
 (tools/gpu_model.py, which does not model spills: a spilling configuration's estimate is not what it would take) on
 the pixel loss at N 32768, bfloat16. No GPU is needed; nothing here is a measurement.
 """
@@ -31,7 +32,8 @@ def _compile(job):
     from . import compile_report as cr
 
     kind, variant, arch, config = job
-    return cr.compile_case(cr.Case(kind, variant, "bf16", 128, arch, config))
+    # Hopper runs the label-sums sweeps with tiles loaded by tensor descriptors (launch.tma_rows), sm_80 by pointers
+    return cr.compile_case(cr.Case(kind, f"{variant}-tma" if arch >= 90 else variant, "bf16", 128, arch, config))
 
 
 def sweep(jobs: int) -> list[str]:

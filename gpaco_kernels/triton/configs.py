@@ -74,7 +74,7 @@ FIXED = {
 }
 INTERPRET_CONFIG = (32, 32, 4, 1)
 SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
-AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS"]
+AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS", "TMA"]
 # Flags that change a kernel's work enough to tune apart: the row backward without the batch columns (one-pass)
 EXTRA_KEY = {"bwd_rows": ["BATCH_BY_COLUMNS"]}
 

@@ -37,8 +37,10 @@ from .tiles import (
     inverse_norm,
     load_rows,
     normalize_backward,
+    rows_descriptor,
     sample_logits,
     segment_weights,
+    sweep_rows,
     uniform_lse2,
 )
 
@@ -61,7 +63,7 @@ def _paco_bwd_cols_kernel(
     SEGMENT: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr, NORMALIZE: tl.constexpr,
     REDUCTION: tl.constexpr, FINISH: tl.constexpr, LABEL_SUMS: tl.constexpr, ANCHOR_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     tl.static_assert(not ANCHOR_GRAD or (LABEL_SUMS and SEGMENT == 1 and REDUCTION != 0),
                      "ANCHOR_GRAD: batch columns, label sums, 'sum' or 'mean'")  # fmt: skip
@@ -101,32 +103,33 @@ def _paco_bwd_cols_kernel(
             anchor_factor = anchor_factor * (scale / G_SCALE)
     if LABEL_SUMS:  # full tiles without masks, the anchor tiles the diagonal crosses, then the last partial tile
         full_end = (A // BLOCK_M) * BLOCK_M
+        anchors_desc = rows_descriptor(feat_ptr, A, D, stride_f, BLOCK_M, BLOCK_D, TMA)
         first, last = diagonal_tiles(0, full_end, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
         # fmt: off
-        acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
-                            counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, False, True, ANCHOR_GRAD)
-        acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
-                            counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, True, True, ANCHOR_GRAD)
-        acc = _sample_sweep(acc, last, full_end, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr,
-                            grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, False, True, ANCHOR_GRAD)
-        acc = _sample_sweep(acc, full_end, A, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr,
-                            counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index,
-                            uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION, UPCAST,
-                            PRECISION, NORMALIZE, True, False, ANCHOR_GRAD)
+        acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr,
+                            pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
+                            UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
+        acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr,
+                            pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
+                            UPCAST, PRECISION, NORMALIZE, True, True, ANCHOR_GRAD, TMA)
+        acc = _sample_sweep(acc, last, full_end, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+                            lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
+                            UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
+        acc = _sample_sweep(acc, full_end, A, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr,
+                            pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
+                            UPCAST, PRECISION, NORMALIZE, True, False, ANCHOR_GRAD, TMA)
         # fmt: on
         if REDUCTION != 0:  # the sweeps summed p A over the anchors with a loss; H a = -p a, a = sign |a|
             acc = acc * tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0)
     else:
         for r0 in range(0, A, BLOCK_M):
             rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
-                r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
-                loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, False,
+                r0, feat_ptr, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m,
+                offs_d, loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, False, False,
             )  # fmt: skip
             # Reloaded per row tile (it stays in L1/L2) rather than held: holding it spilled registers for float32.
             x = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
@@ -154,16 +157,18 @@ def _paco_bwd_cols_kernel(
 
 @triton.jit
 def _anchor_tile(
-    r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, loss_scale,
-    ignore_index, uniform_coef, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr,
-    ROWS_IN_RANGE: tl.constexpr,
+    r0, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
+    loss_scale, ignore_index, uniform_coef, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr,
+    ROWS_IN_RANGE: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """What the column kernel needs of the anchor tile at r0: rows, mask, the (normalized) anchors, labels, lse,
     (a, 1/P), and the scale a is divided by before its product (per tile with one a per anchor, else uniform_coef).
-    ROWS_IN_RANGE: the tile is full (rows < A), so the anchors load without a row mask."""
+    The anchors by tiles.sweep_rows: by the descriptor anchors_desc with TMA, else by pointers (ROWS_IN_RANGE: the
+    tile is full, rows < A, so they load without a row mask)."""
     rows = r0 + offs_m
     row_mask = rows < A
-    anchors = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE)
+    anchors = sweep_rows(feat_ptr, anchors_desc, r0, A, offs_m, stride_f, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE,
+                         TMA)  # fmt: skip
     row_labels = tl.load(label_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     coef, inv_pos = anchor_coefficients(
@@ -188,10 +193,11 @@ def _accumulate(acc, h, anchors, coef_max, REDUCTION: tl.constexpr, PRECISION: t
 
 @triton.jit
 def _sample_sweep(
-    acc, start, end, cols, held, held_scale, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D,
-    stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm,
-    BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr, ANCHOR_GRAD: tl.constexpr,
+    acc, start, end, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+    counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, grad_anchor_ptr,
+    anchor_factor, held_norm, BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr,
+    ANCHOR_GRAD: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
     exp(l - lse) = -exp2(l2 - shift2) (base-2 logits, tiles.uniform_lse2), times a / scale; for 'sum' and 'mean'
@@ -203,8 +209,8 @@ def _sample_sweep(
     order varies."""
     for r0 in range(start, end, BLOCK_M):
         rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
-            r0, feat_ptr, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d,
-            loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, ROWS_IN_RANGE,
+            r0, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m,
+            offs_d, loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
         l2 = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
         shift2 = uniform_lse2(lse, gamma)

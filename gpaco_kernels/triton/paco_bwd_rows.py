@@ -29,6 +29,7 @@ from .tiles import (
     given_class_tile,
     gradient_factor,
     load_rows,
+    rows_descriptor,
     sample_grad_sweep,
     uniform_lse2,
 )
@@ -52,7 +53,7 @@ def _paco_bwd_rows_kernel(
     HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr, REDUCTION: tl.constexpr,
     NEED_LOGITS: tl.constexpr, LABEL_SUMS: tl.constexpr, BATCH_BY_COLUMNS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     # float arguments arrive as fp64 from torch.compile (see tiles.as_f32)
     t_scale = as_f32(t_scale)
@@ -108,6 +109,7 @@ def _paco_bwd_rows_kernel(
             hi = tl.minimum(c_end - offset, size)
             if LABEL_SUMS and seg > 0:  # tiles without masks, and the tiles the diagonal crosses
                 full_end = lo + (tl.maximum(hi - lo, 0) // BLOCK_N) * BLOCK_N  # the last tile, if partial, after
+                x_desc = rows_descriptor(x_ptr, hi, D, stride_x, BLOCK_N, BLOCK_D, TMA)
                 if seg == 1:
                     first, last = diagonal_tiles(lo, full_end, pid_m * BLOCK_M, BLOCK_M, BLOCK_N)
                 else:
@@ -115,14 +117,18 @@ def _paco_bwd_rows_kernel(
                     last = full_end
                 acc = -acc  # the sweeps subtract (tiles.sample_grad_sweep)
                 # fmt: off
-                acc = sample_grad_sweep(acc, lo, first, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True)
-                acc = sample_grad_sweep(acc, first, last, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True, True)
-                acc = sample_grad_sweep(acc, last, full_end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True)
-                acc = sample_grad_sweep(acc, full_end, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, seg == 1, False)
+                acc = sample_grad_sweep(acc, lo, first, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d,
+                                        D, t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True,
+                                        TMA)
+                acc = sample_grad_sweep(acc, first, last, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n,
+                                        offs_d, D, t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True,
+                                        True, TMA)
+                acc = sample_grad_sweep(acc, last, full_end, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n,
+                                        offs_d, D, t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False,
+                                        True, TMA)
+                acc = sample_grad_sweep(acc, full_end, hi, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n,
+                                        offs_d, D, t_scale, sample_lse2, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
+                                        seg == 1, False, TMA)
                 # fmt: on
                 acc = -acc
             else:

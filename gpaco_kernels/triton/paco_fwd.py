@@ -30,6 +30,7 @@ from .tiles import (
     lse_tile_step,
     out_of_range,
     row_groups,
+    rows_descriptor,
     sample_lse_sweep,
 )
 
@@ -53,7 +54,7 @@ def _paco_fwd_kernel(
     HAS_CLASSES: tl.constexpr, FROM_LOGITS: tl.constexpr, HAS_BIAS: tl.constexpr, EXCLUDE: tl.constexpr,
     HAS_BATCH: tl.constexpr, HAS_QUEUE: tl.constexpr, NORMALIZE: tl.constexpr, LABEL_SUMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     # float arguments arrive as fp64 from torch.compile (see tiles.as_f32)
     t_scale = as_f32(t_scale)
@@ -117,6 +118,7 @@ def _paco_fwd_kernel(
                 # tile masks the columns past hi
                 x_ptr = feat_ptr if seg == 1 else queue_ptr
                 stride_x = stride_f if seg == 1 else stride_q
+                x_desc = rows_descriptor(x_ptr, hi, D, stride_x, BLOCK_N, BLOCK_D, TMA)
                 full_end = lo + (tl.maximum(hi - lo, 0) // BLOCK_N) * BLOCK_N
                 if seg == 1:
                     first, last = diagonal_tiles(lo, full_end, pid_m * BLOCK_M, BLOCK_M, BLOCK_N)
@@ -124,14 +126,17 @@ def _paco_fwd_kernel(
                     first = full_end
                     last = full_end
                 # fmt: off
-                m, z = sample_lse_sweep(m, z, lo, first, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, False)
-                m, z = sample_lse_sweep(m, z, first, last, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True)
-                m, z = sample_lse_sweep(m, z, last, full_end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, False)
-                m, z = sample_lse_sweep(m, z, full_end, hi, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D,
-                                        t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True, seg == 1)
+                m, z = sample_lse_sweep(m, z, lo, first, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d,
+                                        D, t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, False, TMA)
+                m, z = sample_lse_sweep(m, z, first, last, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n,
+                                        offs_d, D, t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, True,
+                                        TMA)
+                m, z = sample_lse_sweep(m, z, last, full_end, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n,
+                                        offs_d, D, t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, False, False,
+                                        TMA)
+                m, z = sample_lse_sweep(m, z, full_end, hi, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n,
+                                        offs_d, D, t_scale, gamma, BLOCK_N, UPCAST, PRECISION, NORMALIZE, True,
+                                        seg == 1, TMA)
                 # fmt: on
             else:
                 for c0 in range(lo, hi, BLOCK_N):

@@ -44,7 +44,12 @@ def load_tile(ptrs, mask, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr):
     max(|row|, NORM_EPS) with NORMALIZE: the norm in float32, the scaling in float32 for float16 (whose range 1/|x|
     can pass) and in the tile's dtype otherwise (for bfloat16 the inverse norm is then rounded too; a float32 copy
     of the tile cost registers). The op normalizes its inputs tile by tile, with no normalized copy in memory."""
-    x = tl.load(ptrs, mask=mask, other=0.0)
+    return prepare_rows(tl.load(ptrs, mask=mask, other=0.0), UPCAST, NORMALIZE)
+
+
+@triton.jit
+def prepare_rows(x, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr):
+    """A loaded tile of rows as load_tile returns it: upcast with UPCAST, normalized with NORMALIZE."""
     if UPCAST:
         x = x.to(tl.float32)
     if NORMALIZE:
@@ -54,6 +59,38 @@ def load_tile(ptrs, mask, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr):
             x = (xf * inv[:, None]).to(x.dtype)
         else:  # float32, or bfloat16 (float32's range): scaled in the tile's dtype, no float32 copy of the tile
             x = x * inv.to(x.dtype)[:, None]
+    return x
+
+
+@triton.jit
+def rows_descriptor(ptr, num_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """With TMA (Hopper's tensor memory accelerator, launch.tma_rows), a device-side descriptor of the row-major
+    (num_rows, D) matrix at ptr whose loads (sweep_rows) are (BLOCK_R, BLOCK_D) tiles: the copy engine moves a
+    tile into shared memory with one instruction and fills the rows past num_rows and the columns past D with 0, so
+    the loop forms no address and no mask per element. Without TMA, ptr itself (sweep_rows then loads by pointers).
+    num_rows is at least 1 in the descriptor (an empty range takes no load)."""
+    if TMA:  # one return: the compiler types every return statement, the untaken branch's too
+        rows = tl.make_tensor_descriptor(
+            ptr, shape=[tl.maximum(num_rows, 1), D], strides=[stride, 1], block_shape=[BLOCK_R, BLOCK_D]
+        )
+    else:
+        rows = ptr
+    return rows
+
+
+@triton.jit
+def sweep_rows(
+    ptr, desc, r0, end, offs_r, stride, offs_d, D, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr,
+    ROWS_IN_RANGE: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
+    """The rows [r0, r0 + BLOCK_R) of a sweep's tile, 0 from `end` and past D, as load_rows gives them: by the
+    descriptor with TMA (rows_descriptor of the rows below `end`), else by pointers from ptr (without a row mask
+    where the caller knows the tile is full, ROWS_IN_RANGE)."""
+    if TMA:
+        x = prepare_rows(desc.load([r0, 0]), UPCAST, NORMALIZE)
+    else:
+        rows = r0 + offs_r
+        x = load_rows(ptr, rows, rows < end, stride, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE)
     return x
 
 
@@ -256,17 +293,18 @@ def diagonal_tiles(lo, hi, d0, SPAN: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def sample_tile(
-    c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
-    ROWS_IN_RANGE: tl.constexpr,
+    c0, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_COLUMNS: tl.constexpr,
+    MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """(cols, col_mask, x, l2) of the batch or queue tile at c0 (columns below hi) for the sweeps below: its rows x as
-    stored (loaded without a row mask where the caller knows the tile is full, ROWS_IN_RANGE), and its logits by
+    stored (sweep_rows: by the descriptor x_desc with TMA, else by pointers, without a row mask where the caller
+    knows the tile is full, ROWS_IN_RANGE), and its logits by
     sample_logits in base 2, l2 = l log2(e) (log2 e folded into the columns' scale, so that each element's
     exponential is one exp2 of a difference)."""
     cols = c0 + offs_n
     col_mask = cols < hi
-    x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, ROWS_IN_RANGE=ROWS_IN_RANGE)
+    x = sweep_rows(x_ptr, x_desc, c0, hi, offs_n, stride_x, offs_d, D, UPCAST, False, ROWS_IN_RANGE, TMA)
     col_scale = column_scale(x, t_scale * LOG2E, BLOCK_N, NORMALIZE)
     l = sample_logits(anchors, rows, cols, col_mask, x, col_scale, PRECISION, MASK_COLUMNS, MASK_DIAGONAL)
     return cols, col_mask, x, l
@@ -274,9 +312,9 @@ def sample_tile(
 
 @triton.jit
 def sample_lse_sweep(
-    m, z, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, gamma,
+    m, z, start, end, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, gamma,
     BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
-    MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+    MASK_COLUMNS: tl.constexpr, MASK_DIAGONAL: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """The forward's online log-sum-exp over the batch or queue tiles starting in [start, end) (columns below hi),
     positives by label sums: a product, the running max, one multiply-add and one exp per element. Where every column
@@ -285,13 +323,13 @@ def sample_lse_sweep(
     first (the scaled tile has two uses, the max and the exponent, so the compiler cannot fuse its multiply)."""
     for c0 in range(start, end, BLOCK_N):  # the tiles without MASK_COLUMNS are full: no row mask on their loads
         if not NORMALIZE and not MASK_COLUMNS and not MASK_DIAGONAL:
-            x = load_rows(x_ptr, c0 + offs_n, c0 + offs_n < hi, stride_x, offs_d, D, UPCAST, ROWS_IN_RANGE=True)
+            x = sweep_rows(x_ptr, x_desc, c0, hi, offs_n, stride_x, offs_d, D, UPCAST, False, True, TMA)
             raw = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
             m, z = online_lse_step_scaled(m, z, raw, t_scale * LOG2E, gamma)
         else:
             _, _, _, l2 = sample_tile(
-                c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION,
-                NORMALIZE, MASK_COLUMNS, MASK_DIAGONAL, not MASK_COLUMNS,
+                c0, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST,
+                PRECISION, NORMALIZE, MASK_COLUMNS, MASK_DIAGONAL, not MASK_COLUMNS, TMA,
             )  # fmt: skip
             m, z = online_lse_step_uniform(m, z, l2, gamma)
     return m, z
@@ -299,9 +337,9 @@ def sample_lse_sweep(
 
 @triton.jit
 def sample_grad_sweep(
-    acc, start, end, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, sample_lse2,
+    acc, start, end, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, sample_lse2,
     BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, NORMALIZE: tl.constexpr,
-    MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr,
+    MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """The row backward's acc -= H X over the batch or queue tiles starting in [start, end), positives by label sums
     (the caller negates acc around the sweeps): -H = gamma exp(l - lse) = exp2(l2 - sample_lse2) (tiles.uniform_lse2),
@@ -309,13 +347,13 @@ def sample_grad_sweep(
     exp2. Columns past hi need no mask on H: their rows of X are loaded as 0, so whatever H is there adds 0 (H is
     finite: l = 0 there). ROWS_IN_RANGE: every tile of [start, end) is full, so X loads without a row mask."""
     for c0 in range(start, end, BLOCK_N):
-        cols, col_mask, x, l2 = sample_tile(
-            c0, hi, anchors, rows, x_ptr, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION, NORMALIZE,
-            False, MASK_DIAGONAL, ROWS_IN_RANGE,
+        _, _, x, l2 = sample_tile(
+            c0, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION,
+            NORMALIZE, False, MASK_DIAGONAL, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
         p = tl.exp2(l2 - (sample_lse2 - G_SCALE_LOG2)[:, None])
         if NORMALIZE:  # the product takes the unit rows
-            x = load_rows(x_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE)
+            x = sweep_rows(x_ptr, x_desc, c0, hi, offs_n, stride_x, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE, TMA)
         acc = tl.dot(p.to(x.dtype), x, acc, input_precision=PRECISION)
     return acc
 
