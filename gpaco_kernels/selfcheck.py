@@ -108,24 +108,34 @@ def dtypes_on(backend: str, device: str):
     return out
 
 
-def _paths(backend: str, loss: str) -> list:
-    """The kernel paths of a backend to check: triton's positives by label sums (its large-step path) as well as the
-    per-tile compares the small problems here would take; PSC has no sample columns, so no label sums."""
-    return [None, True] if backend == "triton" and loss != "psc" else [None]
+def _paths(backend: str, loss: str, device: str) -> list:
+    """The kernel paths of a backend to check, as (name suffix, launch settings): triton's positives by label sums
+    (its large-step path) as well as the per-tile compares the small problems here would take, and under the
+    interpreter the label sums with tiles loaded by tensor descriptors (on a Hopper GPU the "+sums" line takes them
+    already, D being a multiple of 8 here); PSC has no sample columns, so no label sums."""
+    if backend != "triton" or loss == "psc":
+        return [("", {})]
+    paths = [("", {}), ("+sums", dict(FORCE_LABEL_SUMS=True))]
+    if torch.device(device).type == "cpu":
+        paths.append(("+sums+tma", dict(FORCE_LABEL_SUMS=True, FORCE_TMA=True)))
+    return paths
 
 
 @contextlib.contextmanager
-def _path(label_sums):
-    if label_sums is None:
+def _path(settings: dict):
+    if not settings:
         yield
         return
     from .triton import launch
 
-    before, launch.FORCE_LABEL_SUMS = launch.FORCE_LABEL_SUMS, label_sums
+    before = {name: getattr(launch, name) for name in settings}
+    for name, value in settings.items():
+        setattr(launch, name, value)
     try:
         yield
     finally:
-        launch.FORCE_LABEL_SUMS = before
+        for name, value in before.items():
+            setattr(launch, name, value)
 
 
 def check_correctness(device: str, quick: bool, out=print) -> int:
@@ -141,7 +151,7 @@ def check_correctness(device: str, quick: bool, out=print) -> int:
         truth = run(fn, kw, grad_args, "reference", torch.float64, "cpu", upstream)
         names = ["loss", *(f"d{k}" for k in grad_args)]
         for backend in backends:
-            for path in _paths(backend, loss):
+            for suffix, path in _paths(backend, loss, device):
                 for dtype in dtypes_on(backend, device):
                     checks += 1
                     ref = run(fn, kw, grad_args, "reference", dtype, "cpu", upstream)
@@ -161,8 +171,8 @@ def check_correctness(device: str, quick: bool, out=print) -> int:
                         problems, worst = [f"{type(exc).__name__}: {exc}"], float("nan")
                     status = "ok" if not problems else "FAIL " + "; ".join(problems)
                     failures += bool(problems)
-                    name = backend + ("+sums" if path else "")
-                    out(f"  {loss:<7} {name:<12} {str(dtype)[6:]:<9} max rel err vs float64 {worst:9.2e}  {status}")
+                    name = backend + suffix
+                    out(f"  {loss:<7} {name:<16} {str(dtype)[6:]:<9} max rel err vs float64 {worst:9.2e}  {status}")
     out(f"selfcheck: {checks} loss x backend x dtype checks on {device}, {failures} failed")
     return failures
 

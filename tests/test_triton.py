@@ -82,11 +82,11 @@ def test_autotune_candidates_are_per_precision_and_keyed_on_shape_dtype_dim_and_
     fp32 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32")
     fp32x3 = prune(all_configs, {"feat_ptr": torch.empty(0, dtype=torch.float32)}, PRECISION="tf32x3")
     assert len(half) == len(configs.CANDIDATES[("fwd", "half")])
-    assert all(("half", False, True) in classes[c] for c in half)
+    assert all(("half", False, True, False) in classes[c] for c in half)
     assert len(fp32) == len(configs.CANDIDATES[("fwd", "fp32")])
-    assert all(("fp32", False, True) in classes[c] for c in fp32)
+    assert all(("fp32", False, True, False) in classes[c] for c in fp32)
     assert len(fp32x3) == len(configs.CANDIDATES[("fwd", "fp32x3")])
-    assert all(("fp32x3", False, True) in classes[c] for c in fp32x3)
+    assert all(("fp32x3", False, True, False) in classes[c] for c in fp32x3)
     # The label-sums path has its own candidates where they differ (the column backward's 4-warp 64 x 64 tile)
     cols, cols_classes = configs._full_autotune_configs("bwd_cols")
     prune_cols = configs.pruner(cols_classes, interpret=False)
@@ -118,6 +118,20 @@ def test_hopper_only_candidates_are_kept_on_sm90_and_dropped_on_sm80(monkeypatch
     # elsewhere the generations share their candidates
     cols = [_pruned("bwd_cols", arch, monkeypatch, LABEL_SUMS=True) for arch in (80, 90)]
     assert cols[0] == cols[1]
+
+
+def test_candidates_that_spill_with_descriptor_loads_are_left_to_the_pointer_loads(monkeypatch):
+    """The 4-warp 64 x 64 forward spills into its loop with tiles loaded by tensor descriptors (the compile report):
+    the pruner keeps it for pointer loads only, and the compile report compiles it so."""
+    from tools import compile_report
+
+    pointers = _pruned("fwd", 90, monkeypatch, LABEL_SUMS=True)
+    descriptors = _pruned("fwd", 90, monkeypatch, LABEL_SUMS=True, TMA=True)
+    assert (64, 64, 4, 3) in pointers and (64, 64, 4, 3) not in descriptors
+    assert descriptors == sorted(configs.candidates("fwd", "half", True, 90, tma=True)) and descriptors
+    compiled = {c.config for c in compile_report.cases([90], [128], only=["fwd"])
+                if c.variant == "pixel-sums-tma" and c.precision == "bf16"}  # fmt: skip
+    assert compiled == set(descriptors)
 
 
 def test_float32_products_use_tensor_cores_whether_or_not_tf32_is_allowed():

@@ -205,7 +205,8 @@ def cases(archs, dims, only=None) -> list[Case]:
                 for arch in archs:
                     if variants[variant].get("TMA") and arch < 90:  # the launcher takes TMA from sm_90 on
                         continue
-                    configs = candidates(kind, klass, sums, arch) if kind not in FIXED else [FIXED_CONFIG]
+                    tma = bool(variants[variant].get("TMA", False))
+                    configs = candidates(kind, klass, sums, arch, tma) if kind not in FIXED else [FIXED_CONFIG]
                     for config in configs:
                         for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
                             out.append(Case(kind, variant, precision, block_d, arch, config))

@@ -518,6 +518,10 @@ def candidates(kind: str, w: Workload, source: str | None) -> list[tuple]:
     if (kind, klass) not in configs.CANDIDATES:  # a tree without the class (3xTF32 came later)
         klass = "fp32"
     if hasattr(configs, "candidates"):  # per path (label sums) since the label-sums kernels
+        import inspect
+
+        if "tma" in inspect.signature(configs.candidates).parameters:  # tiles by descriptors since TMA
+            return list(configs.candidates(kind, klass, w.label_sums, 90, w.tma))
         return list(configs.candidates(kind, klass, w.label_sums))
     return list(configs.CANDIDATES[(kind, klass)])
 
@@ -730,22 +734,14 @@ def model_report(jobs: int = 2) -> list[str]:
             by_kind.append(f"{label} {max(errors):.0%}, {inside}")
     lines.append(f"calibration: largest error of the checked points {worst:.0%}, {verdict} {TOLERANCE:.0%} "
                  f"({'; '.join(by_kind)})")  # fmt: skip
+    compared = {"path": ("label sums", "per-tile compares"), "loads": ("descriptors (TMA)", "pointers")}
     for g in goal_rows:
-        if "path" in g:
-            (sums, tile), (t_sums, t_tile) = g["path"], g["seconds"]
+        if kind := next((k for k in compared if k in g), None):  # one kernel two ways: a line of two estimates
+            (a, b), (t_a, t_b), (name_a, name_b) = g[kind], g["seconds"], compared[kind]
             lines.append(
-                f"path | {g['goal']} | label sums {'x'.join(map(str, sums.config[:2]))} w{sums.config[2]}: "
-                f"{sums.mix.total} instructions per warp and iteration, {t_sums * 1e3:.3f} ms | per-tile compares "
-                f"{'x'.join(map(str, tile.config[:2]))} w{tile.config[2]}: {tile.mix.total} instructions, "
-                f"{t_tile * 1e3:.3f} ms"
-            )
-        elif "loads" in g:
-            (tma, ptr), (t_tma, t_ptr) = g["loads"], g["seconds"]
-            lines.append(
-                f"loads | {g['goal']} | descriptors (TMA) {'x'.join(map(str, tma.config[:2]))} w{tma.config[2]}: "
-                f"{tma.mix.total} instructions per warp and iteration, {t_tma * 1e3:.3f} ms | pointers "
-                f"{'x'.join(map(str, ptr.config[:2]))} w{ptr.config[2]}: {ptr.mix.total} instructions, "
-                f"{t_ptr * 1e3:.3f} ms"
+                f"{kind} | {g['goal']} | {name_a} {'x'.join(map(str, a.config[:2]))} w{a.config[2]}: "
+                f"{a.mix.total} instructions per warp and iteration, {t_a * 1e3:.3f} ms | {name_b} "
+                f"{'x'.join(map(str, b.config[:2]))} w{b.config[2]}: {b.mix.total} instructions, {t_b * 1e3:.3f} ms"
             )
         elif "one_pass" in g:
             e = g["one_pass"]

@@ -62,6 +62,10 @@ LABEL_SUMS_CANDIDATES = {
 # whole where 8 warps recompute the first product in both warpgroups. On sm_80 they lower to mma.sync and park
 # 72-96 B outside their loops (the compile report), and the 8-warp tile serves there.
 HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
+# Candidates kept from the label-sums sweeps whose tiles load by tensor descriptors (launch.tma_rows): the 4-warp
+# 64 x 64 forward, at 255 registers by pointers, spills 72 B into its loop with the descriptors' state (pixel
+# variant, sm_90; the compile report).
+POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}}
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
@@ -86,15 +90,17 @@ def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
     return "fp32x3" if input_precision == "tf32x3" else "fp32"
 
 
-def candidates(kind: str, precision: str, label_sums: bool = False, arch: int = 90) -> list[tuple]:
+def candidates(kind: str, precision: str, label_sums: bool = False, arch: int = 90, tma: bool = False) -> list[tuple]:
     """The autotune candidates of a kernel for a precision class, on the label-sums path or not, for a GPU of
-    compute capability `arch` (major x 10 + minor)."""
+    compute capability `arch` (major x 10 + minor), with tiles loaded by tensor descriptors (tma) or not."""
     if label_sums and (kind, precision) in LABEL_SUMS_CANDIDATES:
         found = LABEL_SUMS_CANDIDATES[(kind, precision)]
     else:
         found = CANDIDATES[(kind, precision)]
     if arch < 90:
         found = [c for c in found if c not in HOPPER_ONLY.get((kind, precision), ())]
+    if tma:
+        found = [c for c in found if c not in POINTERS_ONLY.get((kind, precision), ())]
     return found
 
 
@@ -110,22 +116,25 @@ def _config(block_m, block_n, num_warps, num_stages) -> triton.Config:
 
 def _full_autotune_configs(kind: str) -> tuple[list[triton.Config], dict]:
     """Every candidate of one kernel as a triton.Config (every precision class, path and GPU generation, each
-    configuration once: Configs compare by value), and the (precision class, label sums, Hopper) triples of each."""
+    configuration once: Configs compare by value), and the (precision class, label sums, Hopper, TMA) tuples of
+    each."""
     configs, classes = [], {}
     for precision in PRECISION_CLASSES:
         for label_sums in (False, True):
             for hopper in (False, True):
-                for entry in candidates(kind, precision, label_sums, 90 if hopper else 80):
-                    config = _config(*entry)
-                    if config not in classes:
-                        configs.append(config)
-                    classes.setdefault(config, set()).add((precision, label_sums, hopper))
+                for tma in (False, True):
+                    for entry in candidates(kind, precision, label_sums, 90 if hopper else 80, tma):
+                        config = _config(*entry)
+                        if config not in classes:
+                            configs.append(config)
+                        classes.setdefault(config, set()).add((precision, label_sums, hopper, tma))
     return configs, classes
 
 
 def pruner(classes: dict, interpret: bool = INTERPRET):
     """early_config_prune: keep the candidates of the input's precision class (the dtype of feat_ptr and the
-    PRECISION constexpr), path (the LABEL_SUMS constexpr) and GPU generation (feat_ptr's device)."""
+    PRECISION constexpr), path (the LABEL_SUMS constexpr), GPU generation (feat_ptr's device) and tile loads (the
+    TMA constexpr)."""
 
     def prune(configs, named_args, **kwargs):
         if interpret:
@@ -136,7 +145,7 @@ def pruner(classes: dict, interpret: bool = INTERPRET):
 
         feat = named_args["feat_ptr"]
         wanted = (precision_class(feat.dtype, arg("PRECISION")), bool(arg("LABEL_SUMS", False)),
-                  arch_of(feat.device) >= 90)  # fmt: skip
+                  arch_of(feat.device) >= 90, bool(arg("TMA", False)))  # fmt: skip
         return [c for c in configs if wanted in classes.get(c, ())] or configs
 
     return prune
