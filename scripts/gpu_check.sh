@@ -57,6 +57,10 @@ MAX_JOBS=16 step install 200 python3 -m pip install --no-build-isolation --no-de
 export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 [ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
+# Tiles by tensor descriptors with whatever Triton the machine has (the default, "auto", takes them only with a Triton
+# the compile report has checked): the run is what checks them compiled; the profile step times them against
+# pointer loads (GPACO_TRITON_TMA=0).
+export GPACO_TRITON_TMA=${GPACO_TRITON_TMA:-1}
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider \
     -k "cuda or split or gpu or label or one_pass or partial or descriptor" \

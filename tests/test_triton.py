@@ -501,6 +501,9 @@ def test_tile_loads_by_descriptors_only_where_the_copy_engine_can_take_the_rows(
     monkeypatch.setattr(launch, "FORCE_TMA", None)
     assert not launch.tma_rows(operands(8, 8), launch.direct)  # CPU tensors: no copy engine
     assert not launch.tma_rows(operands(8, 8), torch.library.wrap_triton)
+    monkeypatch.setattr(launch, "TMA", "yes")
+    with pytest.raises(ValueError, match=r"GPACO_TRITON_TMA\) is 'yes'; expected one of 'auto', '1', '0'"):
+        launch.tma_rows(operands(8, 8), launch.direct)
 
 
 def test_descriptor_scratch_lends_an_allocator_for_its_launches_only_and_keeps_the_users():

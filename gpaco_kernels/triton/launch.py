@@ -25,7 +25,8 @@ instruction per tile and fill what lies past the rows' end or D with zeros: no a
 loop (sm_90, pixel bf16: the forward's loop 325 -> 255 instructions per warp). A descriptor lives in 128 bytes of
 global memory per program that Triton asks of the allocator set with triton.set_allocator at launch; where the user
 set none, `_descriptor_scratch` lends one from torch's caching allocator for these launches only.
-GPACO_TRITON_TMA=0 turns them off.
+GPACO_TRITON_TMA (TMA): "auto" (the default) takes them with a Triton at least TMA_CHECKED_TRITON (the version the
+compile report ran with: descriptor APIs moved between releases), "1" with any Triton that has them, "0" never.
 
 Split heuristic: with few anchor blocks (PaCo: 256 anchors against a queue of thousands) the columns are split over a
 second grid dimension until there are about two programs per SM of the device, each split at least 128 columns
@@ -75,7 +76,11 @@ LABEL_SUMS_BLOCK_R = FIXED["label_sums"][0]["BLOCK_R"]  # tests make it small
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # the kernels' REDUCTION constexpr
 FINALIZE_BLOCK = FIXED["finalize"][0]["BLOCK"]  # tests make these small, to run several blocks
 EPILOGUE_BLOCK_R = FIXED["epilogue"][0]["BLOCK_R"]
-TMA_ENABLED = os.environ.get("GPACO_TRITON_TMA", "1") != "0"  # GPACO_TRITON_TMA=0: tiles by pointers everywhere
+# Tile loads by tensor descriptors (tma_rows): "auto" where this Triton is one whose compiled descriptor loads the
+# compile report has checked (TMA_CHECKED_TRITON and later), "1" with any Triton that has them, "0" never.
+TMA_SETTINGS = ("auto", "1", "0")
+TMA = os.environ.get("GPACO_TRITON_TMA", "auto")  # read at each call; the environment variable sets it for a process
+TMA_CHECKED_TRITON = (3, 9)
 FORCE_TMA = None  # tests set True to run the descriptor loads under the interpreter (where no allocator is asked)
 BACKWARDS = ("two-kernel", "one-pass")  # the backward's shapes (module docstring), read at each call
 BACKWARD = os.environ.get("GPACO_TRITON_BACKWARD", "two-kernel")  # the environment variable sets it for a process
@@ -222,7 +227,8 @@ def tma_rows(o: _Operands, launch) -> bool:
     """Whether the label-sums sweeps load their tiles by tensor descriptors (module docstring): on the eager path
     (`direct`: under torch.compile the kernels are launched by Inductor's code, outside _descriptor_scratch), on a
     GPU of compute capability 9 or later, with rows the copy engine takes (a 16-byte aligned start, rows a multiple
-    of 16 bytes apart, D contiguous), unless GPACO_TRITON_TMA=0."""
+    of 16 bytes apart, D contiguous), as TMA says (above: by default with a Triton whose descriptor loads the compile
+    report has checked)."""
     if not o.label_sums:
         return False
     rows = [o.feats, o.queue] if o.K else [o.feats]
@@ -231,9 +237,21 @@ def tma_rows(o: _Operands, launch) -> bool:
     )
     if FORCE_TMA is not None:  # tests: whatever the device and path, where the rows allow it
         return FORCE_TMA and aligned
-    if not TMA_ENABLED or launch is not direct or o.feats.device.type != "cuda":
+    if TMA not in TMA_SETTINGS:
+        raise ValueError(
+            f"gpaco_kernels.triton.launch.TMA (or GPACO_TRITON_TMA) is {TMA!r}; expected one of "
+            f"{', '.join(map(repr, TMA_SETTINGS))}"
+        )
+    if TMA == "0" or launch is not direct or o.feats.device.type != "cuda":
+        return False
+    if TMA == "auto" and _triton_version() < TMA_CHECKED_TRITON:
         return False
     return aligned and torch.cuda.get_device_capability(o.feats.device)[0] >= 9 and _device_descriptors_supported()
+
+
+def _triton_version() -> tuple[int, int]:
+    major, minor = (triton.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 @contextlib.contextmanager
