@@ -698,6 +698,11 @@ def goals(pool, efficiency: float) -> list[dict]:
     ]  # fmt: skip
 
 
+def tile_label(config: tuple, stages: bool = False) -> str:
+    """A configuration (BLOCK_M, BLOCK_N, warps, stages) as the records write it: 64x128 w8 (with stages: s3)."""
+    return "x".join(map(str, config[:2])) + f" w{config[2]}" + (f" s{config[3]}" if stages else "")
+
+
 def _fmt(value: float, unit: str) -> str:
     return f"{value:.0%}" if unit == "%" else f"{value:.2f}x"
 
@@ -725,7 +730,7 @@ def model_report(jobs: int = 2) -> list[str]:
     for r in rows:
         w = r["workload"]
         status = "fitted" if r["fitted"] else f"{r['error']:+.0%}"
-        picks = ", ".join(f"{e.kernel} {'x'.join(map(str, e.config[:2]))} w{e.config[2]}" for e in r["kernels"])
+        picks = ", ".join(f"{e.kernel} {tile_label(e.config)}" for e in r["kernels"])
         lines.append(
             f"calibration | {w.name} {w.dtype} | {r['kind']} | measured {r['measured'] * 1e3:.2f} ms | "
             f"model {r['model'] * 1e3:.2f} ms | {status} | {picks}"
@@ -745,23 +750,23 @@ def model_report(jobs: int = 2) -> list[str]:
         if kind := next((k for k in compared if k in g), None):  # one kernel two ways: a line of two estimates
             (a, b), (t_a, t_b), (name_a, name_b) = g[kind], g["seconds"], compared[kind]
             lines.append(
-                f"{kind} | {g['goal']} | {name_a} {'x'.join(map(str, a.config[:2]))} w{a.config[2]}: "
+                f"{kind} | {g['goal']} | {name_a} {tile_label(a.config)}: "
                 f"{a.mix.total} instructions per warp and iteration, {t_a * 1e3:.3f} ms | {name_b} "
-                f"{'x'.join(map(str, b.config[:2]))} w{b.config[2]}: {b.mix.total} instructions, {t_b * 1e3:.3f} ms"
+                f"{tile_label(b.config)}: {b.mix.total} instructions, {t_b * 1e3:.3f} ms"
             )
         elif "one_pass" in g:
             e = g["one_pass"]
             choice = "two kernels" if g["two_seconds"] <= g["seconds"] else "one pass"
             lines.append(
                 f"backward | {g['goal']} | two kernels (rows + columns): {g['two_seconds'] * 1e3:.3f} ms | one pass "
-                f"{'x'.join(map(str, e.config[:2]))} w{e.config[2]}: {e.mix.total} instructions per warp and "
+                f"{tile_label(e.config)}: {e.mix.total} instructions per warp and "
                 f"iteration, {g['seconds'] * 1e3:.3f} ms, {e.bound(efficiency)}-bound (its atomics counted as issued "
                 f"instructions; the L2's atomic throughput is not modelled, so a lower bound) | the model's choice: "
                 f"{choice}"
             )
         elif "kernel" in g:
             e = g["kernel"]
-            lines.append(f"kernel | {g['goal'].strip()} | {'x'.join(map(str, e.config[:2]))} w{e.config[2]} | "
+            lines.append(f"kernel | {g['goal'].strip()} | {tile_label(e.config)} | "
                          f"{e.mix.total} instructions per warp and iteration | {g['seconds'] * 1e3:.3f} ms | "
                          f"{g['bound']}-bound")  # fmt: skip
         else:
@@ -770,17 +775,23 @@ def model_report(jobs: int = 2) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def report_main(description: str, report, argv=None) -> int:
+    """The command line of a report of lines (this model's, tools.tile_sweep's): --jobs compile processes, print the
+    lines, and with --out also write them to the committed record."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     parser.add_argument("--out", help="also write the lines to this file (the committed record the README quotes)")
     args = parser.parse_args(argv)
-    lines = model_report(args.jobs)
+    lines = report(args.jobs)
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")
     return 0
+
+
+def main(argv=None) -> int:
+    return report_main(__doc__.splitlines()[0], model_report, argv)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ the pixel loss at N 32768, bfloat16. No GPU is needed; nothing here is a measure
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
@@ -62,7 +60,7 @@ def sweep(jobs: int) -> list[str]:
                 problems = r.problems()
                 verdicts.append(f"sm_{arch} {r.registers} regs, {r.stack} B local: "
                                 f"{'FAIL (' + problems[0].split(' (')[0] + ')' if problems else 'ok'}")  # fmt: skip
-            label = "x".join(map(str, e.config[:2])) + f" w{e.config[2]} s{e.config[3]}"
+            label = gm.tile_label(e.config, stages=True)
             spills = bool(compiled[(kind, variant, 90, e.config)].problems())  # the estimate is of an H200
             estimate = f"estimate {e.seconds(efficiency) * 1e3:.3f} ms, {e.bound(efficiency)}-bound"
             lines.append(f"tile | {kind} {variant} | {label} | {'; '.join(verdicts)} | "
@@ -71,16 +69,9 @@ def sweep(jobs: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
-    parser.add_argument("--out", help="also write the lines to this file")
-    args = parser.parse_args(argv)
-    lines = sweep(args.jobs)
-    print("\n".join(lines))
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-    return 0
+    from .gpu_model import report_main
+
+    return report_main(__doc__.splitlines()[0], sweep, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ search behind the group ids, and the sums kernel) cost more host time than the c
 Tile loads by the tensor memory accelerator (TMA, `tma_rows`): on Hopper and later, on the eager path, the
 label-sums sweeps load their tiles through device-side tensor descriptors (tiles.rows_descriptor), which take one
 instruction per tile and fill what lies past the rows' end or D with zeros: no address or mask per element in the
-loop (sm_90, pixel bf16: the forward's loop 325 -> 255 instructions per warp). A descriptor lives in 128 bytes of
+loop (sm_90, pixel bf16: the forward's loop 325 -> 254 instructions per warp). A descriptor lives in 128 bytes of
 global memory per program that Triton asks of the allocator set with triton.set_allocator at launch; where the user
 set none, `_descriptor_scratch` lends one from torch's caching allocator for these launches only.
 GPACO_TRITON_TMA (TMA): "auto" (the default) takes them with a Triton at least TMA_CHECKED_TRITON (the version the

@@ -299,9 +299,8 @@ def sample_tile(
 ):  # fmt: skip
     """(cols, col_mask, x, l2) of the batch or queue tile at c0 (columns below hi) for the sweeps below: its rows x as
     stored (sweep_rows: by the descriptor x_desc with TMA, else by pointers, without a row mask where the caller
-    knows the tile is full, ROWS_IN_RANGE), and its logits by
-    sample_logits in base 2, l2 = l log2(e) (log2 e folded into the columns' scale, so that each element's
-    exponential is one exp2 of a difference)."""
+    knows the tile is full, ROWS_IN_RANGE), and its logits by sample_logits in base 2, l2 = l log2(e) (log2 e folded
+    into the columns' scale, so that each element's exponential is one exp2 of a difference)."""
     cols = c0 + offs_n
     col_mask = cols < hi
     x = sweep_rows(x_ptr, x_desc, c0, hi, offs_n, stride_x, offs_d, D, UPCAST, False, ROWS_IN_RANGE, TMA)
