@@ -96,3 +96,29 @@ def torchrun_two_gloo_processes(script: Path, port: int, args: list[str]) -> Non
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as a user runs them: no Triton interpreter
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def innermost_frame(exc: BaseException) -> str:
+    """'file:line' where the innermost exception of a chain was raised (following torch._dynamo's
+    BackendCompilerFailed.inner_exception and explicit causes): tells an expected refusal from a bug that raises the
+    same kind of error elsewhere."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "inner_exception", None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "<no traceback>" if tb is None else f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+
+
+def assert_refused_by_the_interpreter(exc: BaseException) -> None:
+    """The error a torch.compile trace meets at its first Triton launch under the interpreter (a kernel run on
+    tensors without storage), raised inside Triton's interpreter, not earlier in this package's host code."""
+    where = innermost_frame(exc)
+    assert "triton/runtime/interpreter.py" in where.replace("\\", "/"), (
+        f"refused at {where}, not by the interpreter: {exc!r}"
+    )

@@ -14,11 +14,10 @@ from gpaco_kernels.functional import canonicalize
 from gpaco_kernels.ops.dispatch import load_backend
 from gpaco_kernels.ops.op import call_forward
 
-from helpers import BACKENDS, TRITON_DEVICE, assert_close, need_backend
+from helpers import BACKENDS, TRITON_DEVICE, assert_close, assert_refused_by_the_interpreter, need_backend
 
 # What opcheck runs; the interpreter cannot run AOT dispatch of a triton_op (below).
 ALL_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-INTERPRETER_REFUSES = "data pointer"
 
 
 def _ops(backend, device="cpu"):
@@ -111,8 +110,9 @@ def test_triton_aot_dispatch_is_refused_under_the_interpreter():
     forward, _ = _ops("triton")
     x, cfg = _problem("logits", torch.float32)
     args = (*x.tensors(), *cfg.op_params().astuple(), False)
-    with pytest.raises(Exception, match=INTERPRETER_REFUSES):
+    with pytest.raises(Exception) as info:
         torch.library.opcheck(forward._opoverload, args, test_utils=("test_aot_dispatch_dynamic",))
+    assert_refused_by_the_interpreter(info.value)
 
 
 class _Net(torch.nn.Module):
@@ -155,8 +155,9 @@ def test_training_step_compiles_with_fullgraph(backend, reduction):
     want_grads = torch.autograd.grad(want, list(net.parameters()))
     compiled = torch.compile(_step, fullgraph=True)
     if backend == "triton":
-        with pytest.raises(Exception, match=INTERPRETER_REFUSES):
+        with pytest.raises(Exception) as info:
             compiled(net, *args)
+        assert_refused_by_the_interpreter(info.value)  # tests/test_compile_trace.py traces on past the launches
         return
     got = compiled(net, *args)
     got_grads = torch.autograd.grad(got, list(net.parameters()))

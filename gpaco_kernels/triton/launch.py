@@ -228,15 +228,12 @@ def tma_rows(o: _Operands, launch) -> bool:
     (`direct`: under torch.compile the kernels are launched by Inductor's code, outside _descriptor_scratch), on a
     GPU of compute capability 9 or later, with rows the copy engine takes (a 16-byte aligned start, rows a multiple
     of 16 bytes apart, D contiguous), as TMA says (above: by default with a Triton whose descriptor loads the compile
-    report has checked)."""
+    report has checked). Decided from the launch path and the device before any data pointer is read: under
+    torch.compile the launchers run on tensors that have none (FunctionalTensor, FakeTensor)."""
     if not o.label_sums:
         return False
-    rows = [o.feats, o.queue] if o.K else [o.feats]
-    aligned = all(
-        t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) == 1 for t in rows
-    )
     if FORCE_TMA is not None:  # tests: whatever the device and path, where the rows allow it
-        return FORCE_TMA and aligned
+        return FORCE_TMA and _rows_aligned(o)
     if TMA not in TMA_SETTINGS:
         raise ValueError(
             f"gpaco_kernels.triton.launch.TMA (or GPACO_TRITON_TMA) is {TMA!r}; expected one of "
@@ -246,7 +243,30 @@ def tma_rows(o: _Operands, launch) -> bool:
         return False
     if TMA == "auto" and _triton_version() < TMA_CHECKED_TRITON:
         return False
-    return aligned and torch.cuda.get_device_capability(o.feats.device)[0] >= 9 and _device_descriptors_supported()
+    return (
+        _rows_aligned(o)
+        and torch.cuda.get_device_capability(o.feats.device)[0] >= 9
+        and (_device_descriptors_supported())
+    )
+
+
+def _without_data(t: torch.Tensor) -> bool:
+    """A tensor of a trace (torch.compile's AOT dispatch, fake tensors): it has no data pointer."""
+    from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return isinstance(t, FunctionalTensor) or is_fake(t)
+
+
+def _rows_aligned(o: _Operands) -> bool:
+    """The feature (and queue) rows as a descriptor takes them: 16-byte aligned start and pitch, D contiguous. The
+    start of a traced tensor is known only relative to its storage (allocations are aligned far beyond 16 bytes)."""
+    rows = [o.feats, o.queue] if o.K else [o.feats]
+
+    def start(t):
+        return t.storage_offset() * t.element_size() if _without_data(t) else t.data_ptr()
+
+    return all(start(t) % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) == 1 for t in rows)
 
 
 def _triton_version() -> tuple[int, int]:
@@ -349,10 +369,17 @@ def direct(kernel):
     return kernel
 
 
-def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=wrap_triton):
+def traced():
+    """The triton_op's `launch`: torch.library.wrap_triton, looked up at each call (the trace tests put a recording
+    launcher in its place, tests/test_compile_trace.py)."""
+    return wrap_triton
+
+
+def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=None):
     """(loss, lse, P, counted): the loss reduced as p.reduction says, in the features' dtype ((A,) for 'none', else
     ()), lse and P per anchor (float32, (A,)) and the number of anchors not ignored (float32, (1,)).
-    cols_per_split overrides the split heuristic."""
+    cols_per_split overrides the split heuristic; launch: `direct`, or by default wrap_triton (`traced`)."""
+    launch = launch or traced()
     check_supported(x)
     o = _Operands.of(x, p)
     cols_per_split, splits = o.split(cols_per_split)
@@ -415,9 +442,10 @@ def one_pass_backward(o: _Operands, p: OpParams, splits: int, need_features: boo
     return bool(wanted and applies and need_features)
 
 
-def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs, launch=wrap_triton):
+def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs, launch=None):
     """Gradients (features, center_logits, centers) in the dtypes of those inputs, each None when not needed.
-    grad_loss has the loss's shape; lse, pos and counted are paco_fwd's."""
+    grad_loss has the loss's shape; lse, pos and counted are paco_fwd's; launch as paco_fwd's."""
+    launch = launch or traced()
     need_features, need_logits, need_centers = needs
     check_supported(x)
     o = _Operands.of(x, p)
