@@ -52,8 +52,12 @@ python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], '
 'cuda', torch.version.cuda, 'triton', triton.__version__)" > "$OUT/versions.txt" 2>&1
 MAX_JOBS=16 step install 200 python3 -m pip install --no-build-isolation --no-deps -e .
 
-# Compiled kernels, not the interpreter. The CPU part of the suite runs in CI; here only the CUDA cases, spread over
+# Compiled kernels, not the interpreter. The GPU selection: the tests marked gpu (tests/helpers.py GPU), which put
+# their tensors on CUDA when the interpreter is off: the float64 grid on CUDA tensors, the Triton launch schedule and
+# edge tests, the opchecks with AOT dispatch, the host path, CUDA graphs and the device-side label check. CI rehearses
+# this exact step on CPU (tests/test_gpu_check.py): every test passes or skips for want of CUDA. Spread over
 # processes (xdist) because most of their time is Triton compiling.
+GPU_TESTS="tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py"
 export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 [ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
@@ -62,9 +66,8 @@ export TRITON_PRINT_AUTOTUNING=1
 # pointer loads (GPACO_TRITON_TMA=0).
 export GPACO_TRITON_TMA=${GPACO_TRITON_TMA:-1}
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-step tests 150 python3 -m pytest -q $xdist -p no:cacheprovider \
-    -k "cuda or split or gpu or label or one_pass or partial or descriptor" \
-    tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py
+# shellcheck disable=SC2086
+step tests 300 python3 -m pytest -q -rs $xdist -p no:cacheprovider -m gpu $GPU_TESTS
 step selfcheck 150 python3 -m gpaco_kernels.selfcheck --device cuda $([ $quick = 1 ] && echo --quick)
 # The fixed cost of a tiny step per loss and backend (host and wall time, launches, host reads).
 step overhead 90 python3 -m benchmarks.overhead --device cuda --repeats 200 --records "$OUT/records.jsonl"

@@ -22,24 +22,68 @@ BACKENDS = ("torch", "cpu", "triton")
 # conftest.py turns the Triton interpreter on, so by default all of them; set GPACO_EXPECT_BACKENDS (comma list) to
 # run on a machine that deliberately lacks one (its tests are then skipped, saying why).
 EXPECTED = tuple(b for b in os.environ.get("GPACO_EXPECT_BACKENDS", ",".join(BACKENDS)).split(",") if b)
-DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 # Where the Triton kernels run in this session: CPU tensors under the interpreter (CI), else CUDA tensors (compiled).
 TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 
+# What a test that needs CUDA says when it skips without it: the GPU run's rehearsal (tests/test_gpu_check.py) accepts
+# this skip and no other.
+NEEDS_CUDA = "needs a CUDA GPU"
+
+
 def need_backend(backend: str, device: str = "cpu") -> None:
     """Fail when a backend this suite must have is missing (a broken install, not a reason to skip); skip, saying
-    why, when it was deliberately left out (GPACO_EXPECT_BACKENDS) or cannot run on this device type."""
+    why, when it was deliberately left out (GPACO_EXPECT_BACKENDS), when the device is CUDA and there is none, or when
+    the backend cannot run on this device type here (Triton on CPU tensors with the interpreter off)."""
     reason = backend_unavailable_reason(backend)
     if reason is not None:
         if backend in EXPECTED:
             pytest.fail(f"backend {backend!r} is expected here but unavailable: {reason}")
         pytest.skip(f"backend {backend!r} left out by GPACO_EXPECT_BACKENDS: {reason}")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{NEEDS_CUDA} (backend {backend!r} on CUDA tensors)")
     reason = device_unsupported_reason(backend, device)
     if reason is not None:
-        if device == "cpu" and backend in EXPECTED:
+        if device == "cpu" and backend in EXPECTED and TRITON_DEVICE == "cpu":
             pytest.fail(f"backend {backend!r} is expected to run on CPU tensors here: {reason}")
         pytest.skip(f"backend {backend!r} does not run on {device} tensors here: {reason}")
+
+
+def backend_device(backend: str) -> str:
+    """Where a backend's tests put their tensors this session: Triton's on TRITON_DEVICE, the others' on the CPU."""
+    return TRITON_DEVICE if backend == "triton" else "cpu"
+
+
+def to_device(value, device: str):
+    """A tensor, or the tensors of a dict or list, on device (other values as they are)."""
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    return value.to(device) if torch.is_tensor(value) else value
+
+
+# The GPU run's selection (scripts/gpu_check.sh: pytest -m gpu): tests that put tensors on CUDA when the interpreter is
+# off. Every one of them passes or skips with NEEDS_CUDA on a machine without a GPU (tests/test_gpu_check.py).
+GPU = pytest.mark.gpu
+
+
+def backend_params(backends=BACKENDS):
+    """Backends as params, triton's marked GPU (its tests put their tensors on TRITON_DEVICE: backend_device)."""
+    return [pytest.param(b, marks=GPU) if b == "triton" else b for b in backends]
+
+
+def on_devices(pairs):
+    """(backend, dtype) pairs as (backend, dtype, device) params: every pair on the CPU (Triton's under the
+    interpreter), and the backends that run on CUDA tensors (torch, triton) on CUDA too, marked GPU; without a GPU
+    those skip (need_backend)."""
+    params = [pytest.param(b, d, "cpu", id=f"{dtype_id((b, d))}-cpu") for b, d in pairs]
+    params += [
+        pytest.param(b, d, "cuda", id=f"{dtype_id((b, d))}-cuda", marks=GPU)
+        for b, d in pairs
+        if b in ("torch", "triton")
+    ]
+    return params
 
 
 def backend_dtypes(backends=BACKENDS, half=True):

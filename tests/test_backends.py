@@ -14,7 +14,7 @@ import torch
 import gpaco_kernels as gk
 from gpaco_kernels.functional import _paco_loss
 
-from helpers import BACKENDS, DEVICES, assert_close, assert_within, backend_dtypes, dtype_id, need_backend
+from helpers import BACKENDS, assert_close, assert_within, backend_dtypes, need_backend, on_devices
 
 BACKEND_DTYPES = backend_dtypes()
 
@@ -141,10 +141,9 @@ def check_against_reference(kw, grad_args, backend, dtype, reduction, upstream, 
         assert_within(g, t, r, backend, dtype, name=f"{name}/{out}")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tiles", ["default", "small"])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES, ids=[dtype_id(p) for p in BACKEND_DTYPES])
+@pytest.mark.parametrize("backend,dtype,device", on_devices(BACKEND_DTYPES))
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_backend_matches_reference(backend, tiles, case, dtype, reduction, device, request):
     need_backend(backend, device)

@@ -24,7 +24,7 @@ from gpaco_kernels import compat
 from gpaco_kernels.compat import pml  # noqa: F401  (compat.pml)
 from tools.launch_count import StepTrace
 
-from helpers import need_backend
+from helpers import GPU, NEEDS_CUDA, TRITON_DEVICE, need_backend
 
 # A GPaCo long-tail step and a pixel step on the triton backend: at most this many device launches (fwd + bwd).
 LAUNCH_BUDGET = 8
@@ -230,10 +230,11 @@ def test_public_loss_reads_no_value_on_meta_tensors(step):
     assert trace.launches > 0, f"{step}: the trace saw nothing: {trace.summary()}"
 
 
+@GPU
 @pytest.mark.parametrize("step", ["gpaco-logits-prior", "pixel", "paco-centers", "psc", "supcon"])
 def test_triton_step_is_within_the_launch_budget_and_reads_nothing(step):
-    need_backend("triton")
-    loss_fn, leaves, _ = STEPS[step]("cpu", "triton")
+    need_backend("triton", TRITON_DEVICE)
+    loss_fn, leaves, _ = STEPS[step](TRITON_DEVICE, "triton")
     torch.autograd.grad(loss_fn(), leaves)  # a first step: the prior is computed and cached, kernels are set up
     trace = _traced_step(loss_fn, leaves)
     assert trace.reads == 0, f"{step}: {trace.summary()}"
@@ -243,15 +244,16 @@ def test_triton_step_is_within_the_launch_budget_and_reads_nothing(step):
     assert sum(trace.triton_launches.values()) >= 3, f"{step}: {trace.summary()}"  # forward, finalize, backward
 
 
+@GPU
 @pytest.mark.parametrize("step", ["gpaco-logits-prior", "pixel", "paco-centers", "supcon"])
 def test_triton_step_with_label_sums_reads_nothing_and_adds_only_the_group_ids(step, monkeypatch):
     """Positives by label sums (the large-step path): still no host read; per direction one sums kernel and the
     group ids' sort and binary searches (a cat with a queue), nothing else."""
-    need_backend("triton")
+    need_backend("triton", TRITON_DEVICE)
     from gpaco_kernels.triton import launch
 
     monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", True)
-    loss_fn, leaves, _ = STEPS[step]("cpu", "triton")
+    loss_fn, leaves, _ = STEPS[step](TRITON_DEVICE, "triton")
     torch.autograd.grad(loss_fn(), leaves)
     trace = _traced_step(loss_fn, leaves)
     assert trace.reads == 0, f"{step}: {trace.summary()}"
@@ -261,9 +263,10 @@ def test_triton_step_with_label_sums_reads_nothing_and_adds_only_the_group_ids(s
     assert trace.triton_launches["_paco_label_sums_kernel"] == 2, trace.summary()
 
 
+@GPU
 def test_the_prior_is_computed_once_per_counts_and_again_when_they_change():
-    need_backend("triton")
-    loss_fn, _, inputs = STEPS["gpaco-logits-prior"]("cpu", "triton")
+    need_backend("triton", TRITON_DEVICE)
+    loss_fn, _, inputs = STEPS["gpaco-logits-prior"](TRITON_DEVICE, "triton")
     first = loss_fn().item()
     with StepTrace() as trace:
         again = loss_fn()
@@ -319,6 +322,39 @@ def test_a_queue_label_out_of_range_is_caught_by_the_triton_kernels(label_sums, 
         )
 
 
+_BAD_LABEL_ON_CUDA = """
+import torch, gpaco_kernels as gk
+feats, logits = torch.randn(8, 16, device="cuda"), torch.randn(8, 16, device="cuda")
+labels = torch.randint(0, 16, (8,), device="cuda")
+labels[3] = 16
+try:
+    gk.fused_paco_loss(feats, labels, center_logits=logits, backend="triton")
+    torch.cuda.synchronize()
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@GPU
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=f"{NEEDS_CUDA}: a device-side assert")
+@pytest.mark.parametrize("sync_checks", ["0", "1"])
+def test_a_bad_label_on_cuda_is_a_device_side_assert_or_with_sync_checks_a_named_error(sync_checks):
+    """What the README says a user sees. Without GPACO_SYNC_CHECKS the kernels' check is a device-side assert
+    (torch._assert_async drops its message on CUDA, and the process's CUDA context is unusable afterwards: hence a
+    process of its own); with it, the host check's ValueError naming the argument and the value, before any kernel."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GPACO_SYNC_CHECKS": sync_checks, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", _BAD_LABEL_ON_CUDA], capture_output=True, text=True, env=env)
+    said = done.stdout + done.stderr
+    if sync_checks == "1":
+        assert "ValueError labels must be in [0, 16)" in said and "found 16" in said, said[-2000:]
+    else:
+        assert "device-side assert" in said, said[-2000:]
+
+
 def test_sync_checks_is_a_validated_switch():
     before = gk.sync_checks()
     try:
@@ -329,9 +365,10 @@ def test_sync_checks_is_a_validated_switch():
         gk.sync_checks("yes")
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=f"{NEEDS_CUDA}: CUDA graphs")
 
 
+@GPU
 @needs_cuda
 @pytest.mark.parametrize("step", ["gpaco-logits-prior", "pixel"])
 def test_triton_step_captures_in_a_cuda_graph_and_replays_equal_to_eager(step):
@@ -358,6 +395,7 @@ def test_triton_step_captures_in_a_cuda_graph_and_replays_equal_to_eager(step):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
+@GPU
 @needs_cuda
 def test_triton_step_under_torch_compile_reduce_overhead_on_cuda_equals_eager():
     need_backend("triton", "cuda")

@@ -11,11 +11,13 @@ import torch
 import gpaco_kernels as gk
 from gpaco_kernels.ops.spec import ContrastInputs, OpParams, label_groups, label_sums
 
-from helpers import TRITON_DEVICE, assert_close, need_backend
+from helpers import GPU, NEEDS_CUDA, TRITON_DEVICE, assert_close, assert_within, need_backend, to_device
 from test_backends import make_case
 
 launch = pytest.importorskip("gpaco_kernels.triton.launch")
 configs = pytest.importorskip("gpaco_kernels.triton.configs")
+
+pytestmark = GPU  # every test here runs on TRITON_DEVICE: CPU tensors under the interpreter, else CUDA
 
 
 @pytest.mark.parametrize("precision", ["half", "fp32", "fp32x3"])
@@ -151,11 +153,13 @@ def test_float32_products_use_tensor_cores_whether_or_not_tf32_is_allowed():
 
 
 def test_only_bfloat16_is_upcast_under_the_interpreter():
-    need_backend("triton")
-    assert launch._upcast(torch.bfloat16) and not launch._upcast(torch.float16) and not launch._upcast(torch.float32)
+    """Under the interpreter bfloat16 tiles are loaded as float32 (its bfloat16 dot is wrong); compiled, none is."""
+    interpreted = TRITON_DEVICE == "cpu"
+    assert launch._upcast(torch.bfloat16) is interpreted
+    assert not launch._upcast(torch.float16) and not launch._upcast(torch.float32)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (device guard)")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=f"{NEEDS_CUDA}: two of them (device guard)")
 def test_tensors_on_another_gpu_than_the_current_one():
     torch.cuda.set_device(0)
     kw, _ = make_case("base")
@@ -236,10 +240,11 @@ def test_label_sums_kernel_matches_the_plain_formula(classes, normalize, monkeyp
     queue_labels = labels[torch.randint(0, N, (K,), generator=gen)]
     if classes:  # ignored rows: in group C, no error
         labels[::5] = -100
-    x = ContrastInputs(feats, labels, queue, queue_labels, torch.randn(N, classes) if classes else None)
+    logits = torch.randn(N, classes) if classes else None
+    x = ContrastInputs(*to_device([feats, labels, queue, queue_labels, logits], TRITON_DEVICE))
     p = OpParams(N, 0.1, 1.0, 1.0, 1.0, 0.0, 1.0, -1.0, False, -100, True, 1e-12, True, normalize, "mean")
     o = launch._Operands.of(x, p)
-    got = launch._label_sums(o, p, launch.direct)
+    got = launch._LabelSums(*to_device(list(vars(launch._label_sums(o, p, launch.direct)).values()), "cpu"))
     rows = torch.cat([feats, queue])
     if normalize:
         rows = torch.nn.functional.normalize(rows, dim=1)
@@ -261,7 +266,7 @@ def test_label_sums_kernel_matches_the_plain_formula(classes, normalize, monkeyp
         # A label out of the class range is reported (the forward raises on it), wherever it sorts
         for bad in (classes, -7):
             queue_labels[3] = bad
-            x = ContrastInputs(feats, labels, queue, queue_labels, x.center_logits)
+            x = ContrastInputs(*to_device([feats, labels, queue, queue_labels, logits], TRITON_DEVICE))
             assert int(launch._label_sums(launch._Operands.of(x, p), p, launch.direct).flag) == 1
 
 
@@ -389,6 +394,61 @@ def test_one_pass_backward_in_float16_agrees_with_the_two_kernel_backward(monkey
         scale = two[1][k].abs().max().item()
         assert scale > 0
         assert_close(one[1][k], two[1][k], atol=2e-3 * scale, rtol=0, name=f"d{k}")
+
+
+@pytest.mark.parametrize("backward_shape", ["two-kernel", "one-pass"])
+@pytest.mark.parametrize("case", ["normalize+centers", "normalize", "far-columns"])
+def test_float16_with_padded_columns_and_a_small_lse_matches_float64(monkeypatch, small_tiles, case, backward_shape):
+    """float16, 37 batch rows in 16-column tiles (the last tile padded). With normalize, rows of norm 0.05: 1/|x| = 20,
+    and 20 times p 2^15 passes float16's range (the padding's 1/|x| is 1e12). "far-columns": one anchor of norm 0.01
+    and columns of norm 900 pointing away from it (the corners of a regular simplex): every logit is -5 and the
+    anchor's own 0, so a padded column's p = exp(0 - lse) is 7 and p 2^15 passes float16's range; padded columns must
+    carry -inf logits (their zero rows times inf are NaN). Both backward shapes, against float64, an upstream
+    gradient of 2.5."""
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", None)
+    monkeypatch.setattr(launch, "BACKWARD", backward_shape)
+    runs = _one_pass_runs(monkeypatch)
+    kw, grad_args = make_case("no-classes" if case == "normalize" else case.replace("far-columns", "no-positives"))
+    if case == "far-columns":
+        n = kw["features"].shape[0]
+        simplex = torch.eye(n, dtype=torch.float64) - 1.0 / n  # rows: inner products -1/n, norms ~1
+        kw["features"] = torch.cat([simplex[:1] * 0.01, simplex[1:] * 900])
+        kw.update(labels=torch.arange(n) % 4, num_anchors=1, gamma=1.0)
+    else:
+        kw.update(normalize=True)
+        kw["features"] = kw["features"] * 0.05 / kw["features"].norm(dim=1, keepdim=True)
+        kw["features"][::3] *= 40  # and rows of norm 2
+    kw.update(temperature=0.05, base_temperature=0.05)
+    half = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    rounded = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in half.items()}
+    got = _reduced_loss_and_grads(half, grad_args, "triton", "mean", 2.5)
+    assert len(runs) == (backward_shape == "one-pass")
+    truth = _reduced_loss_and_grads(rounded, grad_args, "reference", "mean", 2.5)
+    same = _reduced_loss_and_grads(half, grad_args, "reference", "mean", 2.5)
+    assert_within(got[0], truth[0], same[0], "triton", torch.float16, name="loss")
+    for k in grad_args:
+        assert_within(got[1][k], truth[1][k], same[1][k], "triton", torch.float16, name=f"d{k}")
+
+
+@pytest.mark.parametrize("label_sums", [False, True])
+def test_the_max_runs_over_the_own_column_as_in_the_published_code(monkeypatch, small_tiles, label_sums):
+    """lse = m + log(Z + 1e-12) with m the max over every column, the anchor's own (out of the denominator)
+    included, as the published PaCo code and the reference take it: rows on a regular simplex of norm 3, so the own
+    logit (180) leads every other (-5) by more than log(1e12) and the 1e-12 decides lse. The label-sums sweeps mask
+    the own column before their max; the forward puts it back."""
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "FORCE_LABEL_SUMS", label_sums)
+    kw, grad_args = make_case("no-positives")
+    n = kw["features"].shape[0]
+    kw["features"] = (torch.eye(n, dtype=torch.float64) - 1.0 / n) * 3.04
+    kw.update(labels=torch.arange(n) % 4, temperature=0.05, base_temperature=0.05)
+    single = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    got = _reduced_loss_and_grads(single, grad_args, "triton", "sum", -1.5)
+    want = _reduced_loss_and_grads(kw, grad_args, "reference", "sum", -1.5)
+    assert want[0] > 100  # the regime asked for: lse is the own logit plus log(1e-12)
+    assert_close(got[0], want[0], atol=0, rtol=2e-5, name="loss")
+    assert_close(got[1]["features"], want[1]["features"], atol=2e-5, rtol=2e-5, name="dfeatures")
 
 
 def test_one_pass_backward_is_not_taken_where_it_does_not_apply_or_determinism_is_asked(monkeypatch, small_tiles):

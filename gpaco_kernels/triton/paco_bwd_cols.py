@@ -94,33 +94,39 @@ def _paco_bwd_cols_kernel(
         held = load_rows(cols_ptr, cols, col_mask, stride_x, offs_d, D, UPCAST)
         held_scale = column_scale(held, scale * LOG2E, BLOCK_N, NORMALIZE)  # base-2 logits (tiles.sample_tile)
         # ANCHOR_GRAD ('sum'/'mean': one a): dAnchors_i += -a (t / G_SCALE) sum_j (p_ij G_SCALE) u_j, the sweep's
-        # tile of p G_SCALE against the held columns (u_j: unit rows; with NORMALIZE their inverse norms scale p's
-        # columns); `anchor_factor` = -a t / G_SCALE, a = sign |a|.
-        held_norm = column_scale(held, 1.0, BLOCK_N, NORMALIZE)
+        # tile of p G_SCALE against the held columns' unit rows u_j; `anchor_factor` = -a t / G_SCALE, a = sign |a|.
+        # With NORMALIZE u_j = x_j / |x_j|: p's columns are scaled by |x_j|^-1 / max_j |x_j|^-1 (<= 1, 0 on padded
+        # columns) and the max goes into anchor_factor, so p G_SCALE <= 2^15 stays in float16's range (times an
+        # inverse norm it would not, and the padding's 1e12 times its zero rows would be NaN).
+        held_ratio = tl.where(col_mask, column_scale(held, 1.0, BLOCK_N, NORMALIZE), 0.0)
         anchor_factor = 0.0
         if ANCHOR_GRAD:
             anchor_factor = tl.where(tl.load(grad_ptr).to(tl.float32) * loss_scale < 0, 1.0, -1.0) * uniform_coef
             anchor_factor = anchor_factor * (scale / G_SCALE)
+            if NORMALIZE:
+                norm_max = tl.maximum(tl.max(held_ratio, axis=0), 1.1754943508222875e-38)
+                held_ratio = held_ratio / norm_max
+                anchor_factor = anchor_factor * norm_max
     if LABEL_SUMS:  # full tiles without masks, the anchor tiles the diagonal crosses, then the last partial tile
         full_end = (A // BLOCK_M) * BLOCK_M
         anchors_desc = rows_descriptor(feat_ptr, A, D, stride_f, BLOCK_M, BLOCK_D, TMA)
         first, last = diagonal_tiles(0, full_end, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
         # fmt: off
-        acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr,
-                            pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
-                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
-                            UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
-        acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr,
-                            pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
-                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
-                            UPCAST, PRECISION, NORMALIZE, True, True, ANCHOR_GRAD, TMA)
-        acc = _sample_sweep(acc, last, full_end, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+        acc = _sample_sweep(acc, 0, first, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
                             lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
-                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
                             UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
-        acc = _sample_sweep(acc, full_end, A, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr,
-                            pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
-                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_norm, BLOCK_M, REDUCTION,
+        acc = _sample_sweep(acc, first, last, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+                            lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
+                            UPCAST, PRECISION, NORMALIZE, True, True, ANCHOR_GRAD, TMA)
+        acc = _sample_sweep(acc, last, full_end, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+                            lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
+                            UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
+        acc = _sample_sweep(acc, full_end, A, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+                            lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
+                            ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
                             UPCAST, PRECISION, NORMALIZE, True, False, ANCHOR_GRAD, TMA)
         # fmt: on
         if REDUCTION != 0:  # the sweeps summed p A over the anchors with a loss; H a = -p a, a = sign |a|
@@ -193,17 +199,19 @@ def _accumulate(acc, h, anchors, coef_max, REDUCTION: tl.constexpr, PRECISION: t
 
 @triton.jit
 def _sample_sweep(
-    acc, start, end, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+    acc, start, end, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr,
     counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, grad_anchor_ptr,
-    anchor_factor, held_norm, BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr,
+    anchor_factor, held_ratio, BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr,
     ANCHOR_GRAD: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
     exp(l - lse) = -exp2(l2 - shift2) (base-2 logits, tiles.uniform_lse2), times a / scale; for 'sum' and 'mean'
     (one a) the sum of p A with G_SCALE in the exponent, its sign -sign(a) applied by the caller. Columns past NCOLS
-    need no mask (their rows of the output are never stored, and their held rows are 0, so they add 0 to dAnchors),
-    nor do anchors past A (loaded as zero rows, a = 0: H = 0 there); full tiles (ROWS_IN_RANGE) load the anchors
+    need no mask for dColumns (their rows of the output are never stored), but with ANCHOR_GRAD they carry -inf
+    logits (masked in the product's scaling multiply-add): a padded column's logit is 0, and with a small lse its
+    p G_SCALE passes float16's range, whose inf times the zero held row would be NaN in dAnchors. Anchors past A need
+    no mask (loaded as zero rows, a = 0: H = 0 there); full tiles (ROWS_IN_RANGE) load the anchors
     without a row mask. With ANCHOR_GRAD ('sum'/'mean') the same tile of p G_SCALE
     also adds its part of dAnchors (against the held columns, times anchor_factor) by float32 atomics: the sum's
     order varies."""
@@ -212,7 +220,8 @@ def _sample_sweep(
             r0, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m,
             offs_d, loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
-        l2 = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
+        l2 = sample_logits(anchors, rows, cols, col_mask, held, held_scale, PRECISION, ANCHOR_GRAD,
+                           MASK_DIAGONAL)  # fmt: skip
         shift2 = uniform_lse2(lse, gamma)
         if REDUCTION == 0:  # one a per anchor, per-tile scale: as the per-tile path
             h = -tl.exp2(l2 - shift2[:, None]) * (coef / coef_max)[:, None]
@@ -222,20 +231,20 @@ def _sample_sweep(
             p = tl.exp2(l2 - shift2[:, None])
             acc = tl.dot(tl.trans(p.to(anchors.dtype)), anchors, acc, input_precision=PRECISION)
             if ANCHOR_GRAD:
-                _add_anchor_part(p, held, held_norm, anchor_factor, grad_anchor_ptr, rows, row_mask, offs_d, D,
+                _add_anchor_part(p, held, held_ratio, anchor_factor, grad_anchor_ptr, rows, row_mask, offs_d, D,
                                  PRECISION, NORMALIZE)  # fmt: skip
     return acc
 
 
 @triton.jit
 def _add_anchor_part(
-    pg, held, held_norm, factor, grad_anchor_ptr, rows, row_mask, offs_d, D, PRECISION: tl.constexpr,
+    pg, held, held_ratio, factor, grad_anchor_ptr, rows, row_mask, offs_d, D, PRECISION: tl.constexpr,
     NORMALIZE: tl.constexpr,
 ):  # fmt: skip
     """dAnchors[rows] += factor (pg u) by float32 atomics: pg a (BLOCK_M x BLOCK_N) tile of p G_SCALE, u the held
-    columns' unit rows (with NORMALIZE the inverse norms scale pg's columns instead)."""
+    columns' unit rows (with NORMALIZE held_ratio scales pg's columns, and factor holds the largest inverse norm)."""
     if NORMALIZE:
-        pg = pg * held_norm[None, :]
+        pg = pg * held_ratio[None, :]
     part = tl.dot(pg.to(held.dtype), held, input_precision=PRECISION) * factor
     out = grad_anchor_ptr + rows.to(tl.int64)[:, None] * D + offs_d[None, :]
     tl.atomic_add(out, part, mask=row_mask[:, None] & (offs_d[None, :] < D), sem="relaxed")

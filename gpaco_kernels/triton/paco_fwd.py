@@ -24,6 +24,7 @@ from .tiles import (
     as_f32,
     column_tile,
     diagonal_tiles,
+    exp,
     given_class_tile,
     group_sums,
     load_rows,
@@ -100,8 +101,15 @@ def _paco_fwd_kernel(
             count = tl.load(counts_ptr + group, mask=row_mask, other=0.0)
             if HAS_BATCH:
                 own = load_rows(feat_ptr, rows, row_mask, stride_f, offs_d, D, True, NORMALIZE)
-                sample_wl -= tl.sum(anchors.to(tl.float32) * own, axis=1)
+                own_dot = tl.sum(anchors.to(tl.float32) * own, axis=1)
+                sample_wl -= own_dot
                 count -= tl.where(row_mask, 1.0, 0.0)
+                # The max runs over every column, the own one included (which the sweeps mask), as in the published
+                # code and ops/reference.py: with lse_eps > 0 the shift matters once the own logit leads the others
+                # by ~28 (log 1e-12).
+                m_own = tl.maximum(m, own_dot * t_scale)
+                z = z * exp(m - m_own)
+                m = m_own
             wl += (alpha * t_scale) * sample_wl
             pos += alpha * count
         if HAS_CLASSES:  # the batch and queue labels, which the tiles no longer read, checked by the sums kernel

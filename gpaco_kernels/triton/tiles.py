@@ -343,12 +343,13 @@ def sample_grad_sweep(
     """The row backward's acc -= H X over the batch or queue tiles starting in [start, end), positives by label sums
     (the caller negates acc around the sweeps): -H = gamma exp(l - lse) = exp2(l2 - sample_lse2) (tiles.uniform_lse2),
     times G_SCALE as the other products take it, both folded into the exponent: per element one subtraction and one
-    exp2. Columns past hi need no mask on H: their rows of X are loaded as 0, so whatever H is there adds 0 (H is
-    finite: l = 0 there). ROWS_IN_RANGE: every tile of [start, end) is full, so X loads without a row mask."""
+    exp2. ROWS_IN_RANGE: every tile of [start, end) is full, so X loads without a row mask. Otherwise (the last,
+    partial tile) the columns past hi carry -inf logits: their rows of X are 0, but their logit 0 with a small lse
+    gives a p G_SCALE past float16's range, and inf times those zero rows is NaN."""
     for c0 in range(start, end, BLOCK_N):
         _, _, x, l2 = sample_tile(
             c0, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION,
-            NORMALIZE, False, MASK_DIAGONAL, ROWS_IN_RANGE, TMA,
+            NORMALIZE, not ROWS_IN_RANGE, MASK_DIAGONAL, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
         p = tl.exp2(l2 - (sample_lse2 - G_SCALE_LOG2)[:, None])
         if NORMALIZE:  # the product takes the unit rows
