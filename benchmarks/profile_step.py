@@ -33,6 +33,8 @@ def main(argv=None):
     for _ in range(3):  # compile, autotune, warm caches
         step()
     sync()
+    if args.provider == "triton":
+        print(f"triton backward taken: {_triton_backward(step)}")
     walls = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -54,6 +56,26 @@ def main(argv=None):
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     if device.type == "cuda":
         print(events.table(sort_by="self_device_time_total", row_limit=args.rows // 2, max_name_column_width=60))
+
+
+def _triton_backward(step) -> str:
+    """The backward shape one step takes (launch.BACKWARD asks; the launcher decides where it applies): whether the
+    one-pass kernel ran, so that a profile named for a shape is known to have timed it."""
+    from gpaco_kernels.triton import launch
+
+    kernel, runs = launch._paco_bwd_one_pass_kernel, []
+    original = kernel.run
+
+    def run(*args, **kwargs):
+        runs.append(1)
+        return original(*args, **kwargs)
+
+    kernel.run = run
+    try:
+        step()
+    finally:
+        kernel.run = original
+    return "one-pass" if runs else "two-kernel"
 
 
 if __name__ == "__main__":

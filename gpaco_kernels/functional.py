@@ -24,11 +24,25 @@ REDUCTIONS = ("mean", "sum", "none")
 # check and the log prior (several launches, and a copy to the device for a list) then run once.
 _PRIORS: OrderedDict = OrderedDict()
 PRIOR_CACHE_SIZE = 16
+# Priors a CUDA graph captured from the cache: a replay reads them, so they are never evicted (and so never freed).
+_CAPTURED_PRIORS: dict = {}
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def prior_bias(class_counts, num_classes: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """log(n_c / sum(n) + 1e-9) on device in dtype, checked and computed once per counts: a tensor is known by its
-    identity and version (changed in place, it is checked and computed again), a sequence of numbers by its values."""
+    identity and version (changed in place, it is checked and computed again), a sequence of numbers by its values.
+
+    Under CUDA graph capture a cached prior would be baked into the graph: counts given as a tensor on the device are
+    then computed inside the graph instead (each replay reads the counts as they are, in place changes included, into
+    memory the graph owns); counts the graph cannot read (a list, a CPU tensor) take the prior an eager step cached,
+    kept for as long as the process lives (_CAPTURED_PRIORS), so that an eviction never frees what a replay reads."""
+    capturing = _capturing(device)
+    if capturing and isinstance(class_counts, torch.Tensor) and class_counts.device == device:
+        return _log_prior(class_counts, num_classes, device, dtype)
     key = None
     if not torch.compiler.is_compiling():
         if isinstance(class_counts, torch.Tensor):
@@ -38,16 +52,28 @@ def prior_bias(class_counts, num_classes: int, device: torch.device, dtype: torc
     hit = _PRIORS.get(key) if key is not None else None
     if hit is not None and (hit[0] is None or hit[0]() is class_counts):
         _PRIORS.move_to_end(key)
+        if capturing:
+            _CAPTURED_PRIORS[key] = hit
         return hit[1]
-    counts = check.class_counts(class_counts, num_classes).to(device)
-    prior = counts.to(dtype)
-    bias = torch.log(prior / prior.sum() + 1e-9)
+    if capturing:
+        raise ValueError(
+            "class_counts given as a list or a CPU tensor cannot be copied to the GPU during CUDA graph capture: run "
+            "one step with these counts before capturing (their prior is then kept on the device), or pass them as a "
+            "tensor on the features' device"
+        )
+    bias = _log_prior(class_counts, num_classes, device, dtype)
     if key is not None:
         source = weakref.ref(class_counts) if isinstance(class_counts, torch.Tensor) else None
         _PRIORS[key] = (source, bias)
         while len(_PRIORS) > PRIOR_CACHE_SIZE:
             _PRIORS.popitem(last=False)
     return bias
+
+
+def _log_prior(class_counts, num_classes: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    counts = check.class_counts(class_counts, num_classes).to(device)
+    prior = counts.to(dtype)
+    return torch.log(prior / prior.sum() + 1e-9)
 
 
 def fused_paco_loss(

@@ -7,6 +7,8 @@ from torch import nn
 
 from . import _checks as check
 
+INITS = ("empty", "random")
+
 
 class MomentumQueue(nn.Module):
     """A ring buffer of ``size`` embeddings of dimension ``dim`` and their labels, kept as buffers (saved in the
@@ -15,8 +17,21 @@ class MomentumQueue(nn.Module):
     ``enqueue(features, labels)`` writes any number of rows at the write position, wrapping around (no
     ``size % batch == 0`` requirement; a batch larger than the queue keeps its last ``size`` rows). With
     ``gather=True`` and torch.distributed initialized, the rows of every rank (in rank order) are enqueued on every
-    rank, so the queues stay identical. ``get()`` returns ``(features, labels)`` of the filled slots only: until the
-    queue is full, the empty slots are not returned and so can never count as positives or in a denominator.
+    rank, so the queues stay identical. ``get()`` returns ``(features, labels)`` of the filled slots.
+
+    ``init``:
+
+    - ``"empty"`` (default): the queue starts empty and ``get()`` returns only the filled slots, so empty slots never
+      count as positives or in a denominator; its length grows with each enqueue until the queue is full.
+    - ``"random"``: full from the start with random unit rows and random labels in ``[0, num_classes)``, as the
+      published PaCo/GPaCo builders initialize their queues (they are pushed out by real rows after ``size`` rows).
+      ``get()`` then always returns the whole buffer: one shape for every step, which a CUDA graph capture or a
+      compiled step (torch.compile) needs.
+
+    A step reads nothing back from the device: the write position lives on the device (the slots a batch goes to are
+    computed there, so a captured enqueue writes the next slots at every replay), and the number of filled slots is
+    also counted on the host from the batch sizes, which the host knows. Capture an ``"empty"`` queue only once it is
+    full: a replay does not run Python, so it cannot grow what ``get()`` returned at capture.
 
         queue = MomentumQueue(8192, 128)
         queue_features, queue_labels = queue.get()      # empty at first: the loss then has no queue columns
@@ -24,17 +39,47 @@ class MomentumQueue(nn.Module):
         queue.enqueue(k.detach(), labels)
     """
 
-    def __init__(self, size: int, dim: int, *, dtype=torch.float32, device=None, gather=False, process_group=None):
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        *,
+        dtype=torch.float32,
+        device=None,
+        gather=False,
+        process_group=None,
+        init: str = "empty",
+        num_classes: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         check.integer("size", size)
         check.integer("dim", dim)
         if size < 1 or dim < 1:
             raise ValueError(f"size and dim must be positive, got size={size}, dim={dim}")
+        check.choice("init", init, INITS)
+        if init == "random":
+            if num_classes is None:
+                raise ValueError("init='random' draws labels in [0, num_classes): pass num_classes")
+            check.integer("num_classes", num_classes)
+            if num_classes < 1:
+                raise ValueError(f"num_classes must be positive, got {num_classes}")
+        elif num_classes is not None:
+            raise ValueError("num_classes is only used with init='random'")
         self.size, self.dim, self.gather, self.process_group = size, dim, gather, process_group
-        self.register_buffer("features", torch.zeros(size, dim, dtype=dtype, device=device))
-        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long, device=device))
+        if init == "random":
+            rows = torch.randn(size, dim, generator=generator, dtype=torch.float64)
+            features = nn.functional.normalize(rows, dim=1).to(device=device, dtype=dtype)
+            labels = torch.randint(0, num_classes, (size,), generator=generator).to(device)
+        else:
+            features = torch.zeros(size, dim, dtype=dtype, device=device)
+            labels = torch.full((size,), -1, dtype=torch.long, device=device)
+        self.register_buffer("features", features)
+        self.register_buffer("labels", labels)
         self.register_buffer("position", torch.zeros((), dtype=torch.long, device=device))  # next slot to write
-        self.register_buffer("filled", torch.zeros((), dtype=torch.long, device=device))  # slots holding data
+        filled = size if init == "random" else 0
+        self.register_buffer("filled", torch.full((), filled, dtype=torch.long, device=device))  # slots with data
+        self._filled = filled  # the same count on the host (batch sizes are known there): get() reads no value
 
     @torch.no_grad()
     def enqueue(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -51,20 +96,25 @@ class MomentumQueue(nn.Module):
         if rows > self.size:  # only the newest rows fit
             features, labels = features[-self.size :], labels[-self.size :]
             rows = self.size
-        start = int(self.position)
-        slots = (torch.arange(rows, device=self.features.device) + start) % self.size
-        self.features[slots] = features.detach().to(self.features.dtype)
-        self.labels[slots] = labels.to(self.labels.device, torch.long)
-        self.position.fill_((start + rows) % self.size)
-        self.filled.fill_(min(int(self.filled) + rows, self.size))
+        slots = (torch.arange(rows, device=self.features.device) + self.position) % self.size
+        self.features.index_copy_(0, slots, features.detach().to(self.features.dtype))
+        self.labels.index_copy_(0, slots, labels.to(self.labels.device, torch.long))
+        self.position.copy_((self.position + rows) % self.size)
+        self._filled = min(self._filled + rows, self.size)
+        self.filled.fill_(self._filled)
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, labels) of the filled slots (all of them once the queue has wrapped)."""
-        n = int(self.filled)
-        return self.features[:n], self.labels[:n]
+        """(features, labels) of the filled slots (all of them once the queue has wrapped, or with init='random')."""
+        if self._filled == self.size:
+            return self.features, self.labels
+        return self.features[: self._filled], self.labels[: self._filled]
 
     def __len__(self) -> int:
-        return int(self.filled)
+        return self._filled
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._filled = int(self.filled)  # once, when a checkpoint is loaded
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, dim={self.dim}, filled={int(self.filled)}, gather={self.gather}"
+        return f"size={self.size}, dim={self.dim}, filled={self._filled}, gather={self.gather}"

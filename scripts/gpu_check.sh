@@ -103,7 +103,7 @@ step max_batch 240 python3 -m benchmarks.max_batch --budget 2GiB --device cuda -
     cat "$OUT/steps.txt"
     grep -h -E "passed|failed|error" "$OUT/log.txt" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -3
     grep -h "selfcheck:" "$OUT/log.txt" || true
-    grep -h -E "ms per step|^backward: one-pass|^tiles by pointers" "$OUT/log.txt" || true
+    grep -h -E "ms per step|^backward: one-pass|^triton backward taken|^tiles by pointers" "$OUT/log.txt" || true
     grep -h -E "^(gpaco-lt|pixel) .*\| (bare|triton|torch)" "$OUT/log.txt" || true
     sed -n '/fwd+bwd per step/,/dense\/this > 1/p' "$OUT/log.txt" || true
     [ -s "$OUT/records.jsonl" ] && python3 - "$OUT/records.jsonl" <<'EOF'

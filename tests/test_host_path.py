@@ -288,6 +288,37 @@ def test_prior_cache_gives_the_prior_of_the_counts_passed():
         torch.testing.assert_close(got, want)
 
 
+def test_under_capture_the_prior_of_a_counts_tensor_is_computed_in_the_graph(monkeypatch):
+    """A cached prior baked into a CUDA graph goes stale when the counts change in place, and is read after it is
+    freed when the cache evicts it. Under capture (faked here: functional._capturing) a counts tensor on the device
+    is never served from the cache: its prior is computed again, by ops the graph records."""
+    from gpaco_kernels import functional
+
+    counts = torch.arange(1.0, C + 1)
+    cached = functional.prior_bias(counts, C, counts.device, torch.float32)  # the eager warm-up step
+    monkeypatch.setattr(functional, "_capturing", lambda device: True)
+    captured = functional.prior_bias(counts, C, counts.device, torch.float32)
+    assert captured is not cached and torch.equal(captured, cached)
+    assert all(bias is not captured for _, bias in functional._PRIORS.values())  # not cached either
+
+
+def test_under_capture_a_prior_from_a_list_is_kept_for_good_and_a_new_one_is_refused(monkeypatch):
+    from gpaco_kernels import functional
+
+    counts = [5] * (C - 1) + [7]
+    cached = functional.prior_bias(counts, C, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(functional, "_capturing", lambda device: True)
+    assert functional.prior_bias(counts, C, torch.device("cpu"), torch.float32) is cached
+    monkeypatch.setattr(functional, "_capturing", lambda device: False)
+    for n in range(functional.PRIOR_CACHE_SIZE + 4):  # evicts it from the cache
+        functional.prior_bias([n + 1] * C, C, torch.device("cpu"), torch.float32)
+    assert all(bias is not cached for _, bias in functional._PRIORS.values())
+    assert any(bias is cached for _, bias in functional._CAPTURED_PRIORS.values())  # still alive for the graph
+    monkeypatch.setattr(functional, "_capturing", lambda device: True)
+    with pytest.raises(ValueError, match="class_counts given as a list or a CPU tensor cannot be copied to the GPU"):
+        functional.prior_bias([1000] * C, C, torch.device("cpu"), torch.float32)
+
+
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 def test_a_label_out_of_range_is_an_error_naming_the_argument(backend):
     need_backend(backend)
@@ -410,3 +441,61 @@ def test_triton_step_under_torch_compile_reduce_overhead_on_cuda_equals_eager():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@GPU
+@needs_cuda
+@pytest.mark.parametrize("backward", ["two-kernel", "one-pass"])
+def test_a_large_gpaco_step_with_the_queue_captures_and_replays_equal_to_eager(backward, monkeypatch):
+    """A large step in a CUDA graph: 4096 anchors against themselves and a 4096-row queue (2^25 pairs: positives by
+    label sums; tiles by descriptors on Hopper as GPACO_TRITON_TMA says), the queue's get() and enqueue() inside,
+    class counts changed in place between replays; three replays against three eager steps from the same state."""
+    need_backend("triton", "cuda")
+    from gpaco_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "BACKWARD", backward)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n, K, C, D = 4096, 4096, 100, 128
+    queue = gk.MomentumQueue(K, D, device="cuda", dtype=torch.bfloat16, init="random", num_classes=C)
+    counts = torch.randint(1, 500, (C,), device="cuda", generator=gen).float()
+    feats = torch.randn(n, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    logits = torch.randn(n, C, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    labels = torch.randint(0, C, (n,), device="cuda", generator=gen)
+
+    def step():
+        q, ql = queue.get()
+        loss = gk.fused_paco_loss(
+            feats, labels, queue=q, queue_labels=ql, center_logits=logits, class_counts=counts, alpha=0.05,
+            label_smoothing=0.1, normalize=True, backend="triton",
+        )  # fmt: skip
+        grads = torch.autograd.grad(loss, [feats, logits])
+        queue.enqueue(feats.detach()[:1000], labels[:1000])
+        return (loss.detach(), *grads)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # autotune and every first-call cost, outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    start = {k: v.clone() for k, v in queue.state_dict().items()}
+    start_counts = counts.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    replayed = []
+    for i in range(3):
+        graph.replay()
+        replayed.append([t.clone() for t in static])
+        counts[i] += 1000.0  # in place: the next replay must see it
+    queue.load_state_dict(start)
+    counts.copy_(start_counts)
+    eager = []
+    for i in range(3):
+        eager.append(step())
+        counts[i] += 1000.0
+    torch.cuda.synchronize()
+    exact = backward == "two-kernel"  # the one pass adds by atomics: its last bits vary from run to run
+    for i, (got, want) in enumerate(zip(replayed, eager)):
+        for name, g, w in zip(("loss", "dfeatures", "dlogits"), got, want):
+            tol = 0 if exact else 1e-2 * w.abs().max().item()
+            torch.testing.assert_close(g, w, rtol=0, atol=tol, msg=lambda m, i=i, name=name: f"step {i} {name}: {m}")

@@ -85,3 +85,69 @@ def test_bad_enqueue_names_the_argument(feats, labels, match):
 def test_bad_construction():
     with pytest.raises(ValueError, match="size and dim must be positive"):
         gk.MomentumQueue(0, 3)
+
+
+def _gpaco_step_with_the_queue(queue, device, backend="torch"):
+    """One GPaCo step as a training loop writes it: the loss against queue.get(), then the keys enqueued."""
+    feats = torch.randn(8, 4, device=device).requires_grad_()
+    logits = torch.randn(8, 3, device=device).requires_grad_()
+    labels = torch.randint(0, 3, (8,), device=device)
+    q, ql = queue.get()
+    loss = gk.fused_paco_loss(
+        feats, labels, queue=q, queue_labels=ql, center_logits=logits, alpha=0.05, normalize=True, backend=backend
+    )
+    torch.autograd.grad(loss, [feats, logits])
+    queue.enqueue(feats.detach(), labels)
+    return q.shape
+
+
+@pytest.mark.parametrize("init", ["empty", "random"])
+def test_a_step_with_enqueue_and_get_reads_nothing_back(init):
+    """On meta tensors (a value read raises or is counted there, tools.launch_count): get() and enqueue() take no
+    host read, so a step with the queue needs no stream synchronization on a GPU and can be captured."""
+    from tools.launch_count import StepTrace
+
+    kw = dict(num_classes=3) if init == "random" else {}
+    queue = gk.MomentumQueue(20, 4, device="meta", init=init, **kw)
+    for _ in range(4):  # filling, then wrapping (8 rows a step into 20 slots)
+        with StepTrace() as trace:
+            _gpaco_step_with_the_queue(queue, "meta")
+        assert trace.reads == 0, trace.summary()
+    assert len(queue) == 20
+
+
+def test_a_randomly_initialized_queue_has_one_shape_and_the_published_start():
+    """init='random' (as the published PaCo/GPaCo builders): full from the start, so every step sees the same shapes;
+    unit rows, labels in [0, num_classes), pushed out by real rows in order."""
+    gen = torch.Generator().manual_seed(0)
+    queue = gk.MomentumQueue(20, 4, init="random", num_classes=3, generator=gen)
+    feats, labels = queue.get()
+    assert feats.shape == (20, 4) and len(queue) == 20
+    assert_close(feats.norm(dim=1), torch.ones(20), atol=1e-6, rtol=0, name="row norms")
+    assert labels.min() >= 0 and labels.max() < 3
+    shapes = {_gpaco_step_with_the_queue(queue, "cpu") for _ in range(4)}
+    assert shapes == {(20, 4)}
+    rows = torch.arange(12.0).view(3, 4)
+    queue.enqueue(rows, torch.tensor([0, 1, 2]))  # after 32 rows, slots 12, 13, 14
+    assert torch.equal(queue.get()[0][12:15], rows) and int(queue.position) == 15
+
+
+def test_the_host_count_follows_a_loaded_checkpoint():
+    full = gk.MomentumQueue(5, 2, init="random", num_classes=2)
+    empty = gk.MomentumQueue(5, 2)
+    empty.load_state_dict(full.state_dict())
+    assert len(empty) == 5 and empty.get()[0].shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(init="full"), r"init must be one of"),
+        (dict(init="random"), r"init='random' draws labels in \[0, num_classes\): pass num_classes"),
+        (dict(init="random", num_classes=0), r"num_classes must be positive, got 0"),
+        (dict(num_classes=3), r"num_classes is only used with init='random'"),
+    ],
+)
+def test_bad_init_names_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        gk.MomentumQueue(5, 3, **kw)

@@ -108,6 +108,31 @@ def _pruned(kind, arch, monkeypatch, **constexprs):
     return sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept)
 
 
+def test_autotune_picks_are_kept_per_gpu_generation(monkeypatch):
+    """Triton's autotune key has no device: configs.keyed_by_arch gives each GPU generation its own cache of picks,
+    so an sm_90 pick is not reused on an sm_80 device of the same process."""
+
+    class Device:
+        def __init__(self, arch):
+            self.type, self.arch = "cuda", arch
+
+    class Tensor:
+        def __init__(self, arch):
+            self.device = Device(arch)
+
+    class Tuner:  # stands in for triton's Autotuner: a cache of picks by key, filled on a miss
+        cache = {}
+
+        def run(self, feat_ptr, key):
+            return self.cache.setdefault(key, f"pick on sm_{feat_ptr.device.arch}")
+
+    monkeypatch.setattr(configs, "arch_of", lambda device: device.arch)
+    tuner = configs.keyed_by_arch(Tuner())
+    assert tuner.run(Tensor(90), "k") == "pick on sm_90"
+    assert tuner.run(Tensor(80), "k") == "pick on sm_80"  # with one cache: sm_90's pick
+    assert tuner.run(feat_ptr=Tensor(90), key="k") == "pick on sm_90"
+
+
 def test_hopper_only_candidates_are_kept_on_sm90_and_dropped_on_sm80(monkeypatch):
     """The 4-warp 64 x 64 row backward of the label-sums path takes whole wgmmas on Hopper; on sm_80 it lowers to
     mma.sync and spills outside its loops, so the pruner leaves it out there (and the compile report does not
@@ -457,9 +482,6 @@ def test_one_pass_backward_is_not_taken_where_it_does_not_apply_or_determinism_i
     runs = _one_pass_runs(monkeypatch)
     kw, grad_args = make_case("no-queue", seed=1)
     kw = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
-    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", 16)  # several column splits: two kernels
-    _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)
-    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", None)
     _reduced_loss_and_grads(kw, grad_args, "triton", "none", [1.0] * kw["num_anchors"])  # one a per anchor
     assert runs == []
     was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -472,6 +494,32 @@ def test_one_pass_backward_is_not_taken_where_it_does_not_apply_or_determinism_i
     one_pass = _reduced_loss_and_grads(kw, grad_args, "triton", "mean", 1.0)
     assert len(runs) == 1  # and the one pass once it is off again, to the same gradients but summation order
     assert_close(one_pass[1]["features"], deterministic[1]["features"], atol=1e-6, rtol=1e-5, name="dfeatures")
+
+
+def test_one_pass_backward_runs_unsplit_where_the_forward_splits_the_columns(monkeypatch, small_tiles):
+    """Asked for, the one pass runs where it applies, whatever the split heuristic says (SupCon at 4096 samples on an
+    H100 splits 3 ways, and the profile named "one-pass" timed the two kernels): the forward keeps its 3 splits, the
+    backward's row sweep runs as one, and the gradients match the reference."""
+    need_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", 16)
+    monkeypatch.setattr(launch, "BACKWARD", "one-pass")
+    runs = _one_pass_runs(monkeypatch)
+    rows = []
+    original = launch._paco_bwd_rows_kernel.run
+
+    def rows_run(*args, grid, **kwargs):
+        rows.append(grid({"BLOCK_M": 16})[1])
+        return original(*args, grid=grid, **kwargs)
+
+    monkeypatch.setattr(launch._paco_bwd_rows_kernel, "run", rows_run)
+    kw, grad_args = make_case("no-queue", seed=4)
+    single = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    got = _reduced_loss_and_grads(single, grad_args, "triton", "mean", -0.7)
+    assert len(runs) == 1 and rows == [1], (len(runs), rows)
+    want = _reduced_loss_and_grads(kw, grad_args, "reference", "mean", -0.7)
+    assert_close(got[0], want[0], atol=2e-5, rtol=2e-5, name="loss")
+    for k in grad_args:
+        assert_close(got[1][k], want[1][k], atol=2e-5, rtol=2e-5, name=f"d{k}")
 
 
 def test_an_unknown_backward_shape_is_refused(monkeypatch, small_tiles):

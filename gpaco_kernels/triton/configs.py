@@ -64,8 +64,9 @@ LABEL_SUMS_CANDIDATES = {
 HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
 # Candidates kept from the label-sums sweeps whose tiles load by tensor descriptors (launch.tma_rows): the 4-warp
 # 64 x 64 forward, at 255 registers by pointers, spills 72 B into its loop with the descriptors' state (pixel
-# variant, sm_90; the compile report).
-POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}}
+# variant, sm_90; the compile report); so does the 4-warp 64 x 64 one pass (96 B, sm_90) since its padded columns
+# carry -inf logits and its unit-row scaling a per-column ratio.
+POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
@@ -160,7 +161,24 @@ def autotune(kind: str, restore_value=None):
         configs, classes = [_config(*INTERPRET_CONFIG)], {}
     prune = {"early_config_prune": pruner(classes)}
     key = AUTOTUNE_KEY + EXTRA_KEY.get(kind, [])
-    return triton.autotune(configs=configs, key=key, prune_configs_by=prune, restore_value=restore_value)
+    tune = triton.autotune(configs=configs, key=key, prune_configs_by=prune, restore_value=restore_value)
+    return tune if INTERPRET else lambda fn: keyed_by_arch(tune(fn))
+
+
+def keyed_by_arch(tuner):
+    """The autotuner with one cache of picks per GPU generation (of feat_ptr's device): Triton's key holds the named
+    arguments and the dtypes, not the device, so in a process with an A100 and an H100 a pick made on one (a
+    Hopper-only configuration, say) would be reused on the other. The first call per key is not thread-safe (as
+    Triton's own autotuner is not): two threads tuning the same kernel at once may both time it."""
+    caches, run = {}, tuner.run
+
+    def run_on_arch(*args, **kwargs):
+        feat = kwargs["feat_ptr"] if "feat_ptr" in kwargs else args[0]
+        tuner.cache = caches.setdefault(arch_of(feat.device) if feat.device.type == "cuda" else 0, {})
+        return run(*args, **kwargs)
+
+    tuner.run = run_on_arch
+    return tuner
 
 
 def bucket(n: int) -> int:

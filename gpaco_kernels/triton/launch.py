@@ -35,9 +35,10 @@ second grid dimension until there are about two programs per SM of the device, e
 Backward shape (BACKWARD): "two-kernel" (the default) recomputes each tile's logits in the row kernel (dAnchors)
 and in the column kernel (dColumns); every sum has a fixed order, so results are deterministic. "one-pass" lets the
 column kernel of the batch columns add their part of dAnchors too, by float32 atomics (paco_bwd_one_pass.py), where
-it applies: label sums, one column split, 'mean' or 'sum', dFeatures wanted; the last bits of dAnchors then vary
-from run to run, and torch.use_deterministic_algorithms(True) keeps the two-kernel backward. The GPU model
-(tools/gpu_model.py) estimates the one pass no faster at the pixel loss's sizes, so it is not the default.
+it applies: label sums, 'mean' or 'sum', dFeatures wanted (its row sweep then runs unsplit); the last bits of
+dAnchors then vary from run to run, and torch.use_deterministic_algorithms(True) keeps the two-kernel backward.
+The GPU model (tools/gpu_model.py) estimates the one pass no faster at the pixel loss's sizes, so it is not the
+default.
 """
 
 from __future__ import annotations
@@ -428,16 +429,16 @@ def _range_message(x: ContrastInputs, p: OpParams) -> str:
     )
 
 
-def one_pass_backward(o: _Operands, p: OpParams, splits: int, need_features: bool) -> bool:
+def one_pass_backward(o: _Operands, p: OpParams, need_features: bool) -> bool:
     """Whether this backward takes the one-pass shape (module docstring): BACKWARD asks for it, torch's deterministic
-    mode is off, and it applies (label sums, batch columns that take a gradient, one column split, 'mean' or 'sum',
-    dFeatures wanted)."""
+    mode is off, and it applies (label sums, batch columns that take a gradient, 'mean' or 'sum', dFeatures wanted).
+    The one pass runs its row sweep unsplit (paco_bwd), so a split forward does not turn it down."""
     if BACKWARD not in BACKWARDS:
         raise ValueError(
             f"gpaco_kernels.triton.launch.BACKWARD (or GPACO_TRITON_BACKWARD) is {BACKWARD!r}; expected one of "
             f"{', '.join(map(repr, BACKWARDS))}"
         )
-    applies = o.label_sums and o.N > 0 and p.batch_column_grad and splits == 1 and p.reduction != "none"
+    applies = o.label_sums and o.N > 0 and p.batch_column_grad and p.reduction != "none"
     wanted = BACKWARD == "one-pass" and not torch.are_deterministic_algorithms_enabled()
     return bool(wanted and applies and need_features)
 
@@ -457,8 +458,11 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
     reduction = REDUCTIONS[p.reduction]
     # Few anchors against many columns: the columns are split as in the forward; each split writes its own part of
     # dAnchors, summed in a fixed order (deterministic) by the epilogue.
-    cols_per_split, splits = o.split()
-    one_pass = one_pass_backward(o, p, splits, need_features)
+    one_pass = one_pass_backward(o, p, need_features)
+    # The one pass: one column split. It is asked for by name, so it runs where it applies rather than declining
+    # wherever the split heuristic would split (SupCon at 4096 samples on an H100: 3 splits); its column kernel has
+    # a program per 64 batch columns besides the row kernel's, so the device is not left as empty as unsplit alone.
+    cols_per_split, splits = o.split(max(o.total_cols, 1) if one_pass else None)
     # one pass: one more part, zeros, that the batch columns' kernel adds their share of dAnchors into
     parts = torch.empty((splits + one_pass, A, D), device=feats.device, dtype=torch.float32)
     if one_pass:

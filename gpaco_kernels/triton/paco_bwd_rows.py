@@ -10,7 +10,7 @@ columns, else _paco_epilogue_kernel) sums the splits' parts in a fixed order (de
 
 With LABEL_SUMS (as in the forward) batch and queue tiles form only H = -gamma exp(l - lse); the positive part
 w / P of their columns is added per row by _paco_epilogue_kernel, from per-label sums. With BATCH_BY_COLUMNS (the
-one-pass backward, paco_bwd_one_pass.py: label sums, one split) the batch columns' part of dAnchors comes from the
+one-pass backward, paco_bwd_one_pass.py: label sums, unsplit) the batch columns' part of dAnchors comes from the
 column kernel instead, and this kernel skips them.
 """
 
