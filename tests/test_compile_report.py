@@ -46,7 +46,10 @@ def test_every_kernel_and_autotune_candidate_is_covered():
                 archs = (90,) if candidate in configs.HOPPER_ONLY.get((kind, precision_class), ()) else (80, 90)
                 assert covered == {(a, d) for a in archs for d in (16, 32, 64, 128)}, (kind, name, candidate)
                 variants = {c.variant for c in mine if c.block_d == 128}
-                assert variants == set(report.VARIANTS[kind]), (kind, candidate)
+                want = set(report.VARIANTS[kind])
+                if candidate in configs.POINTERS_ONLY.get((kind, precision_class), ()):  # never with descriptors
+                    want = {v for v in want if not v.endswith("-tma")}
+                assert variants == want, (kind, candidate)
     for kind in configs.FIXED:  # one configuration, every variant and precision, both archs
         mine = [c for c in todo if c.kind == kind]
         assert {(c.variant, c.precision, c.arch) for c in mine} == {
