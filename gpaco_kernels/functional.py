@@ -384,7 +384,7 @@ def canonicalize(
         dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         center_bias = prior_bias(class_counts, num_classes, features.device, dtype)
 
-    backend_name = resolve_backend(backend, features.device.type)
+    backend_name = resolve_backend(backend, features.device.type, features.dtype, features.shape[1], feat_)
     # The Triton kernels check label ranges as they load labels (no sync); elsewhere the check reads values where
     # that is free (CPU tensors) and is queued on the device otherwise (_checks: value checks).
     if has_classes and (backend_name != "triton" or check.sync_checks()):

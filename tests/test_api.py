@@ -11,7 +11,7 @@ import torch
 
 import gpaco_kernels as gk
 
-from helpers import assert_close
+from helpers import assert_close, need_backend
 
 
 def test_import_and_version_need_no_gpu_or_extension():
@@ -122,3 +122,30 @@ def test_modules_name_a_misspelt_option():
     feats = torch.nn.functional.normalize(torch.randn(6, 2, 4), dim=-1)
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
     assert_close(loss_fn(feats, labels), gk.fused_supcon_loss(feats, labels, temperature=0.2), atol=0, rtol=0, name="t")
+
+
+@pytest.mark.parametrize(
+    "dtype,dim,want",
+    [(torch.float32, 128, "triton"), (torch.bfloat16, 64, "triton"), (torch.float64, 128, "torch"),
+     (torch.float32, 256, "torch"), (torch.float16, 1024, "torch")],
+)  # fmt: skip
+def test_auto_on_cuda_never_picks_a_backend_that_refuses_the_inputs(dtype, dim, want):
+    """float64 and feature dims past the Triton kernels' limit go to the 'torch' backend, which takes any."""
+    from gpaco_kernels.ops import resolve_backend
+
+    if not gk.HAS_TRITON:
+        want = "torch"
+    assert resolve_backend("auto", "cuda", dtype, dim) == want
+
+
+@pytest.mark.parametrize(
+    "dtype,dim,what", [(torch.float64, 8, "float32, bfloat16 or float16"), (torch.float32, 136, "up to 128")]
+)
+def test_an_explicit_triton_that_cannot_take_the_inputs_names_them_and_what_would_run(dtype, dim, what):
+    need_backend("triton")
+    feats = torch.randn(6, 2, dim, dtype=dtype)
+    with pytest.raises(ValueError) as info:
+        gk.fused_supcon_loss(feats, torch.tensor([0, 1, 0, 1, 2, 2]), backend="triton")
+    said = str(info.value)
+    assert f"backend='triton' cannot take features of dtype {str(dtype)[6:]} and feature dim {dim}" in said, said
+    assert what in said and "backend='auto' runs 'cpu' for these inputs" in said, said

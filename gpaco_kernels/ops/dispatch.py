@@ -3,6 +3,8 @@
     NAME                   its name
     availability()         None when usable here, else a sentence saying why not and what to install
     device_unsupported(t)  optional: None when it runs on tensors of device type t ("cpu", "cuda"), else why not
+    inputs_unsupported(dtype, dim)
+                           optional: None when it takes features of this dtype and feature dim, else why not
     OPS                    (forward op, backward op) made by ops.op.define_backend_ops: the one op's schema, fake and
                            autograd formula around this backend's two implementations (absent when unavailable)
     UNIT_GRADIENTS         optional: True when its forward can also return the gradients for an upstream gradient
@@ -88,23 +90,43 @@ def available_backends(device_type: str | None = None):
     )
 
 
-def resolve_backend(name: str, device_type: str = "cpu") -> str:
-    """Turn a user's backend argument into a concrete backend name for tensors on device_type, or raise ValueError
-    saying why it can't run."""
+def inputs_unsupported_reason(name: str, dtype: torch.dtype | None, dim: int | None):
+    """None when the (available) backend takes features of this dtype and feature dim (None: not asked), else why
+    not."""
+    check = getattr(_LOADED[name], "inputs_unsupported", None)
+    return None if check is None or dtype is None else check(dtype, dim)
+
+
+def _auto(device_type: str, dtype=None, dim=None) -> str:
+    for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
+        usable = backend_unavailable_reason(candidate) is None
+        if usable and device_unsupported_reason(candidate, device_type) is None:
+            if inputs_unsupported_reason(candidate, dtype, dim) is None:
+                return candidate
+    raise RuntimeError("no backend is available; the 'torch' backend should always be")  # unreachable by design
+
+
+def resolve_backend(name: str, device_type: str = "cpu", dtype: torch.dtype | None = None, dim: int | None = None,
+                    argument: str = "features") -> str:  # fmt: skip
+    """Turn a user's backend argument into a concrete backend name for tensors on device_type (and, when given, the
+    features' dtype and feature dim, named `argument` in messages), or raise ValueError saying why it can't run and
+    what would. "auto" never picks a backend that refuses the inputs."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(BACKEND_NAMES)}, got {name!r}")
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
-            usable = backend_unavailable_reason(candidate) is None
-            if usable and device_unsupported_reason(candidate, device_type) is None:
-                return candidate
-        raise RuntimeError("no backend is available; the 'torch' backend should always be")  # unreachable by design
+        return _auto(device_type, dtype, dim)
     reason = backend_unavailable_reason(name)
     if reason is not None:
         raise ValueError(f"backend={name!r} is not available here: {reason}")
     reason = device_unsupported_reason(name, device_type)
     if reason is not None:
         raise ValueError(f"backend={name!r} cannot run on {device_type} tensors: {reason}")
+    reason = inputs_unsupported_reason(name, dtype, dim)
+    if reason is not None:
+        raise ValueError(
+            f"backend={name!r} cannot take {argument} of dtype {str(dtype).replace('torch.', '')} and feature dim "
+            f"{dim}: {reason}; backend='auto' runs {_auto(device_type, dtype, dim)!r} for these inputs"
+        )
     return name
 
 

@@ -40,6 +40,11 @@ def device_unsupported(device_type: str):
     return None
 
 
+def inputs_unsupported(dtype, dim):
+    """Why the kernels cannot take features of this dtype and feature dim, or None (launch.check_supported)."""
+    return _launch.unsupported(dtype, dim)
+
+
 def _launcher(launch) -> dict:
     # None: the launchers' default (wrap_triton, inside the triton_op)
     return {} if launch is None else {"launch": launch}

@@ -64,8 +64,8 @@ LABEL_SUMS_CANDIDATES = {
 HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
 # Candidates kept from the label-sums sweeps whose tiles load by tensor descriptors (launch.tma_rows): the 4-warp
 # 64 x 64 forward, at 255 registers by pointers, spills 72 B into its loop with the descriptors' state (pixel
-# variant, sm_90; the compile report); so does the 4-warp 64 x 64 one pass (96 B, sm_90) since its padded columns
-# carry -inf logits and its unit-row scaling a per-column ratio.
+# variant, sm_90; the compile report); so does the 4-warp 64 x 64 one pass (16-32 B, sm_90; it was at 255 registers
+# with a cold spill already, and the cap on its padded columns' exponent tipped it).
 POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels

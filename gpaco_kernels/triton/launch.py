@@ -318,14 +318,21 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+def unsupported(dtype: torch.dtype, dim: int | None) -> str | None:
+    """Why the kernels cannot take features of this dtype and feature dim, or None: the public functions route around
+    it (backend='auto' takes the 'torch' backend there, ops.dispatch.resolve_backend)."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return "the Triton kernels take float32, bfloat16 or float16"
+    if dim is not None and dim > MAX_DIM:
+        return f"the Triton kernels take feature dims up to {MAX_DIM}"
+    return None
+
+
 def check_supported(x: ContrastInputs) -> None:
-    if x.features.dtype == torch.float64:
-        raise ValueError(
-            "backend='triton' takes float32, bfloat16 or float16 features, got float64; "
-            "use backend='cpu' or 'torch' for float64"
-        )
-    if x.features.shape[1] > MAX_DIM:
-        raise ValueError(f"backend='triton' supports feature dims up to {MAX_DIM}, got D = {x.features.shape[1]}")
+    """For a direct call of the op (the public functions have resolved the backend with `unsupported` already)."""
+    reason = unsupported(x.features.dtype, x.features.shape[1])
+    if reason is not None:
+        raise ValueError(f"backend='triton': {reason}, got {x.features.dtype} features of dim {x.features.shape[1]}")
 
 
 @dataclass

@@ -208,27 +208,29 @@ def _sample_sweep(
     """The anchor tiles starting in [start, end) against the held batch columns, positives by label sums: H = -gamma
     exp(l - lse) = -exp2(l2 - shift2) (base-2 logits, tiles.uniform_lse2), times a / scale; for 'sum' and 'mean'
     (one a) the sum of p A with G_SCALE in the exponent, its sign -sign(a) applied by the caller. Columns past NCOLS
-    need no mask for dColumns (their rows of the output are never stored), but with ANCHOR_GRAD they carry -inf
-    logits (masked in the product's scaling multiply-add): a padded column's logit is 0, and with a small lse its
-    p G_SCALE passes float16's range, whose inf times the zero held row would be NaN in dAnchors. Anchors past A need
-    no mask (loaded as zero rows, a = 0: H = 0 there); full tiles (ROWS_IN_RANGE) load the anchors
-    without a row mask. With ANCHOR_GRAD ('sum'/'mean') the same tile of p G_SCALE
-    also adds its part of dAnchors (against the held columns, times anchor_factor) by float32 atomics: the sum's
-    order varies."""
+    need no mask for dColumns (their rows of the output are never stored), but with ANCHOR_GRAD their exponent is
+    capped at log2(G_SCALE), which no column in the denominator reaches (p <= 1): a padded column's logit is 0, and
+    with a small lse its p G_SCALE passes float16's range, whose inf times the zero held row would be NaN in
+    dAnchors (-inf logits there cost more registers than a min). Anchors past A need no mask (loaded as zero rows,
+    a = 0: H = 0 there); full tiles (ROWS_IN_RANGE) load the anchors without a row mask. With ANCHOR_GRAD
+    ('sum'/'mean') the same tile of p G_SCALE also adds its part of dAnchors (against the held columns, times
+    anchor_factor) by float32 atomics: the sum's order varies."""
     for r0 in range(start, end, BLOCK_M):
         rows, row_mask, anchors, row_labels, lse, coef, inv_pos, coef_max = _anchor_tile(
             r0, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m,
             offs_d, loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
-        l2 = sample_logits(anchors, rows, cols, col_mask, held, held_scale, PRECISION, ANCHOR_GRAD,
-                           MASK_DIAGONAL)  # fmt: skip
+        l2 = sample_logits(anchors, rows, cols, col_mask, held, held_scale, PRECISION, False, MASK_DIAGONAL)
         shift2 = uniform_lse2(lse, gamma)
         if REDUCTION == 0:  # one a per anchor, per-tile scale: as the per-tile path
             h = -tl.exp2(l2 - shift2[:, None]) * (coef / coef_max)[:, None]
             acc = _accumulate(acc, h, anchors, coef_max, REDUCTION, PRECISION)
         else:  # one a for every anchor with a loss: p G_SCALE = exp2(l2 - shift2 + log2 G_SCALE) on those, 0 elsewhere
             shift2 = tl.where(coef != 0, shift2 - G_SCALE_LOG2, float("inf"))
-            p = tl.exp2(l2 - shift2[:, None])
+            exponent = l2 - shift2[:, None]
+            if ANCHOR_GRAD:  # padded columns: capped at log2(G_SCALE), which no real column passes (docstring)
+                exponent = tl.minimum(exponent, G_SCALE_LOG2)
+            p = tl.exp2(exponent)
             acc = tl.dot(tl.trans(p.to(anchors.dtype)), anchors, acc, input_precision=PRECISION)
             if ANCHOR_GRAD:
                 _add_anchor_part(p, held, held_ratio, anchor_factor, grad_anchor_ptr, rows, row_mask, offs_d, D,

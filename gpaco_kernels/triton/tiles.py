@@ -344,14 +344,20 @@ def sample_grad_sweep(
     (the caller negates acc around the sweeps): -H = gamma exp(l - lse) = exp2(l2 - sample_lse2) (tiles.uniform_lse2),
     times G_SCALE as the other products take it, both folded into the exponent: per element one subtraction and one
     exp2. ROWS_IN_RANGE: every tile of [start, end) is full, so X loads without a row mask. Otherwise (the last,
-    partial tile) the columns past hi carry -inf logits: their rows of X are 0, but their logit 0 with a small lse
-    gives a p G_SCALE past float16's range, and inf times those zero rows is NaN."""
+    partial tile) the columns past hi need care: their rows of X are 0, but their logit is 0, and with a small lse
+    their p G_SCALE passes float16's range (inf times those zero rows is NaN). The exponent is capped at
+    log2(G_SCALE) there, which no column in the denominator reaches (its p is at most 1): one min per element of
+    that tile, where -inf logits cost the whole kernel 9 registers (the 8-warp tile then fit once per SM, not
+    twice)."""
     for c0 in range(start, end, BLOCK_N):
         _, _, x, l2 = sample_tile(
             c0, hi, anchors, rows, x_ptr, x_desc, stride_x, offs_n, offs_d, D, t_scale, BLOCK_N, UPCAST, PRECISION,
-            NORMALIZE, not ROWS_IN_RANGE, MASK_DIAGONAL, ROWS_IN_RANGE, TMA,
+            NORMALIZE, False, MASK_DIAGONAL, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
-        p = tl.exp2(l2 - (sample_lse2 - G_SCALE_LOG2)[:, None])
+        exponent = l2 - (sample_lse2 - G_SCALE_LOG2)[:, None]
+        if not ROWS_IN_RANGE:
+            exponent = tl.minimum(exponent, G_SCALE_LOG2)
+        p = tl.exp2(exponent)
         if NORMALIZE:  # the product takes the unit rows
             x = sweep_rows(x_ptr, x_desc, c0, hi, offs_n, stride_x, offs_d, D, UPCAST, NORMALIZE, ROWS_IN_RANGE, TMA)
         acc = tl.dot(p.to(x.dtype), x, acc, input_precision=PRECISION)
