@@ -17,6 +17,7 @@ import os
 
 import torch
 import triton
+from triton.runtime.autotuner import Autotuner
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -161,8 +162,29 @@ def autotune(kind: str, restore_value=None):
         configs, classes = [_config(*INTERPRET_CONFIG)], {}
     prune = {"early_config_prune": pruner(classes)}
     key = AUTOTUNE_KEY + EXTRA_KEY.get(kind, [])
-    tune = triton.autotune(configs=configs, key=key, prune_configs_by=prune, restore_value=restore_value)
+
+    def tune(fn):
+        # Made directly rather than by triton.autotune, whose decorator drops do_bench in Triton 3.2 and 3.3
+        return (_Interpreted if INTERPRET else Autotuner)(
+            fn, fn.arg_names, configs, key, reset_to_zero=None, restore_value=restore_value,
+            prune_configs_by=prune, do_bench=_bench,
+        )  # fmt: skip
+
     return tune if INTERPRET else lambda fn: keyed_by_arch(tune(fn))
+
+
+class _Interpreted(Autotuner):
+    """The autotuner under the interpreter: its one configuration, launched with its block sizes alone (the
+    interpreter of Triton 3.2 refuses the launch options a Config adds, num_buffers_warp_spec and the like)."""
+
+    def run(self, *args, **kwargs):
+        return self.fn.run(*args, **kwargs, **self.configs[0].kwargs)
+
+
+def _bench(kernel_call, quantiles):
+    """The active driver's benchmarker, looked up when a candidate is timed: Triton 3.2 and 3.3 look it up when the
+    autotuner is made, which raises at import on a machine without a GPU (the interpreter included)."""
+    return triton.runtime.driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
 
 
 def keyed_by_arch(tuner):

@@ -62,20 +62,36 @@ def prepare_rows(x, UPCAST: tl.constexpr, NORMALIZE: tl.constexpr):
     return x
 
 
-@triton.jit
-def rows_descriptor(ptr, num_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
-    """With TMA (Hopper's tensor memory accelerator, launch.tma_rows), a device-side descriptor of the row-major
-    (num_rows, D) matrix at ptr whose loads (sweep_rows) are (BLOCK_R, BLOCK_D) tiles: the copy engine moves a
-    tile into shared memory with one instruction and fills the rows past num_rows and the columns past D with 0, so
-    the loop forms no address and no mask per element. Without TMA, ptr itself (sweep_rows then loads by pointers).
-    num_rows is at least 1 in the descriptor (an empty range takes no load)."""
-    if TMA:  # one return: the compiler types every return statement, the untaken branch's too
-        rows = tl.make_tensor_descriptor(
-            ptr, shape=[tl.maximum(num_rows, 1), D], strides=[stride, 1], block_shape=[BLOCK_R, BLOCK_D]
-        )
-    else:
-        rows = ptr
-    return rows
+# Tensor descriptors made in a kernel (tl.make_tensor_descriptor) exist from Triton 3.4 on. The dependency finder of
+# older ones looks up every name a jitted function uses, the untaken `if TMA:` branch's too, so the name must not
+# appear in the source they compile: without it, rows_descriptor is the pointer itself (launch.tma_rows never asks
+# for descriptors then: launch._device_descriptors_supported).
+DESCRIPTORS = hasattr(tl, "make_tensor_descriptor")
+
+if DESCRIPTORS:
+
+    @triton.jit
+    def rows_descriptor(ptr, num_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+        """With TMA (Hopper's tensor memory accelerator, launch.tma_rows), a device-side descriptor of the row-major
+        (num_rows, D) matrix at ptr whose loads (sweep_rows) are (BLOCK_R, BLOCK_D) tiles: the copy engine moves a
+        tile into shared memory with one instruction and fills the rows past num_rows and the columns past D with 0,
+        so the loop forms no address and no mask per element. Without TMA, ptr itself (sweep_rows then loads by
+        pointers). num_rows is at least 1 in the descriptor (an empty range takes no load)."""
+        if TMA:  # one return: the compiler types every return statement, the untaken branch's too
+            rows = tl.make_tensor_descriptor(
+                ptr, shape=[tl.maximum(num_rows, 1), D], strides=[stride, 1], block_shape=[BLOCK_R, BLOCK_D]
+            )
+        else:
+            rows = ptr
+        return rows
+
+else:
+
+    @triton.jit
+    def rows_descriptor(ptr, num_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+        """This Triton has no tensor descriptors: the rows are loaded by pointers from ptr."""
+        tl.static_assert(not TMA, "this Triton has no tensor descriptors (tl.make_tensor_descriptor)")
+        return ptr
 
 
 @triton.jit
