@@ -142,27 +142,36 @@ def torchrun_two_gloo_processes(script: Path, port: int, args: list[str]) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """exc and the exceptions it wraps, outermost first (torch._dynamo's BackendCompilerFailed.inner_exception and
+    explicit causes)."""
+    chain = [exc]
+    while True:
+        inner = getattr(chain[-1], "inner_exception", None) or chain[-1].__cause__
+        if inner is None or any(inner is e for e in chain):
+            return chain
+        chain.append(inner)
+
+
 def innermost_frame(exc: BaseException) -> str:
-    """'file:line' where the innermost exception of a chain was raised (following torch._dynamo's
-    BackendCompilerFailed.inner_exception and explicit causes): tells an expected refusal from a bug that raises the
-    same kind of error elsewhere."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "inner_exception", None) or exc.__cause__
-        if inner is None:
-            break
-        exc = inner
-    tb = exc.__traceback__
+    """'file:line' where the innermost exception of a chain was raised: tells an expected refusal from a bug that
+    raises the same kind of error elsewhere."""
+    tb = exception_chain(exc)[-1].__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     return "<no traceback>" if tb is None else f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
 
 
+# What Triton's interpreter raises when it is asked to run a kernel on tensors without storage (a trace's).
+INTERPRETER_REFUSAL = "Attempted to access the data pointer on an invalid python storage"
+
+
 def assert_refused_by_the_interpreter(exc: BaseException) -> None:
     """The error a torch.compile trace meets at its first Triton launch under the interpreter (a kernel run on
-    tensors without storage), raised inside Triton's interpreter, not earlier in this package's host code."""
-    where = innermost_frame(exc)
+    tensors without storage): a RuntimeError saying so, raised inside Triton's interpreter, not earlier in this
+    package's host code (whose own data-pointer errors read alike)."""
+    inner, where = exception_chain(exc)[-1], innermost_frame(exc)
     assert "triton/runtime/interpreter.py" in where.replace("\\", "/"), (
         f"refused at {where}, not by the interpreter: {exc!r}"
     )
+    assert type(inner) is RuntimeError and INTERPRETER_REFUSAL in str(inner), f"{type(inner).__name__}: {inner}"
