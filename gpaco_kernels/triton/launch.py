@@ -244,11 +244,8 @@ def tma_rows(o: _Operands, launch) -> bool:
         return False
     if TMA == "auto" and _triton_version() < TMA_CHECKED_TRITON:
         return False
-    return (
-        _rows_aligned(o)
-        and torch.cuda.get_device_capability(o.feats.device)[0] >= 9
-        and (_device_descriptors_supported())
-    )
+    hopper = torch.cuda.get_device_capability(o.feats.device)[0] >= 9
+    return _rows_aligned(o) and hopper and _device_descriptors_supported()
 
 
 def _without_data(t: torch.Tensor) -> bool:

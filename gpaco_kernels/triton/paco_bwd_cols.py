@@ -112,19 +112,19 @@ def _paco_bwd_cols_kernel(
         anchors_desc = rows_descriptor(feat_ptr, A, D, stride_f, BLOCK_M, BLOCK_D, TMA)
         first, last = diagonal_tiles(0, full_end, pid_n * BLOCK_N, BLOCK_N, BLOCK_M)
         # fmt: off
-        acc = _sample_sweep(acc, 0, first, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+        acc = _sample_sweep(acc, 0, first, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr,
                             lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
                             ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
                             UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
-        acc = _sample_sweep(acc, first, last, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+        acc = _sample_sweep(acc, first, last, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr,
                             lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
                             ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
                             UPCAST, PRECISION, NORMALIZE, True, True, ANCHOR_GRAD, TMA)
-        acc = _sample_sweep(acc, last, full_end, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+        acc = _sample_sweep(acc, last, full_end, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr,
                             lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
                             ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
                             UPCAST, PRECISION, NORMALIZE, False, True, ANCHOR_GRAD, TMA)
-        acc = _sample_sweep(acc, full_end, A, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr,
+        acc = _sample_sweep(acc, full_end, A, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr,
                             lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale,
                             ignore_index, uniform_coef, grad_anchor_ptr, anchor_factor, held_ratio, BLOCK_M, REDUCTION,
                             UPCAST, PRECISION, NORMALIZE, True, False, ANCHOR_GRAD, TMA)
@@ -199,7 +199,7 @@ def _accumulate(acc, h, anchors, coef_max, REDUCTION: tl.constexpr, PRECISION: t
 
 @triton.jit
 def _sample_sweep(
-    acc, start, end, cols, col_mask, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr,
+    acc, start, end, cols, held, held_scale, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr,
     counted_ptr, A, D, stride_f, offs_m, offs_d, gamma, loss_scale, ignore_index, uniform_coef, grad_anchor_ptr,
     anchor_factor, held_ratio, BLOCK_M: tl.constexpr, REDUCTION: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, NORMALIZE: tl.constexpr, MASK_DIAGONAL: tl.constexpr, ROWS_IN_RANGE: tl.constexpr,
@@ -220,7 +220,7 @@ def _sample_sweep(
             r0, feat_ptr, anchors_desc, label_ptr, lse_ptr, pos_ptr, grad_ptr, counted_ptr, A, D, stride_f, offs_m,
             offs_d, loss_scale, ignore_index, uniform_coef, REDUCTION, UPCAST, NORMALIZE, ROWS_IN_RANGE, TMA,
         )  # fmt: skip
-        l2 = sample_logits(anchors, rows, cols, col_mask, held, held_scale, PRECISION, False, MASK_DIAGONAL)
+        l2 = sample_logits(anchors, rows, cols, cols < 0, held, held_scale, PRECISION, False, MASK_DIAGONAL)
         shift2 = uniform_lse2(lse, gamma)
         if REDUCTION == 0:  # one a per anchor, per-tile scale: as the per-tile path
             h = -tl.exp2(l2 - shift2[:, None]) * (coef / coef_max)[:, None]
