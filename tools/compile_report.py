@@ -191,7 +191,9 @@ class Result:
 
 def cases(archs, dims, only=None) -> list[Case]:
     from gpaco_kernels.triton.configs import FIXED, candidates
+    from gpaco_kernels.triton.launch import _device_descriptors_supported
 
+    descriptors = _device_descriptors_supported()
     out = []
     for kind, variants in VARIANTS.items():
         if only and kind not in only:
@@ -203,8 +205,8 @@ def cases(archs, dims, only=None) -> list[Case]:
                 sums = bool(variants[variant].get("LABEL_SUMS", False))
                 has_d = "BLOCK_D" in {name for name, _ in kernel_arguments(kernel(kind))}
                 for arch in archs:
-                    if variants[variant].get("TMA") and arch < 90:  # the launcher takes TMA from sm_90 on
-                        continue
+                    if variants[variant].get("TMA") and (arch < 90 or not descriptors):
+                        continue  # the launcher takes TMA from sm_90 on, where this Triton makes descriptors
                     tma = bool(variants[variant].get("TMA", False))
                     configs = candidates(kind, klass, sums, arch, tma) if kind not in FIXED else [FIXED_CONFIG]
                     for config in configs:
@@ -285,6 +287,23 @@ def _signature(fn, dtype: str, constexprs: dict, float_type: str = "fp32") -> tu
             if name.startswith("stride") or name == "D":
                 attrs[(index,)] = [["tt.divisibility", 16]]  # contiguous rows of D, D a multiple of 16
     return signature, attrs
+
+
+def ast_source(fn, signature: dict, constexprs: dict, attrs: dict):
+    """triton.compiler.ASTSource of a kernel for this Triton: from 3.3 on it takes the constexprs by name beside a
+    signature that lists them, and the attributes as a dict; 3.0-3.2 take the constants apart from a signature of the
+    other arguments, and the attributes as an AttrsDescriptor (its divisibility hints by argument index)."""
+    import inspect
+
+    from triton.compiler import ASTSource
+
+    if "constexprs" in inspect.signature(ASTSource).parameters:
+        return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    from triton.backends.compiler import AttrsDescriptor
+
+    hints = {index: 16 for (index,), properties in attrs.items() if ["tt.divisibility", 16] in properties}
+    runtime = {name: kind for name, kind in signature.items() if kind != "constexpr"}
+    return ASTSource(fn=fn, signature=runtime, constants=constexprs, attrs=AttrsDescriptor.from_hints(hints))
 
 
 def _cuobjdump(cubin: bytes, *args: str) -> str:
@@ -391,7 +410,7 @@ def compile_case(case: Case) -> Result:
     start = time.perf_counter()
     try:
         signature, attrs = _signature(fn, dtype, constexprs)
-        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        source = ast_source(fn, signature, constexprs, attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", case.arch, 32), options=options)
         cubin = compiled.asm["cubin"]
         result.registers, result.stack = _resource_usage(_cuobjdump(cubin, "--dump-resource-usage"))

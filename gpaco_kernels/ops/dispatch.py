@@ -19,6 +19,7 @@ except "reference", which exposes loss(x, p) and is differentiated by plain auto
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import torch
 
@@ -100,10 +101,27 @@ def inputs_unsupported_reason(name: str, dtype: torch.dtype | None, dim: int | N
 def _auto(device_type: str, dtype=None, dim=None) -> str:
     for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
         usable = backend_unavailable_reason(candidate) is None
+        if not usable and candidate == "triton" and device_type == "cuda":
+            _warn_once_without_triton()
         if usable and device_unsupported_reason(candidate, device_type) is None:
             if inputs_unsupported_reason(candidate, dtype, dim) is None:
                 return candidate
     raise RuntimeError("no backend is available; the 'torch' backend should always be")  # unreachable by design
+
+
+_WARNED_WITHOUT_TRITON = []
+
+
+def _warn_once_without_triton() -> None:
+    """On CUDA tensors 'auto' takes the pure-PyTorch backend when the Triton one cannot load (no triton, or one below
+    the floor): it works, at the dense formula's memory, so say why once per process."""
+    if not _WARNED_WITHOUT_TRITON:
+        _WARNED_WITHOUT_TRITON.append(True)
+        warnings.warn(
+            f"backend='auto' runs the 'torch' backend on CUDA tensors (it holds the anchors x contrast matrix) "
+            f"because the 'triton' backend is unavailable: {backend_unavailable_reason('triton')}",
+            stacklevel=4,
+        )
 
 
 def resolve_backend(name: str, device_type: str = "cpu", dtype: torch.dtype | None = None, dim: int | None = None,

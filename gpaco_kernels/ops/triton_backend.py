@@ -16,16 +16,21 @@ from .spec import ContrastInputs, OpParams
 NAME = "triton"
 
 try:
+    from ..triton import requirements
+
+    requirements.check()  # before the kernels are imported: an old Triton fails there with less clear errors
     from torch.library import triton_op
 
     from ..triton import launch as _launch
 
     _IMPORT_ERROR = None
-except Exception as exc:  # no triton, or a triton that cannot load here
+except Exception as exc:  # no triton, one below the floor, or one that cannot load here
     _launch, _IMPORT_ERROR = None, exc
 
 
 def availability():
+    if isinstance(_IMPORT_ERROR, requirements.UnsupportedVersion):
+        return str(_IMPORT_ERROR)
     if _IMPORT_ERROR is not None:
         return f"triton could not be imported ({_IMPORT_ERROR}); install it with `pip install triton`"
     return None

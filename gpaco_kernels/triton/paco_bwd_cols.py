@@ -65,7 +65,7 @@ def _paco_bwd_cols_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    tl.static_assert(not ANCHOR_GRAD or (LABEL_SUMS and SEGMENT == 1 and REDUCTION != 0),
+    tl.static_assert(not ANCHOR_GRAD or ((LABEL_SUMS and SEGMENT == 1) and REDUCTION != 0),
                      "ANCHOR_GRAD: batch columns, label sums, 'sum' or 'mean'")  # fmt: skip
     # float arguments arrive as fp64 from torch.compile (see tiles.as_f32)
     scale = as_f32(scale)

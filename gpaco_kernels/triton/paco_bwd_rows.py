@@ -76,7 +76,7 @@ def _paco_bwd_rows_kernel(
     coef, inv_pos = anchor_coefficients(
         grad_ptr, counted_ptr, pos_ptr, rows, row_mask, row_labels, ignore_index, loss_scale, REDUCTION
     )
-    if HAS_CLASSES and FROM_LOGITS and NEED_LOGITS:
+    if (HAS_CLASSES and FROM_LOGITS) and NEED_LOGITS:
         # Given class logits: dS = a H / tc, elementwise in each tile (no product, nothing into dAnchors). Done
         # first, before the anchors are loaded and the accumulator is live, and in tiles a quarter as wide: with
         # 4 warps a 64 x 64 tile of S, its weights and H spill hundreds of bytes and 64 x 32 a few (read from the
@@ -99,9 +99,9 @@ def _paco_bwd_rows_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     offset = 0
     for seg in tl.static_range(3):
-        present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
+        present = ((seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH)) or (seg == 2 and HAS_QUEUE)
         # given class logits: above; batch columns by the one-pass column kernel with BATCH_BY_COLUMNS
-        if present and not (seg == 0 and FROM_LOGITS) and not (seg == 1 and BATCH_BY_COLUMNS):
+        if (present and not (seg == 0 and FROM_LOGITS)) and not (seg == 1 and BATCH_BY_COLUMNS):
             size = C if seg == 0 else (N if seg == 1 else K)
             x_ptr = centers_ptr if seg == 0 else (feat_ptr if seg == 1 else queue_ptr)
             stride_x = stride_w if seg == 0 else (stride_f if seg == 1 else stride_q)

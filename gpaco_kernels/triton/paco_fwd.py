@@ -116,7 +116,7 @@ def _paco_fwd_kernel(
             bad_label = tl.maximum(bad_label, tl.load(sums_flag_ptr))
     offset = 0
     for seg in tl.static_range(3):
-        present = (seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH) or (seg == 2 and HAS_QUEUE)
+        present = ((seg == 0 and HAS_CLASSES) or (seg == 1 and HAS_BATCH)) or (seg == 2 and HAS_QUEUE)
         size = C if seg == 0 else (N if seg == 1 else K)
         if present and not (seg == 0 and FROM_LOGITS):  # given class logits: above
             lo = tl.maximum(c_start - offset, 0)

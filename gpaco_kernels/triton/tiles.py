@@ -337,7 +337,7 @@ def sample_lse_sweep(
     max(raw) scale = max(raw scale)) and the scale goes into the exponent's multiply-add: no multiply per element
     first (the scaled tile has two uses, the max and the exponent, so the compiler cannot fuse its multiply)."""
     for c0 in range(start, end, BLOCK_N):  # the tiles without MASK_COLUMNS are full: no row mask on their loads
-        if not NORMALIZE and not MASK_COLUMNS and not MASK_DIAGONAL:
+        if (not NORMALIZE and not MASK_COLUMNS) and not MASK_DIAGONAL:
             x = sweep_rows(x_ptr, x_desc, c0, hi, offs_n, stride_x, offs_d, D, UPCAST, False, True, TMA)
             raw = tl.dot(anchors, tl.trans(x), input_precision=PRECISION)
             m, z = online_lse_step_scaled(m, z, raw, t_scale * LOG2E, gamma)

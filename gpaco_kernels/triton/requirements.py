@@ -1,0 +1,53 @@
+"""The torch and Triton releases the kernels need, checked before anything of Triton's is imported.
+
+The floors: torch 2.6, whose torch.library.triton_op (public from 2.6) registers the kernels with torch.compile, and
+Triton 3.2, the release torch 2.6 pins. A GPU user gets the Triton that their torch pins, so the kernels are written
+in the language every release from 3.2 on takes, and what only newer ones have (tensor descriptors) is gated where
+their dependency finder cannot see it (tiles.DESCRIPTORS). `python -m tools.triton_matrix` compiles and tests them
+with each release (benchmarks/results/triton_matrix.txt).
+"""
+
+from __future__ import annotations
+
+import re
+
+TORCH_FLOOR = (2, 6)
+TRITON_FLOOR = (3, 2)
+
+
+class UnsupportedVersion(ImportError):
+    """torch or Triton is older than the kernels need (the backend is then unavailable, with this as the reason)."""
+
+
+def release(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as '2.13.0+cpu' or '3.2.0'; (0, 0) when it does not parse."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def unsupported(torch_version: str, triton_version: str) -> str | None:
+    """Why these torch and Triton versions cannot run the kernels, or None."""
+    floors = "torch >= {}.{} and triton >= {}.{}".format(*TORCH_FLOOR, *TRITON_FLOOR)
+    if release(torch_version) < TORCH_FLOOR:
+        return (
+            f"the Triton kernels need {floors}; found torch {torch_version}. Upgrade torch (its CUDA build brings "
+            f"the Triton it pins): pip install 'torch>={TORCH_FLOOR[0]}.{TORCH_FLOOR[1]}'"
+        )
+    if release(triton_version) < TRITON_FLOOR:
+        return (
+            f"the Triton kernels need {floors}; found triton {triton_version} beside torch {torch_version}. "
+            f"Install the Triton your torch pins (pip install --force-reinstall torch brings it), or "
+            f"pip install 'triton>={TRITON_FLOOR[0]}.{TRITON_FLOOR[1]}'"
+        )
+    return None
+
+
+def check() -> None:
+    """Raise UnsupportedVersion when the installed torch or Triton is below the floor (ImportError when Triton is
+    missing)."""
+    import torch
+    import triton  # ImportError when absent
+
+    reason = unsupported(torch.__version__, triton.__version__)
+    if reason is not None:
+        raise UnsupportedVersion(reason)

@@ -1,0 +1,120 @@
+"""The Triton releases the kernels support (gpaco_kernels/triton/requirements.py): the floors, the error and the
+one-time warning a user below them gets, and the source constructs older releases reject. Runs without a GPU and
+without the interpreter; `python -m tools.triton_matrix` compiles and tests the kernels with each release."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gpaco_kernels.triton import requirements
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_SOURCES = sorted((ROOT / "gpaco_kernels" / "triton").glob("*.py"))
+
+
+@pytest.mark.parametrize(
+    "torch_version, triton_version, complaint",
+    [
+        ("2.6.0+cu124", "3.2.0", None),
+        ("2.13.0+cpu", "3.9.0", None),
+        ("2.7.1", "3.3.1+git9f0a7b1c", None),
+        ("2.5.1+cu121", "3.1.0", "found torch 2.5.1+cu121"),
+        ("2.13.0", "3.1.0", "found triton 3.1.0 beside torch 2.13.0"),
+        ("2.4.0", "3.0.0", "found torch 2.4.0"),
+    ],
+)
+def test_the_floors_are_torch_2_6_and_triton_3_2(torch_version, triton_version, complaint):
+    reason = requirements.unsupported(torch_version, triton_version)
+    if complaint is None:
+        assert reason is None
+    else:
+        assert "need torch >= 2.6 and triton >= 3.2" in reason and complaint in reason
+
+
+def test_release_reads_major_and_minor():
+    assert requirements.release("3.10.2") == (3, 10) and requirements.release("2.6.0a0+git") == (2, 6)
+    assert requirements.release("nightly") == (0, 0)
+
+
+def _run_with_fake_triton(tmp_path: Path, version: str, code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter whose `import triton` finds a stand-in of that version (nothing else in it)."""
+    fake = tmp_path / "fake" / "triton"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(ROOT)]))
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True)
+
+
+def test_a_triton_below_the_floor_is_named_and_auto_warns_once(tmp_path):
+    done = _run_with_fake_triton(
+        tmp_path,
+        "3.1.0",
+        """
+        import warnings
+        import gpaco_kernels as gk
+        from gpaco_kernels.ops import dispatch
+        assert "triton" not in gk.available_backends()
+        print("REASON", dispatch.backend_unavailable_reason("triton"))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            picks = [dispatch.resolve_backend("auto", "cuda") for _ in range(3)]
+        print("PICKS", picks)
+        print("WARNINGS", len(seen), seen[0].message if seen else "")
+        try:
+            dispatch.resolve_backend("triton", "cuda")
+        except ValueError as exc:
+            print("EXPLICIT", exc)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert "the Triton kernels need torch >= 2.6 and triton >= 3.2; found triton 3.1.0" in lines["REASON"]
+    assert lines["PICKS"] == "['torch', 'torch', 'torch']"
+    assert lines["WARNINGS"].startswith("1 backend='auto' runs the 'torch' backend on CUDA tensors")
+    assert "found triton 3.1.0" in lines["WARNINGS"]
+    assert lines["EXPLICIT"].startswith("backend='triton' is not available here: the Triton kernels need")
+
+
+def test_no_warning_where_triton_loads(tmp_path):
+    done = _run_with_fake_triton(
+        tmp_path,
+        "3.2.0",
+        """
+        import warnings
+        from gpaco_kernels.triton import requirements
+        requirements.check()
+        print("OK")
+        """,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr
+
+
+def _jit_functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef) and any("jit" in ast.unparse(d) for d in node.decorator_list):
+            yield node
+
+
+@pytest.mark.parametrize("path", KERNEL_SOURCES, ids=lambda p: p.name)
+def test_kernels_chain_no_boolean_operators(path):
+    """Triton 3.0-3.3 refuse `A and B and C` in a kernel (UnsupportedLanguageConstruct when it compiles, so only on a
+    GPU): pairs, parenthesized."""
+    chained = [
+        f"{path.name}:{node.lineno} {fn.name}: {ast.unparse(node)}"
+        for fn in _jit_functions(path)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.BoolOp) and len(node.values) > 2
+    ]
+    assert not chained, chained
+
+
+def test_the_kernels_are_found():
+    assert sum(len(list(_jit_functions(p))) for p in KERNEL_SOURCES) >= 30
