@@ -118,3 +118,18 @@ def test_kernels_chain_no_boolean_operators(path):
 
 def test_the_kernels_are_found():
     assert sum(len(list(_jit_functions(p))) for p in KERNEL_SOURCES) >= 30
+
+
+@pytest.mark.parametrize("path", KERNEL_SOURCES, ids=lambda p: p.name)
+def test_kernel_literals_are_float32(path):
+    """Triton 3.2 types a float literal outside float32's normal range as float64, which then spreads through the
+    arithmetic it meets (a float64 exponent's conversion to bfloat16 aborted 3.2's compiler)."""
+    tiny, huge = 2.0**-126, 3.4028234663852886e38
+    outside = [
+        f"{path.name}:{node.lineno} {fn.name}: {node.value!r}"
+        for fn in _jit_functions(path)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Constant) and isinstance(node.value, float)
+        if node.value != 0 and not tiny <= abs(node.value) <= huge
+    ]
+    assert not outside, outside

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 # Per-block shared memory limits (bytes) and the register file limit per thread.
@@ -424,6 +425,35 @@ def compile_case(case: Case) -> Result:
     return result
 
 
+def compile_all(todo: list, jobs: int):
+    """compile_case of each case, in order, in `jobs` worker processes (spawned: without the interpreter). A compiler
+    that aborts (an assertion inside Triton's C++) kills its worker and breaks the pool, failing every case in flight:
+    the first of those is compiled again alone (reported as failed if it aborts again), the rest in a new pool."""
+    context = multiprocessing.get_context("spawn")
+    pending = list(todo)
+    while pending:
+        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
+            futures = [pool.submit(compile_case, case) for case in pending]
+            for index, (case, future) in enumerate(zip(pending, futures)):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    yield _compile_alone(case, context)
+                    pending = pending[index + 1 :]
+                    break
+            else:
+                pending = []
+
+
+def _compile_alone(case: Case, context) -> Result:
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(compile_case, case).result()
+        except BrokenProcessPool:
+            label = launch_constexprs(case)[2]
+            return Result(case, config=label, error="the compiler process died (an abort inside Triton)")
+
+
 def format_line(r: Result) -> str:
     c = r.case
     head = f"{c.kind:<9} {c.variant:<13} {c.precision:<10} D{c.block_d:<4} sm_{c.arch}  {r.config:<15}"
@@ -460,13 +490,11 @@ def main(argv=None) -> int:
     lines = [f"compiling {len(todo)} kernel configurations for {targets} with {args.jobs} jobs ({_versions()})"]
     print(lines[0])
     start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
-        results = []
-        for result in pool.map(compile_case, todo):
-            lines.append(format_line(result))
-            print(lines[-1], flush=True)
-            results.append(result)
+    results = []
+    for result in compile_all(todo, args.jobs):
+        lines.append(format_line(result))
+        print(lines[-1], flush=True)
+        results.append(result)
     failed = [r for r in results if r.problems()]
     cold = [r for r in results if not r.problems() and r.stack > 0]
     lines.append(

@@ -417,7 +417,9 @@ def uniform_lse2(lse, weight):
     logits l2 = l log2(e) of columns of one denominator weight (>= 0): shift2 = (lse - ln weight) log2(e); +inf
     (p = 0) for weight 0, and for rows whose lse is -inf (nothing in their denominator), where l - lse would be NaN
     or inf."""
-    shifted = tl.where(weight > 0, (lse - tl.log(tl.maximum(weight, 1e-38))) * LOG2E, float("inf"))
+    # float32's smallest normal: Triton 3.2 types a literal below it as float64 (1e-38 made the row backward's whole
+    # exponent float64, and its conversion to bfloat16 aborted the compiler)
+    shifted = tl.where(weight > 0, (lse - tl.log(tl.maximum(weight, 1.1754943508222875e-38))) * LOG2E, float("inf"))
     return tl.where(lse == float("-inf"), float("inf"), shifted)
 
 
