@@ -133,3 +133,27 @@ def test_kernel_literals_are_float32(path):
         if node.value != 0 and not tiny <= abs(node.value) <= huge
     ]
     assert not outside, outside
+
+
+def test_interpreters_before_3_7_need_numpy_below_2_4():
+    reason = requirements.interpreter_unsupported("3.6.0", "2.4.6")
+    assert reason.startswith("the interpreter of triton 3.6.0 needs numpy < 2.4 (found numpy 2.4.6)")
+    assert requirements.interpreter_unsupported("3.6.0", "2.3.5") is None
+    assert requirements.interpreter_unsupported("3.7.1", "2.4.6") is None
+
+
+def test_an_interpreter_that_cannot_run_is_named(tmp_path):
+    done = _run_with_fake_triton(
+        tmp_path,
+        "3.4.0",
+        """
+        import os
+        os.environ["TRITON_INTERPRET"] = "1"
+        import numpy
+        numpy.__version__ = "2.4.1"
+        from gpaco_kernels.ops import dispatch
+        print(dispatch.backend_unavailable_reason("triton"))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("the interpreter of triton 3.4.0 needs numpy < 2.4 (found numpy 2.4.1)")

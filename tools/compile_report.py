@@ -190,7 +190,9 @@ class Result:
         return found
 
 
-def cases(archs, dims, only=None) -> list[Case]:
+def cases(archs, dims, only=None, first=False, precisions=None) -> list[Case]:
+    """The cases to compile: `only` these kernels, each variant's `first` autotune candidate alone or all of them, in
+    these `precisions` (PRECISIONS' names; all when None)."""
     from gpaco_kernels.triton.configs import FIXED, candidates
     from gpaco_kernels.triton.launch import _device_descriptors_supported
 
@@ -200,7 +202,7 @@ def cases(archs, dims, only=None) -> list[Case]:
         if only and kind not in only:
             continue
         for i, variant in enumerate(variants):
-            for precision in PRECISIONS:
+            for precision in precisions or PRECISIONS:
                 klass = precision_class_of(precision)
                 # a fixed kernel: its one configuration (tile, num_warps, 1 stage); finalize has no BLOCK_D
                 sums = bool(variants[variant].get("LABEL_SUMS", False))
@@ -210,6 +212,7 @@ def cases(archs, dims, only=None) -> list[Case]:
                         continue  # the launcher takes TMA from sm_90 on, where this Triton makes descriptors
                     tma = bool(variants[variant].get("TMA", False))
                     configs = candidates(kind, klass, sums, arch, tma) if kind not in FIXED else [FIXED_CONFIG]
+                    configs = configs[:1] if first else configs
                     for config in configs:
                         for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
                             out.append(Case(kind, variant, precision, block_d, arch, config))
@@ -475,6 +478,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
     parser.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128], help="BLOCK_D values (powers of 2)")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="restrict to these kernels")
+    parser.add_argument("--first", action="store_true", help="each variant's first autotune candidate alone")
+    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), help="restrict to these precisions")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     parser.add_argument("--out", help="also write the report to this file (the committed record the README quotes)")
     args = parser.parse_args(argv)
@@ -485,7 +490,7 @@ def main(argv=None) -> int:
     # The kernels must be real JIT functions, not the interpreter's: compile in fresh processes without it.
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    todo = cases(args.arch, sorted(args.dims), args.only)
+    todo = cases(args.arch, sorted(args.dims), args.only, args.first, args.precisions)
     targets = ", ".join(f"sm_{arch}" for arch in args.arch)
     lines = [f"compiling {len(todo)} kernel configurations for {targets} with {args.jobs} jobs ({_versions()})"]
     print(lines[0])

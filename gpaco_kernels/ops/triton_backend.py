@@ -19,6 +19,7 @@ try:
     from ..triton import requirements
 
     requirements.check()  # before the kernels are imported: an old Triton fails there with less clear errors
+    requirements.check_interpreter()
     from torch.library import triton_op
 
     from ..triton import launch as _launch

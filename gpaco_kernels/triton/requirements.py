@@ -13,6 +13,9 @@ import re
 
 TORCH_FLOOR = (2, 6)
 TRITON_FLOOR = (3, 2)
+# Interpreters before this release hold a loaded scalar as a one-element array and take a loop bound of it with int(),
+# which numpy 2.4 refuses (TypeError: only 0-dimensional arrays can be converted to Python scalars).
+INTERPRETER_NUMPY_FIXED = (3, 7)
 
 
 class UnsupportedVersion(ImportError):
@@ -51,3 +54,26 @@ def check() -> None:
     reason = unsupported(torch.__version__, triton.__version__)
     if reason is not None:
         raise UnsupportedVersion(reason)
+
+
+def interpreter_unsupported(triton_version: str, numpy_version: str) -> str | None:
+    """Why this Triton's interpreter (TRITON_INTERPRET=1) cannot run the kernels beside this numpy, or None."""
+    if release(triton_version) < INTERPRETER_NUMPY_FIXED and release(numpy_version) >= (2, 4):
+        return (
+            f"the interpreter of triton {triton_version} needs numpy < 2.4 (found numpy {numpy_version}): "
+            f"pip install 'numpy<2.4', or triton >= {INTERPRETER_NUMPY_FIXED[0]}.{INTERPRETER_NUMPY_FIXED[1]}"
+        )
+    return None
+
+
+def check_interpreter() -> None:
+    """Under TRITON_INTERPRET=1, raise UnsupportedVersion when this Triton's interpreter cannot run beside numpy."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        import numpy
+        import triton
+
+        reason = interpreter_unsupported(triton.__version__, numpy.__version__)
+        if reason is not None:
+            raise UnsupportedVersion(reason)
