@@ -47,15 +47,15 @@ FIRST_CANDIDATES = ["--first", "--precisions", "bf16", "fp32-tf32"]
 
 def install(release: str, cache: Path) -> Path:
     """The directory holding this release of triton (and its numpy pin), installed there when it is missing."""
-    target = cache / release
-    if not (target / ".complete").exists():
-        packages = [f"triton=={release}"] + ([NUMPY[release]] if release in NUMPY else [])
+    target, packages = cache / release, [f"triton=={release}"] + ([NUMPY[release]] if release in NUMPY else [])
+    marker = target / ".complete"  # what was installed there, in full
+    if not marker.exists() or marker.read_text() != " ".join(packages) + "\n":
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(target)]
             + packages,
             check=True,
         )
-        (target / ".complete").write_text(" ".join(packages) + "\n")
+        marker.write_text(" ".join(packages) + "\n")
     return target
 
 
