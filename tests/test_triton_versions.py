@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpaco_kernels.triton import requirements
+from gpaco_kernels.triton import configs, requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_SOURCES = sorted((ROOT / "gpaco_kernels" / "triton").glob("*.py"))
@@ -22,20 +22,20 @@ KERNEL_SOURCES = sorted((ROOT / "gpaco_kernels" / "triton").glob("*.py"))
 @pytest.mark.parametrize(
     "torch_version, triton_version, complaint",
     [
-        ("2.6.0+cu124", "3.2.0", None),
+        ("2.7.1+cu126", "3.3.1", None),
         ("2.13.0+cpu", "3.9.0", None),
-        ("2.7.1", "3.3.1+git9f0a7b1c", None),
-        ("2.5.1+cu121", "3.1.0", "found torch 2.5.1+cu121"),
-        ("2.13.0", "3.1.0", "found triton 3.1.0 beside torch 2.13.0"),
+        ("2.8.0", "3.4.0+git9f0a7b1c", None),
+        ("2.6.0+cu124", "3.2.0", "found torch 2.6.0+cu124"),
+        ("2.13.0", "3.2.0", "found triton 3.2.0 beside torch 2.13.0"),
         ("2.4.0", "3.0.0", "found torch 2.4.0"),
     ],
 )
-def test_the_floors_are_torch_2_6_and_triton_3_2(torch_version, triton_version, complaint):
+def test_the_floors_are_torch_2_7_and_triton_3_3(torch_version, triton_version, complaint):
     reason = requirements.unsupported(torch_version, triton_version)
     if complaint is None:
         assert reason is None
     else:
-        assert "need torch >= 2.6 and triton >= 3.2" in reason and complaint in reason
+        assert "need torch >= 2.7 and triton >= 3.3" in reason and complaint in reason
 
 
 def test_release_reads_major_and_minor():
@@ -56,7 +56,7 @@ def _run_with_fake_triton(tmp_path: Path, version: str, code: str) -> subprocess
 def test_a_triton_below_the_floor_is_named_and_auto_warns_once(tmp_path):
     done = _run_with_fake_triton(
         tmp_path,
-        "3.1.0",
+        "3.2.0",
         """
         import warnings
         import gpaco_kernels as gk
@@ -76,19 +76,18 @@ def test_a_triton_below_the_floor_is_named_and_auto_warns_once(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
-    assert "the Triton kernels need torch >= 2.6 and triton >= 3.2; found triton 3.1.0" in lines["REASON"]
+    assert "the Triton kernels need torch >= 2.7 and triton >= 3.3; found triton 3.2.0" in lines["REASON"]
     assert lines["PICKS"] == "['torch', 'torch', 'torch']"
     assert lines["WARNINGS"].startswith("1 backend='auto' runs the 'torch' backend on CUDA tensors")
-    assert "found triton 3.1.0" in lines["WARNINGS"]
+    assert "found triton 3.2.0" in lines["WARNINGS"]
     assert lines["EXPLICIT"].startswith("backend='triton' is not available here: the Triton kernels need")
 
 
-def test_no_warning_where_triton_loads(tmp_path):
+def test_the_floor_itself_loads(tmp_path):
     done = _run_with_fake_triton(
         tmp_path,
-        "3.2.0",
+        "3.3.0",
         """
-        import warnings
         from gpaco_kernels.triton import requirements
         requirements.check()
         print("OK")
@@ -157,3 +156,26 @@ def test_an_interpreter_that_cannot_run_is_named(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("the interpreter of triton 3.4.0 needs numpy < 2.4 (found numpy 2.4.1)")
+
+
+def test_candidates_follow_the_triton_release():
+    """A candidate that an older release compiles with a spill in its loop is left out there (configs.CLEAN_FROM)."""
+    on = lambda release: configs.candidates("fwd", "half", True, 80, triton_release=release)  # noqa: E731
+    assert (64, 64, 4, 3) in on((3, 9)) and (64, 64, 4, 3) not in on((3, 8))
+    assert (64, 128, 8, 3) in on((3, 4)) and (64, 128, 8, 3) not in on((3, 3))
+    firsts = [first for clean_from in configs.CLEAN_FROM.values() for first in clean_from.values()]
+    assert all(first > requirements.TRITON_FLOOR for first in firsts), "clean on every supported release: unlist it"
+
+
+@pytest.mark.parametrize("release", [(3, minor) for minor in range(3, 10)])
+def test_every_kernel_has_candidates_on_every_supported_release(release):
+    empty = [
+        (kind, precision, label_sums, arch, tma)
+        for kind in configs.KERNELS
+        for precision in configs.PRECISION_CLASSES
+        for label_sums in (False, True)
+        for arch in (80, 90)
+        for tma in (False, True)
+        if not configs.candidates(kind, precision, label_sums, arch, tma, triton_release=release)
+    ]
+    assert not empty

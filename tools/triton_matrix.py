@@ -12,7 +12,9 @@ NUMPY), then, with that directory first on PYTHONPATH (beside this environment's
 - tests: tests/test_triton.py and tests/test_triton_versions.py under TRITON_INTERPRET=1, after checking that the
   release imported is the one installed and that the 'triton' backend loaded with it (else the tests would skip).
 One line per release goes to --out (the committed record the README's supported-versions table is made from),
-followed by the failing compile lines. Exits 1 when a release fails a step.
+followed by the failing compile lines. A release below the floor (gpaco_kernels/triton/requirements.py) is compiled
+and checked to be refused by the backend, with a message naming the versions. Exits 1 when a release at or above the
+floor fails a step.
 """
 
 from __future__ import annotations
@@ -67,13 +69,27 @@ def environment(target: Path, interpret: bool) -> dict:
     return env
 
 
+def below_floor(release: str) -> bool:
+    from gpaco_kernels.triton.requirements import TRITON_FLOOR
+    from gpaco_kernels.triton.requirements import release as major_minor
+
+    return major_minor(release) < TRITON_FLOOR
+
+
 def loaded_versions(target: Path, release: str) -> str:
-    """'triton X, numpy Y' as imported from target, after checking that the backend loaded with that release."""
+    """'triton X, numpy Y' as imported from target, after checking that the backend loaded with that release (or,
+    below the floor, that it refused it, naming the versions)."""
+    if below_floor(release):
+        backend = "assert 'triton' not in g.available_backends()\n" + (
+            "assert 'need torch >=' in g.ops.dispatch.backend_unavailable_reason('triton')\n"
+        )
+    else:
+        backend = "assert 'triton' in g.available_backends(), g.ops.dispatch.backend_unavailable_reason('triton')\n"
     code = (
         "import numpy, triton, gpaco_kernels as g\n"
         f"assert triton.__version__ == {release!r}, triton.__file__\n"
-        "assert 'triton' in g.available_backends(), g.ops.dispatch.backend_unavailable_reason('triton')\n"
-        "print(f'triton {triton.__version__}, numpy {numpy.__version__}')\n"
+        + backend
+        + "print(f'triton {triton.__version__}, numpy {numpy.__version__}')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env=environment(target, True), capture_output=True, text=True)
     if done.returncode != 0:
@@ -129,17 +145,20 @@ def run(releases, steps, every_candidate: bool, cache: Path) -> tuple[list[str],
             summary, failing, compiled = compile_step(target, every_candidate)
             parts.append(summary)
             ok &= compiled
-        if "tests" in steps:
+        if "tests" in steps and below_floor(release):
+            parts.append("interpreter tests: not run, below the floor (the backend refuses this release)")
+        elif "tests" in steps:
             summary, passed = tests_step(target)
             parts.append(summary)
             ok &= passed
-        parts.append(f"{'ok' if ok else 'FAILING'} ({time.perf_counter() - start:.0f} s)")
+        verdict = "below the floor" if below_floor(release) else ("ok" if ok else "FAILING")
+        parts.append(f"{verdict} ({time.perf_counter() - start:.0f} s)")
         lines.append(" | ".join(parts))
         print(lines[-1], flush=True)
         for line in failing:
             lines.append(f"    {line}")
             print(lines[-1], flush=True)
-        all_ok &= ok
+        all_ok &= ok or below_floor(release)
     return lines, all_ok
 
 

@@ -19,6 +19,8 @@ import torch
 import triton
 from triton.runtime.autotuner import Autotuner
 
+from .requirements import release
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # (kernel, precision class) -> candidates as (BLOCK_M, BLOCK_N, num_warps, num_stages). The first is the one the
@@ -68,6 +70,14 @@ HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}, ("bwd_one_pass", "half"):
 # variant, sm_90; the compile report); so does the 4-warp 64 x 64 one pass (16-32 B, sm_90; it was at 255 registers
 # with a cold spill already, and the cap on its padded columns' exponent tipped it).
 POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
+# Candidates that older Triton releases compile with a spill in a loop (each release's compile report, every candidate
+# at D 128: `python -m tools.triton_matrix --every-candidate`): (kernel, precision class, on the label-sums path) ->
+# {candidate: the first release that compiles it clean, on sm_80 and sm_90}. candidates() leaves each out before it.
+CLEAN_FROM = {
+    ("fwd", "half", False): {(64, 64, 8, 3): (3, 4)},
+    ("fwd", "half", True): {(64, 64, 4, 3): (3, 9), (64, 128, 8, 3): (3, 4)},
+}
+TRITON_RELEASE = release(triton.__version__)
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
@@ -92,9 +102,13 @@ def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
     return "fp32x3" if input_precision == "tf32x3" else "fp32"
 
 
-def candidates(kind: str, precision: str, label_sums: bool = False, arch: int = 90, tma: bool = False) -> list[tuple]:
+def candidates(
+    kind: str, precision: str, label_sums: bool = False, arch: int = 90, tma: bool = False,
+    triton_release: tuple[int, int] = TRITON_RELEASE,
+) -> list[tuple]:  # fmt: skip
     """The autotune candidates of a kernel for a precision class, on the label-sums path or not, for a GPU of
-    compute capability `arch` (major x 10 + minor), with tiles loaded by tensor descriptors (tma) or not."""
+    compute capability `arch` (major x 10 + minor), with tiles loaded by tensor descriptors (tma) or not, with this
+    Triton release (major, minor)."""
     if label_sums and (kind, precision) in LABEL_SUMS_CANDIDATES:
         found = LABEL_SUMS_CANDIDATES[(kind, precision)]
     else:
@@ -103,7 +117,8 @@ def candidates(kind: str, precision: str, label_sums: bool = False, arch: int = 
         found = [c for c in found if c not in HOPPER_ONLY.get((kind, precision), ())]
     if tma:
         found = [c for c in found if c not in POINTERS_ONLY.get((kind, precision), ())]
-    return found
+    clean_from = CLEAN_FROM.get((kind, precision, bool(label_sums)), {})
+    return [c for c in found if triton_release >= clean_from.get(c, (0, 0))]
 
 
 def arch_of(device: torch.device) -> int:

@@ -1,18 +1,20 @@
 """The torch and Triton releases the kernels need, checked before anything of Triton's is imported.
 
-The floors: torch 2.6, whose torch.library.triton_op (public from 2.6) registers the kernels with torch.compile, and
-Triton 3.2, the release torch 2.6 pins. A GPU user gets the Triton that their torch pins, so the kernels are written
-in the language every release from 3.2 on takes, and what only newer ones have (tensor descriptors) is gated where
-their dependency finder cannot see it (tiles.DESCRIPTORS). `python -m tools.triton_matrix` compiles and tests them
-with each release (benchmarks/results/triton_matrix.txt).
+The floors: Triton 3.3 and torch 2.7, the release that pins it. A GPU user gets the Triton that their torch pins, so
+the kernels are written in the language every release from the floor on takes, and what only newer ones have (tensor
+descriptors) is gated where their dependency finder cannot see it (tiles.DESCRIPTORS). Triton 3.2 (torch 2.6) is
+below the floor: its compiler aborts on the half-precision column backward for sm_90 (an assertion in
+LinearLayout::reshapeOuts at the 8-warp 64 x 64 tile), and the other tiles tried there spill in their loop.
+`python -m tools.triton_matrix` compiles and tests the kernels with each release (benchmarks/results/
+triton_matrix.txt).
 """
 
 from __future__ import annotations
 
 import re
 
-TORCH_FLOOR = (2, 6)
-TRITON_FLOOR = (3, 2)
+TORCH_FLOOR = (2, 7)
+TRITON_FLOOR = (3, 3)
 # Interpreters before this release hold a loaded scalar as a one-element array and take a loop bound of it with int(),
 # which numpy 2.4 refuses (TypeError: only 0-dimensional arrays can be converted to Python scalars).
 INTERPRETER_NUMPY_FIXED = (3, 7)
