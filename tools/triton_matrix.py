@@ -1,8 +1,9 @@
 """The kernels with every Triton a GPU user may have: each release that a torch from the floor on pins, installed
 apart, compiled ahead of time and run under the interpreter. No GPU is needed.
 
-    python -m tools.triton_matrix [--versions 3.2.0 3.7.1] [--steps compile tests] [--every-candidate]
+    python -m tools.triton_matrix [--versions 3.3.1 3.7.1] [--steps compile tests] [--every-candidate]
                                   [--cache build/tritons] [--out benchmarks/results/triton_matrix.txt]
+                                  [--reports benchmarks/results/triton]
 
 For each release: `pip install --target <cache>/<release> triton==<release>` (and the numpy its interpreter needs,
 NUMPY), then, with that directory first on PYTHONPATH (beside this environment's torch):
@@ -97,9 +98,10 @@ def loaded_versions(target: Path, release: str) -> str:
     return done.stdout.strip()
 
 
-def compile_step(target: Path, every_candidate: bool) -> tuple[str, list[str], bool]:
-    """(summary, failing lines, ok) of the compile report with this release."""
+def compile_step(target: Path, every_candidate: bool, report: Path | None = None) -> tuple[str, list[str], bool]:
+    """(summary, failing lines, ok) of the compile report with this release (its record written to `report`)."""
     args = ["--dims", "128", "--jobs", str(os.cpu_count() or 1)] + ([] if every_candidate else FIRST_CANDIDATES)
+    args += ["--out", str(report)] if report else []
     done = subprocess.run(
         [sys.executable, "-m", "tools.compile_report", *args],
         env=environment(target, False), capture_output=True, text=True, cwd=ROOT,
@@ -131,7 +133,7 @@ def tests_step(target: Path) -> tuple[str, bool]:
     return f"interpreter tests: {summary}", done.returncode == 0
 
 
-def run(releases, steps, every_candidate: bool, cache: Path) -> tuple[list[str], bool]:
+def run(releases, steps, every_candidate: bool, cache: Path, reports: Path | None = None) -> tuple[list[str], bool]:
     lines, all_ok = [], True
     for release in releases:
         start = time.perf_counter()
@@ -142,7 +144,8 @@ def run(releases, steps, every_candidate: bool, cache: Path) -> tuple[list[str],
             True,
         )
         if "compile" in steps:
-            summary, failing, compiled = compile_step(target, every_candidate)
+            report = reports / f"compile_report_triton_{release}.txt" if reports else None
+            summary, failing, compiled = compile_step(target, every_candidate, report)
             parts.append(summary)
             ok &= compiled
         if "tests" in steps and below_floor(release):
@@ -169,10 +172,13 @@ def main(argv=None) -> int:
     parser.add_argument("--every-candidate", action="store_true", help="compile every candidate, every precision")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "tritons", help="where releases are installed")
     parser.add_argument("--out", type=Path, help="write the record here (benchmarks/results/triton_matrix.txt)")
+    parser.add_argument("--reports", type=Path, help="write each release's compile report into this folder")
     args = parser.parse_args(argv)
     head = f"# python -m tools.triton_matrix, commit {_commit()}, {_torch()}, Python {sys.version.split()[0]}"
     print(head, flush=True)
-    lines, ok = run(args.versions, args.steps, args.every_candidate, args.cache)
+    if args.reports:
+        args.reports.mkdir(parents=True, exist_ok=True)
+    lines, ok = run(args.versions, args.steps, args.every_candidate, args.cache, args.reports)
     if args.out:
         args.out.write_text("\n".join([head, *lines]) + "\n")
     return 0 if ok else 1

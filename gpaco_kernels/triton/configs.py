@@ -22,6 +22,7 @@ from triton.runtime.autotuner import Autotuner
 from .requirements import release
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_RELEASE = release(triton.__version__)  # (major, minor): the candidates depend on it (CLEAN_FROM)
 
 # (kernel, precision class) -> candidates as (BLOCK_M, BLOCK_N, num_warps, num_stages). The first is the one the
 # previous, hand-picked schedule used.
@@ -70,14 +71,25 @@ HOPPER_ONLY = {("bwd_rows", "half"): {(64, 64, 4, 2)}, ("bwd_one_pass", "half"):
 # variant, sm_90; the compile report); so does the 4-warp 64 x 64 one pass (16-32 B, sm_90; it was at 255 registers
 # with a cold spill already, and the cap on its padded columns' exponent tipped it).
 POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}, ("bwd_one_pass", "half"): {(64, 64, 4, 2)}}
-# Candidates that older Triton releases compile with a spill in a loop (each release's compile report, every candidate
-# at D 128: `python -m tools.triton_matrix --every-candidate`): (kernel, precision class, on the label-sums path) ->
-# {candidate: the first release that compiles it clean, on sm_80 and sm_90}. candidates() leaves each out before it.
+# Candidates by Triton release. The lists above are the newest releases'; older compilers spill some of them in a loop
+# (each release's compile report, every candidate at D 128: `python -m tools.triton_matrix --every-candidate`).
+# CLEAN_FROM: (kernel, precision class, on the label-sums path) -> {candidate: the first release that compiles it
+# clean on sm_80 and sm_90}; candidates() leaves it out before. STAND_INS: the candidates that take their place there,
+# {candidate: the first release that no longer needs it} (clean on the releases before it).
+_BOTH_PATHS = (False, True)
 CLEAN_FROM = {
-    ("fwd", "half", False): {(64, 64, 8, 3): (3, 4)},
-    ("fwd", "half", True): {(64, 64, 4, 3): (3, 9), (64, 128, 8, 3): (3, 4)},
+    ("fwd", "half", False): {(64, 64, 8, 3): (3, 4)},  # 3.3: 32 B in the loop (pixel, sm_90)
+    ("fwd", "half", True): {(64, 64, 4, 3): (3, 9), (64, 128, 8, 3): (3, 4)},  # 3.3: 96 B and 64-160 B
+    ("bwd_cols", "half", False): {(64, 64, 8, 2): (3, 4)},  # 3.3: 360 B (PSC with centers, sm_80)
+    **{("bwd_cols", "fp32x3", sums): {(16, 32, 4, 1): (3, 4)} for sums in _BOTH_PATHS},  # 3.3: 120-232 B
+    **{("bwd_one_pass", "half", sums): {(64, 64, 4, 2): (3, 4), (64, 64, 8, 2): (3, 4)} for sums in _BOTH_PATHS},
+    **{("bwd_one_pass", "fp32", sums): {(32, 32, 4, 1): (3, 4)} for sums in _BOTH_PATHS},  # 3.3: 64 B (sm_80)
 }
-TRITON_RELEASE = release(triton.__version__)
+STAND_INS = {
+    ("bwd_cols", "half", False): {(64, 64, 8, 1): (3, 4)},  # one stage: 250 registers, no spill (3.3, sm_80)
+    **{("bwd_cols", "fp32x3", sums): {(16, 32, 8, 1): (3, 4)} for sums in _BOTH_PATHS},
+    **{("bwd_one_pass", "half", sums): {(64, 64, 8, 1): (3, 4)} for sums in _BOTH_PATHS},
+}
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
 KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
@@ -86,7 +98,8 @@ KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kerne
 FIXED = {
     "finalize": ({"BLOCK": 1024}, 4),
     "epilogue": ({"BLOCK_R": 32}, 4),
-    "label_sums": ({"BLOCK_R": 64, "CHECK_BLOCK": 1024}, 4),
+    # 8 warps before Triton 3.4: with 4, 3.3 parks 8 B of the float32 forward in local memory inside its loop (sm_90)
+    "label_sums": ({"BLOCK_R": 64, "CHECK_BLOCK": 1024}, 4 if TRITON_RELEASE >= (3, 4) else 8),
 }
 INTERPRET_CONFIG = (32, 32, 4, 1)
 SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
@@ -117,8 +130,9 @@ def candidates(
         found = [c for c in found if c not in HOPPER_ONLY.get((kind, precision), ())]
     if tma:
         found = [c for c in found if c not in POINTERS_ONLY.get((kind, precision), ())]
-    clean_from = CLEAN_FROM.get((kind, precision, bool(label_sums)), {})
-    return [c for c in found if triton_release >= clean_from.get(c, (0, 0))]
+    key = (kind, precision, bool(label_sums))
+    found = [c for c in found if triton_release >= CLEAN_FROM.get(key, {}).get(c, (0, 0))]
+    return found + [c for c, until in STAND_INS.get(key, {}).items() if triton_release < until and c not in found]
 
 
 def arch_of(device: torch.device) -> int:
