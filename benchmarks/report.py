@@ -3,7 +3,8 @@
     python -m benchmarks --report [--check]
 
 Sources, all committed: benchmarks/results/records.jsonl (`python -m benchmarks`), compile_report.txt
-(`python -m tools.compile_report --out ...`), gpu_model.txt (`python -m tools.gpu_model >
+(`python -m tools.compile_report --out ...`), triton_matrix.txt and triton/ (`python -m tools.triton_matrix --out ...
+[--reports ...]`), gpu_model.txt (`python -m tools.gpu_model >
 ...`) and <machine>/selfcheck.txt (`python -m gpaco_kernels.selfcheck > ...`). The README's tables sit between
 `<!-- name:begin -->` / `<!-- name:end -->` markers. --check writes nothing and exits 1 if any output would change
 (CI runs it: what is committed is what the records give).
@@ -361,6 +362,38 @@ def compile_table() -> str:
     return "\n".join(rows)
 
 
+def triton_matrix_table() -> str:
+    """The README's supported-versions table, from tools.triton_matrix's record (and each release's compile report of
+    every candidate, where one was written with --reports into benchmarks/results/triton/)."""
+    lines = (RESULTS / "triton_matrix.txt").read_text().splitlines()
+    rows = [
+        f"{lines[0].lstrip('# ')}:",
+        "",
+        "| Triton | pinned by torch | compiled clean (first candidates, bf16 + fp32, D 128) | every candidate, every "
+        "precision (D 128) | interpreter tests (numpy) | verdict |",
+        "|---" * 6 + "|",
+    ]
+    for line in lines[1:]:
+        if not line.startswith("triton "):
+            continue
+        head, loaded, *steps, verdict = line.split(" | ")
+        release, torch = re.fullmatch(r"triton (\S+) \(torch (.+)\)", head).groups()
+        numpy = loaded.split("numpy ")[-1]
+        compiled = next((s.split(": ", 1)[1] for s in steps if s.startswith("compile")), "not run")
+        tests = next((s.split(": ", 1)[1] for s in steps if s.startswith("interpreter")), "not run")
+        tests = re.sub(r", \d+ warnings?", "", tests)
+        report = RESULTS / "triton" / f"compile_report_triton_{release}.txt"
+        every = "not run"
+        if report.exists():
+            found = re.search(r"^(\d+) compiled in .*; (\d+) failing$", report.read_text(), re.MULTILINE)
+            link = f"[report](benchmarks/results/triton/{report.name})"
+            every = f"{found.group(1)} compiled, {found.group(2)} failing ({link})"
+        verdict = re.sub(r" \(\d+ s\)$", "", verdict)
+        compiled = compiled.replace(" clean", "")
+        rows.append(f"| {release} | {torch} | {compiled} | {every} | {tests} ({numpy}) | {verdict} |")
+    return "\n".join(rows)
+
+
 def max_batch_runs(records) -> dict:
     """{(machine slug, dtype, budget): [the latest full-run record of each (workload, provider)]} of
     benchmarks.max_batch (a partial rerun replaces only what it measured)."""
@@ -633,6 +666,7 @@ def readme(text: str, records) -> str:
     sections = {
         "compile-summary": compile_summary,
         "compile-table": compile_table,
+        "triton-matrix": triton_matrix_table,
         "gpu-model": gpu_model_table,
         "selfcheck": selfcheck_block,
         "benchmarks": lambda: headline_table(records),

@@ -37,11 +37,13 @@ def _normal(gen, *shape):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
-def problem(loss: str, quick: bool, seed: int = 0):
+def problem(loss: str, quick: bool, seed: int = 0, dim: int | None = None):
     """(function, float64 keyword arguments, names of the arguments that take a gradient) of a small problem whose
-    sizes miss every tile size, for one loss, with the published recipe's options."""
+    sizes miss every tile size, for one loss, with the published recipe's options; dim: the feature dim, if not the
+    default."""
     gen = torch.Generator().manual_seed(seed)
     n, k, c, d = (37, 29, 11, 24) if quick else (133, 301, 53, 72)
+    d = dim or d
 
     def unit(*shape):
         return torch.nn.functional.normalize(_normal(gen, *shape), dim=-1)
@@ -108,6 +110,11 @@ def dtypes_on(backend: str, device: str):
     return out
 
 
+# The feature dim of the second round of problems, triton alone: past launch.MAX_DIM (the kernels that tile the
+# features, paco_wide) and not a power of two.
+WIDE_DIM = 136
+
+
 def _paths(backend: str, loss: str, device: str) -> list:
     """The kernel paths of a backend to check, as (name suffix, launch settings): triton's positives by label sums
     (its large-step path) as well as the per-tile compares the small problems here would take, and under the
@@ -143,15 +150,15 @@ def check_correctness(device: str, quick: bool, out=print) -> int:
     backends = [b for b in available_backends(torch.device(device).type) if b != "reference"]
     out(f"backends on {device}: {', '.join(backends)}")
     failures = checks = 0
-    for loss in LOSSES:
-        fn, kw, grad_args = problem(loss, quick)
+    for loss, dim in [(loss, dim) for dim in (None, WIDE_DIM) for loss in LOSSES]:
+        fn, kw, grad_args = problem(loss, quick, dim=dim)
         with torch.no_grad():
             anchors = fn(**kw, reduction="none", backend="reference").shape[0]
         upstream = torch.linspace(-1.0, 2.0, anchors, dtype=torch.float64)  # not uniform, not 1
         truth = run(fn, kw, grad_args, "reference", torch.float64, "cpu", upstream)
         names = ["loss", *(f"d{k}" for k in grad_args)]
-        for backend in backends:
-            for suffix, path in _paths(backend, loss, device):
+        for backend in backends if dim is None else [b for b in backends if b == "triton"]:
+            for suffix, path in _paths(backend, loss, device) if dim is None else [(f" D{dim}", {})]:
                 for dtype in dtypes_on(backend, device):
                     checks += 1
                     ref = run(fn, kw, grad_args, "reference", dtype, "cpu", upstream)
@@ -356,7 +363,13 @@ def describe(device: str) -> str:
             name += " (" + " ".join(f for f in wanted if f in flags) + ")"
         except (OSError, StopIteration):
             pass
-    return f"{name}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    try:
+        import triton
+
+        versions = f"torch {torch.__version__}, triton {triton.__version__}"
+    except ImportError:
+        versions = f"torch {torch.__version__}, no triton"
+    return f"{name}; {versions}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> int:

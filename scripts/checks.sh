@@ -18,6 +18,11 @@ TRITON_INTERPRET=1 python -m gpaco_kernels.selfcheck --quick
 #     error, spills in a loop or shared memory over the arch's limit (README "Triton") ---
 python -m tools.compile_report
 
+# --- the floor Triton (gpaco_kernels/triton/requirements.py), installed apart into build/tritons: the backend loads
+#     with it, each kernel variant's first autotune candidate compiles clean in bfloat16 for sm_80 and sm_90, and the
+#     interpreter tests pass (README "Supported versions"; the test suite above ran with 3.7.1, torch 2.13's pin) ---
+python -m tools.triton_matrix --versions 3.3.1 --precisions bf16
+
 # --- the README's tables, results.md and the plots are what the committed records give ---
 python -m benchmarks --report --check
 

@@ -8,8 +8,8 @@ apart, compiled ahead of time and run under the interpreter. No GPU is needed.
 For each release: `pip install --target <cache>/<release> triton==<release>` (and the numpy its interpreter needs,
 NUMPY), then, with that directory first on PYTHONPATH (beside this environment's torch):
 - compile: tools/compile_report with --first (each kernel variant's first autotune candidate on that release, as
-  configs.candidates gives it), bfloat16 and float32 (TF32), sm_80 and sm_90, D 128; with --every-candidate, every
-  candidate in every precision (the whole report at D 128, minutes per release on 2 cores);
+  configs.candidates gives it), in --precisions (bfloat16 and float32 with TF32), sm_80 and sm_90, D 128; with
+  --every-candidate, every candidate in every precision (the whole report at D 128, ten minutes a release on 2 cores);
 - tests: tests/test_triton.py and tests/test_triton_versions.py under TRITON_INTERPRET=1, after checking that the
   release imported is the one installed and that the 'triton' backend loaded with it (else the tests would skip).
 One line per release goes to --out (the committed record the README's supported-versions table is made from),
@@ -45,7 +45,7 @@ PINNED_BY = {
 # which numpy >= 2.4 refuses (requirements.interpreter_unsupported).
 NUMPY = {release: "numpy<2.4" for release in ("3.2.0", "3.3.1", "3.4.0", "3.5.1", "3.6.0")}
 TESTS = ["tests/test_triton.py", "tests/test_triton_versions.py"]
-FIRST_CANDIDATES = ["--first", "--precisions", "bf16", "fp32-tf32"]
+PRECISIONS = ["bf16", "fp32-tf32"]  # of the first-candidate compile (--every-candidate: all of them)
 
 
 def install(release: str, cache: Path) -> Path:
@@ -98,9 +98,12 @@ def loaded_versions(target: Path, release: str) -> str:
     return done.stdout.strip()
 
 
-def compile_step(target: Path, every_candidate: bool, report: Path | None = None) -> tuple[str, list[str], bool]:
+def compile_step(
+    target: Path, every_candidate: bool, report: Path | None = None, precisions=tuple(PRECISIONS)
+) -> tuple[str, list[str], bool]:
     """(summary, failing lines, ok) of the compile report with this release (its record written to `report`)."""
-    args = ["--dims", "128", "--jobs", str(os.cpu_count() or 1)] + ([] if every_candidate else FIRST_CANDIDATES)
+    args = ["--dims", "128", "--jobs", str(os.cpu_count() or 1)]
+    args += [] if every_candidate else ["--first", "--precisions", *precisions]
     args += ["--out", str(report)] if report else []
     done = subprocess.run(
         [sys.executable, "-m", "tools.compile_report", *args],
@@ -114,7 +117,7 @@ def compile_step(target: Path, every_candidate: bool, report: Path | None = None
         on_arch = [line for line in report if f" {arch} " in line]
         clean = sum(1 for line in on_arch if " FAIL" not in line)
         by_arch.append(f"{arch} {clean}/{len(on_arch)}")
-    scope = "every candidate" if every_candidate else "first candidates"
+    scope = "every candidate" if every_candidate else f"first candidates, {' + '.join(precisions)}"
     ok = done.returncode == 0 and not failing and bool(report)
     summary = f"compile ({scope}, D128): {', '.join(by_arch)} clean"
     if done.returncode != 0 and not failing:
@@ -133,7 +136,9 @@ def tests_step(target: Path) -> tuple[str, bool]:
     return f"interpreter tests: {summary}", done.returncode == 0
 
 
-def run(releases, steps, every_candidate: bool, cache: Path, reports: Path | None = None) -> tuple[list[str], bool]:
+def run(
+    releases, steps, every_candidate: bool, cache: Path, reports: Path | None = None, precisions=tuple(PRECISIONS)
+) -> tuple[list[str], bool]:  # fmt: skip
     lines, all_ok = [], True
     for release in releases:
         start = time.perf_counter()
@@ -145,7 +150,7 @@ def run(releases, steps, every_candidate: bool, cache: Path, reports: Path | Non
         )
         if "compile" in steps:
             report = reports / f"compile_report_triton_{release}.txt" if reports else None
-            summary, failing, compiled = compile_step(target, every_candidate, report)
+            summary, failing, compiled = compile_step(target, every_candidate, report, precisions)
             parts.append(summary)
             ok &= compiled
         if "tests" in steps and below_floor(release):
@@ -170,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--versions", nargs="+", default=list(PINNED_BY), help="Triton releases (default: all)")
     parser.add_argument("--steps", nargs="+", choices=["compile", "tests"], default=["compile", "tests"])
     parser.add_argument("--every-candidate", action="store_true", help="compile every candidate, every precision")
+    parser.add_argument("--precisions", nargs="+", default=PRECISIONS, help="of the first-candidate compile")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "tritons", help="where releases are installed")
     parser.add_argument("--out", type=Path, help="write the record here (benchmarks/results/triton_matrix.txt)")
     parser.add_argument("--reports", type=Path, help="write each release's compile report into this folder")
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
     print(head, flush=True)
     if args.reports:
         args.reports.mkdir(parents=True, exist_ok=True)
-    lines, ok = run(args.versions, args.steps, args.every_candidate, args.cache, args.reports)
+    lines, ok = run(args.versions, args.steps, args.every_candidate, args.cache, args.reports, args.precisions)
     if args.out:
         args.out.write_text("\n".join([head, *lines]) + "\n")
     return 0 if ok else 1

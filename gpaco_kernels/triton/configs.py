@@ -52,6 +52,17 @@ CANDIDATES = {
     ("bwd_one_pass", "half"): [(64, 64, 4, 2), (64, 64, 8, 2)],
     ("bwd_one_pass", "fp32"): [(16, 32, 4, 1), (32, 32, 4, 1)],
     ("bwd_one_pass", "fp32x3"): [(16, 32, 4, 1)],
+    # The wide-feature kernels (paco_wide, D > 128): the products loop over the features, the backward programs own
+    # a block of them (launch.WIDE_CHUNKS), so the tiles are the narrow features' with nothing held across D.
+    ("wide_fwd", "half"): [(64, 64, 4, 3)],
+    ("wide_fwd", "fp32"): [(32, 32, 4, 2)],
+    ("wide_fwd", "fp32x3"): [(16, 32, 4, 2)],
+    ("wide_bwd_rows", "half"): [(64, 64, 8, 2)],
+    ("wide_bwd_rows", "fp32"): [(32, 32, 4, 1)],
+    ("wide_bwd_rows", "fp32x3"): [(16, 32, 4, 1)],
+    ("wide_bwd_cols", "half"): [(64, 64, 8, 2)],
+    ("wide_bwd_cols", "fp32"): [(32, 32, 4, 1)],
+    ("wide_bwd_cols", "fp32x3"): [(16, 32, 4, 1)],
 }
 # The candidates of the label-sums path (LABEL_SUMS) where they differ: its tiles carry no labels, so 4-warp 64 x 64
 # ones fit (the row backward's class block with given logits runs in narrower tiles for that, paco_bwd_rows), and so
@@ -91,7 +102,7 @@ STAND_INS = {
     **{("bwd_one_pass", "half", sums): {(64, 64, 8, 1): (3, 4)} for sums in _BOTH_PATHS},
 }
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
-KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass")  # the autotuned kernels
+KERNELS = ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass", "wide_fwd", "wide_bwd_rows", "wide_bwd_cols")  # autotuned
 # Kernels launched with one configuration (nothing worth tuning: they read O(A) or O(rows x D) floats, once):
 # kind -> (tile constexprs, num_warps). finalize: one program over the anchors, BLOCK at a time; epilogue:
 # BLOCK_R rows of dFeatures per program; label_sums: one group per program, BLOCK_R of its rows at a time.
@@ -105,7 +116,8 @@ INTERPRET_CONFIG = (32, 32, 4, 1)
 SPLIT_UNIT = 64  # a column split is a multiple of this, and so of every BLOCK_N above
 AUTOTUNE_KEY = ["rows_bucket", "cols_bucket", "BLOCK_D", "PRECISION", "LABEL_SUMS", "TMA"]
 # Flags that change a kernel's work enough to tune apart: the row backward without the batch columns (one-pass)
-EXTRA_KEY = {"bwd_rows": ["BATCH_BY_COLUMNS"]}
+# one, and the wide kernels' feature dim (their loop over it is not in a block size)
+EXTRA_KEY = {"bwd_rows": ["BATCH_BY_COLUMNS"], "wide_fwd": ["D"], "wide_bwd_rows": ["D"], "wide_bwd_cols": ["D"]}
 
 
 def precision_class(dtype: torch.dtype, input_precision: str = "tf32") -> str:
@@ -193,9 +205,11 @@ def autotune(kind: str, restore_value=None):
     key = AUTOTUNE_KEY + EXTRA_KEY.get(kind, [])
 
     def tune(fn):
-        # Made directly rather than by triton.autotune, whose decorator drops do_bench in Triton 3.2 and 3.3
+        # Made directly rather than by triton.autotune, whose decorator drops do_bench in Triton 3.2 and 3.3; the
+        # key's names that are the kernel's (the wide kernels have no LABEL_SUMS, TMA or BLOCK_D... of the others)
         return (_Interpreted if INTERPRET else Autotuner)(
-            fn, fn.arg_names, configs, key, reset_to_zero=None, restore_value=restore_value,
+            fn, fn.arg_names, configs, [k for k in key if k in fn.arg_names], reset_to_zero=None,
+            restore_value=restore_value,
             prune_configs_by=prune, do_bench=_bench,
         )  # fmt: skip
 

@@ -53,7 +53,7 @@ import triton
 from torch.library import wrap_triton
 
 from .._checks import range_message
-from ..ops.spec import ContrastInputs, LabelGroups, OpParams, label_groups
+from ..ops.spec import NORM_EPS, ContrastInputs, LabelGroups, OpParams, label_groups, normalize_backward
 from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, bucket, precision_class
 from .paco_bwd_cols import _paco_bwd_cols_kernel
 from .paco_bwd_one_pass import _paco_bwd_one_pass_kernel
@@ -62,8 +62,13 @@ from .paco_epilogue import _paco_epilogue_kernel
 from .paco_finalize import _paco_finalize_kernel
 from .paco_fwd import _paco_fwd_kernel
 from .paco_label_sums import _paco_label_sums_kernel
+from .paco_wide import _paco_wide_bwd_cols_kernel, _paco_wide_bwd_rows_kernel, _paco_wide_fwd_kernel
 
-MAX_DIM = 128  # the backward keeps a BLOCK x D accumulator in registers; the configurations are sized for D <= 128
+# Feature dims up to MAX_DIM take the tile kernels, which hold BLOCK x D tiles (and the backward a BLOCK x D float32
+# accumulator) in registers; wider ones the wide kernels (paco_wide), which tile the features: products over
+# BLOCK_K features at a time, each backward program BLOCK_D of the output's features. (BLOCK_K, BLOCK_D) per class:
+MAX_DIM = 128
+WIDE_CHUNKS = {"half": (64, 128), "fp32": (32, 64), "fp32x3": (32, 64)}
 PROGRAMS_PER_SM = 2  # split the columns until the grid has about this many programs per SM
 MIN_SPLIT_COLUMNS = 128  # with 64-row anchor tiles, 256 left a GPaCo LT step (256 anchors) short of one program per SM
 INTERPRETER_SM_COUNT = 132  # the interpreter has no device: the split is computed as for an H100
@@ -170,8 +175,16 @@ class _Operands:
         return self.C + self.N + self.K
 
     @property
+    def wide(self) -> bool:
+        """Feature dims past MAX_DIM: the wide kernels (paco_wide)."""
+        return self.D > MAX_DIM
+
+    @property
     def label_sums(self) -> bool:
-        """Positives by label sums (module docstring): there are batch or queue columns, and enough pairs."""
+        """Positives by label sums (module docstring): there are batch or queue columns, and enough pairs (never
+        with wide features: the wide kernels compare labels per tile)."""
+        if self.wide:
+            return False
         sample_cols = self.N + self.K
         if FORCE_LABEL_SUMS is not None:
             return FORCE_LABEL_SUMS and sample_cols > 0
@@ -320,8 +333,6 @@ def unsupported(dtype: torch.dtype, dim: int | None) -> str | None:
     it (backend='auto' takes the 'torch' backend there, ops.dispatch.resolve_backend)."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return "the Triton kernels take float32, bfloat16 or float16"
-    if dim is not None and dim > MAX_DIM:
-        return f"the Triton kernels take feature dims up to {MAX_DIM}"
     return None
 
 
@@ -396,23 +407,12 @@ def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=None):
     counted = torch.empty((1,), device=device, dtype=torch.float32)
     ok = torch.empty((1,), device=device, dtype=torch.int32)
 
-    def grid(meta):
-        return (triton.cdiv(o.A, meta["BLOCK_M"]), splits)
-
     tma = tma_rows(o, launch)
     with _on_device(o.feats), _descriptor_scratch(device, tma):
-        sums = _label_sums(o, p, launch)
-        launch(_paco_fwd_kernel)[grid](
-            # data pointers
-            o.feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias,
-            sums.group, sums.sums, sums.counts, sums.flag, part,
-            # shapes and strides
-            o.A, o.N, o.K, o.C, o.D, cols_per_split,
-            o.feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),
-            bucket(o.A), bucket(o.total_cols),
-            # constants
-            **_scalars(p), ignore_index=p.ignore_index, **o.flags(), NORMALIZE=p.normalize, **o.tiles(tma),
-        )  # fmt: skip
+        if o.wide:
+            _wide_fwd(o, p, part, cols_per_split, launch)
+        else:
+            _tile_fwd(o, p, part, cols_per_split, tma, launch)
         launch(_paco_finalize_kernel)[(1,)](
             part, o.labels, loss, lse, pos, counted, ok,
             o.A, splits,
@@ -423,6 +423,121 @@ def paco_fwd(x: ContrastInputs, p: OpParams, cols_per_split=None, launch=None):
     if o.C:  # labels index the class block: a label outside it is an error, found on the device, raised without a sync
         torch._assert_async(ok, _range_message(x, p))
     return loss, lse, pos, counted
+
+
+def _tile_fwd(o: _Operands, p: OpParams, part, cols_per_split: int, tma: bool, launch) -> None:
+    """The forward sweep's per-split partials into part, by _paco_fwd_kernel (after the label sums it reads)."""
+    sums = _label_sums(o, p, launch)
+    launch(_paco_fwd_kernel)[lambda meta: (triton.cdiv(o.A, meta["BLOCK_M"]), part.shape[1])](
+        # data pointers
+        o.feats, o.labels, o.queue, o.queue_labels, o.logits, o.centers, o.bias,
+        sums.group, sums.sums, sums.counts, sums.flag, part,
+        # shapes and strides
+        o.A, o.N, o.K, o.C, o.D, cols_per_split,
+        o.feats.stride(0), o.queue.stride(0), o.logits.stride(0), o.centers.stride(0),
+        bucket(o.A), bucket(o.total_cols),
+        # constants
+        **_scalars(p), ignore_index=p.ignore_index, **o.flags(), NORMALIZE=p.normalize, **o.tiles(tma),
+    )  # fmt: skip
+
+
+def _unit_rows(rows: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """rows / max(|row|, NORM_EPS) in rows' dtype (the norm in float32), or rows themselves without normalize: the
+    copy the wide kernels read (the tile kernels normalize tile by tile instead)."""
+    if not normalize:
+        return rows
+    wide = rows.float()
+    return (wide * torch.rsqrt((wide * wide).sum(dim=1, keepdim=True).clamp(min=NORM_EPS * NORM_EPS))).to(rows.dtype)
+
+
+def _wide_rows(o: _Operands, p: OpParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, queue, centers) as the wide kernels read them: normalized copies where the loss normalizes (absent
+    ones stay the features' placeholder, never read)."""
+    feats = _unit_rows(o.feats, p.normalize)
+    queue = _unit_rows(o.queue, p.normalize) if o.K else feats
+    centers = _unit_rows(o.centers, p.normalize) if o.C and not o.from_logits else feats
+    return feats, queue, centers
+
+
+def _wide_constexprs(o: _Operands) -> dict:
+    dtype = o.feats.dtype
+    block_k, _ = WIDE_CHUNKS[precision_class(dtype, _precision(dtype))]
+    return dict(BLOCK_K=block_k, UPCAST=_upcast(dtype), PRECISION=_precision(dtype))
+
+
+def _wide_block_d(o: _Operands) -> int:
+    return WIDE_CHUNKS[precision_class(o.feats.dtype, _precision(o.feats.dtype))][1]
+
+
+def _flags_without_label_sums(o: _Operands) -> dict:
+    return {k: v for k, v in o.flags().items() if k != "LABEL_SUMS"}
+
+
+def _wide_fwd(o: _Operands, p: OpParams, part, cols_per_split: int, launch) -> None:
+    """The forward sweep's per-split partials into part, by _paco_wide_fwd_kernel (feature dims past MAX_DIM)."""
+    feats, queue, centers = _wide_rows(o, p)
+    launch(_paco_wide_fwd_kernel)[lambda meta: (triton.cdiv(o.A, meta["BLOCK_M"]), part.shape[1])](
+        # data pointers
+        feats, o.labels, queue, o.queue_labels, o.logits, centers, o.bias, part,
+        # shapes and strides
+        o.A, o.N, o.K, o.C, o.D, cols_per_split,
+        feats.stride(0), queue.stride(0), o.logits.stride(0), centers.stride(0),
+        bucket(o.A), bucket(o.total_cols),
+        # constants
+        **_scalars(p), ignore_index=p.ignore_index, **_flags_without_label_sums(o), **_wide_constexprs(o),
+    )  # fmt: skip
+
+
+def _wide_bwd(o: _Operands, p: OpParams, lse, pos, counted, grad_loss, needs, launch) -> tuple:
+    """paco_bwd for feature dims past MAX_DIM: dAnchors by _paco_wide_bwd_rows_kernel (one part per column split, each
+    program a block of features), the batch columns' and the centers' gradients by _paco_wide_bwd_cols_kernel, all
+    with respect to the unit rows in float32; summed (in a fixed order) and taken back through the normalization
+    here."""
+    need_features, need_logits, need_centers = needs
+    feats, queue, centers = _wide_rows(o, p)
+    A, D, reduction = o.A, o.D, REDUCTIONS[p.reduction]
+    scalars, constexprs, block_d = _scalars(p), _wide_constexprs(o), _wide_block_d(o)
+    common = dict(loss_scale=p.loss_scale, ignore_index=p.ignore_index, REDUCTION=reduction)
+    cols_per_split, splits = o.split()
+    parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)
+    grad_logits = torch.empty_like(o.logits) if need_logits else o.logits
+
+    def columns(segment: int, rows: torch.Tensor, scale: float, with_bias: bool) -> torch.Tensor:
+        out = torch.empty(rows.shape, device=feats.device, dtype=torch.float32)
+        grid = lambda meta: (triton.cdiv(rows.shape[0], meta["BLOCK_N"]), triton.cdiv(D, block_d))  # noqa: E731
+        launch(_paco_wide_bwd_cols_kernel)[grid](
+            feats, o.labels, rows, o.bias, lse, pos, grad_loss, counted, out,
+            A, rows.shape[0], D, feats.stride(0), rows.stride(0), out.stride(0), bucket(A), bucket(rows.shape[0]),
+            scale, scalars["alpha"], scalars["beta_on"], scalars["beta_off"], scalars["gamma"], **common,
+            SEGMENT=segment, HAS_BIAS=with_bias, EXCLUDE=o.exclude, BLOCK_D=block_d, **constexprs,
+        )  # fmt: skip
+        return out
+
+    grad_features = grad_centers = None
+    with _on_device(feats):
+        row_grid = lambda meta: (triton.cdiv(A, meta["BLOCK_M"]), splits, triton.cdiv(D, block_d))  # noqa: E731
+        launch(_paco_wide_bwd_rows_kernel)[row_grid](
+            feats, o.labels, queue, o.queue_labels, o.logits, centers, o.bias,
+            lse, pos, grad_loss, counted, parts, grad_logits,
+            A, o.N, o.K, o.C, D, cols_per_split,
+            feats.stride(0), queue.stride(0), o.logits.stride(0), centers.stride(0),
+            parts.stride(1), grad_logits.stride(0), bucket(A), bucket(o.total_cols),
+            **scalars, **common, **_flags_without_label_sums(o), NEED_LOGITS=need_logits, BLOCK_D=block_d,
+            **constexprs,
+        )  # fmt: skip
+        if need_features:
+            if o.N and p.batch_column_grad:
+                unit_grad = columns(1, feats, scalars["t_scale"], False)
+            else:
+                unit_grad = torch.zeros(feats.shape, device=feats.device, dtype=torch.float32)
+            unit_grad[:A] += parts.sum(dim=0)
+            grad = normalize_backward(o.feats, unit_grad) if p.normalize else unit_grad
+            grad_features = grad.to(o.feats.dtype)
+        if need_centers:
+            unit_grad = columns(0, centers, scalars["c_scale"], o.has_bias)
+            grad = normalize_backward(o.centers, unit_grad) if p.normalize else unit_grad
+            grad_centers = grad.to(o.centers.dtype)
+    return grad_features, grad_logits if need_logits else None, grad_centers
 
 
 def _range_message(x: ContrastInputs, p: OpParams) -> str:
@@ -454,6 +569,8 @@ def paco_bwd(x: ContrastInputs, p: OpParams, lse, pos, counted, grad_loss, needs
     need_features, need_logits, need_centers = needs
     check_supported(x)
     o = _Operands.of(x, p)
+    if o.wide:
+        return _wide_bwd(o, p, lse, pos, counted, grad_loss.contiguous(), needs, launch)
     feats, A, D = o.feats, o.A, o.D
     grad_loss = grad_loss.contiguous()
     tma = tma_rows(o, launch)
