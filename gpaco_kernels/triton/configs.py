@@ -98,7 +98,7 @@ CLEAN_FROM = {
 }
 STAND_INS = {
     ("bwd_cols", "half", False): {(64, 64, 8, 1): (3, 4)},  # one stage: 250 registers, no spill (3.3, sm_80)
-    **{("bwd_cols", "fp32x3", sums): {(16, 32, 8, 1): (3, 4)} for sums in _BOTH_PATHS},
+    **{("bwd_cols", "fp32x3", sums): {(16, 16, 8, 1): (3, 4)} for sums in _BOTH_PATHS},  # (16 x 32 w8: 32 B, sm_90)
     **{("bwd_one_pass", "half", sums): {(64, 64, 8, 1): (3, 4)} for sums in _BOTH_PATHS},
 }
 PRECISION_CLASSES = ("half", "fp32", "fp32x3")
