@@ -30,8 +30,13 @@ def small_tiles(monkeypatch):
         launch._paco_bwd_rows_kernel,
         launch._paco_bwd_cols_kernel,
         launch._paco_bwd_one_pass_kernel,
+        launch._paco_wide_fwd_kernel,
+        launch._paco_wide_bwd_rows_kernel,
+        launch._paco_wide_bwd_cols_kernel,
     ):
         monkeypatch.setattr(kernel, "configs", small)
+    # The wide kernels (D > 128): products over 32 features at a time, backward programs of 64 features each.
+    monkeypatch.setattr(launch, "WIDE_CHUNKS", {name: (32, 64) for name in launch.WIDE_CHUNKS})
     monkeypatch.setattr(launch, "FORCE_COLS_PER_SPLIT", 16)
     # The positives by label sums on every shape (the default tiles take the heuristic: compares in the tiles on the
     # tests' small shapes), the sums walking each group 4 rows at a time.

@@ -127,10 +127,12 @@ def test_modules_name_a_misspelt_option():
 @pytest.mark.parametrize(
     "dtype,dim,want",
     [(torch.float32, 128, "triton"), (torch.bfloat16, 64, "triton"), (torch.float64, 128, "torch"),
-     (torch.float32, 256, "torch"), (torch.float16, 1024, "torch")],
+     (torch.float32, 256, "triton"), (torch.float16, 1024, "triton"), (torch.bfloat16, 136, "triton"),
+     (torch.float64, 1024, "torch")],
 )  # fmt: skip
 def test_auto_on_cuda_never_picks_a_backend_that_refuses_the_inputs(dtype, dim, want):
-    """float64 and feature dims past the Triton kernels' limit go to the 'torch' backend, which takes any."""
+    """float64 goes to the 'torch' backend, which takes any dtype; every feature dim to triton (past 128 its wide
+    kernels)."""
     from gpaco_kernels.ops import resolve_backend
 
     if not gk.HAS_TRITON:
@@ -139,7 +141,7 @@ def test_auto_on_cuda_never_picks_a_backend_that_refuses_the_inputs(dtype, dim, 
 
 
 @pytest.mark.parametrize(
-    "dtype,dim,what", [(torch.float64, 8, "float32, bfloat16 or float16"), (torch.float32, 136, "up to 128")]
+    "dtype,dim,what", [(torch.float64, 8, "float32, bfloat16 or float16"), (torch.float64, 136, "float32, bfloat16")]
 )
 def test_an_explicit_triton_that_cannot_take_the_inputs_names_them_and_what_would_run(dtype, dim, what):
     need_backend("triton")

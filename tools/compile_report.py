@@ -131,6 +131,32 @@ for _kind, _names in (("fwd", ("gpaco-logits-sums", "pixel-sums", "supcon-sums")
     for _name in _names:
         VARIANTS[_kind][f"{_name}-tma"] = dict(VARIANTS[_kind][_name], TMA=True)
 
+# The wide-feature kernels (paco_wide, D > 128): their code is the same for every D past 128 (a loop bound, not a
+# block size), so each is compiled once, shown as D1024 (WIDE_D), with its class's chunks (launch.WIDE_CHUNKS).
+_WIDE_FLAGS = ("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "EXCLUDE", "HAS_BATCH", "HAS_QUEUE")
+WIDE_D = 1024
+
+
+def _wide(*on: str, **more) -> dict:
+    return dict({name: name in on for name in _WIDE_FLAGS}, **more)
+
+
+VARIANTS["wide_fwd"] = {
+    "paco-centers": _wide("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"),
+    "gpaco-logits": _wide("HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE"),
+}
+VARIANTS["wide_bwd_rows"] = {
+    "paco-centers": _wide("HAS_CLASSES", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", NEED_LOGITS=False, REDUCTION=MEAN),
+    "gpaco-logits": _wide(
+        "HAS_CLASSES", "FROM_LOGITS", "HAS_BIAS", "HAS_BATCH", "HAS_QUEUE", NEED_LOGITS=True, REDUCTION=MEAN
+    ),
+}
+VARIANTS["wide_bwd_cols"] = {
+    "centers-bias": dict(SEGMENT=0, HAS_BIAS=True, EXCLUDE=False, REDUCTION=MEAN),
+    "batch": dict(SEGMENT=1, HAS_BIAS=False, EXCLUDE=False, REDUCTION=MEAN),
+    "psc-centers": dict(SEGMENT=0, HAS_BIAS=False, EXCLUDE=True, REDUCTION=NONE),
+}
+
 # Pointer arguments that are not of the input dtype.
 _INDEX_POINTERS = {"label_ptr", "queue_label_ptr", "group_ptr", "order_ptr", "sorted_label_ptr", "bounds_ptr"}
 _INT32_POINTERS = {"ok_ptr", "flag_ptr", "sums_flag_ptr"}
@@ -213,8 +239,9 @@ def cases(archs, dims, only=None, first=False, precisions=None) -> list[Case]:
                     tma = bool(variants[variant].get("TMA", False))
                     configs = candidates(kind, klass, sums, arch, tma) if kind not in FIXED else [FIXED_CONFIG]
                     configs = configs[:1] if first else configs
+                    wide = kind.startswith("wide_")
                     for config in configs:
-                        for block_d in (dims if i == 0 else [max(dims)]) if has_d else [max(dims)]:
+                        for block_d in [WIDE_D] if wide else (dims if i == 0 and has_d else [max(dims)]):
                             out.append(Case(kind, variant, precision, block_d, arch, config))
     return out
 
@@ -243,6 +270,11 @@ def launch_constexprs(case: Case) -> tuple[dict, dict, str]:
     else:
         block_m, block_n, num_warps, num_stages = case.config
         tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=case.block_d)
+        if case.kind.startswith("wide_"):  # the feature chunks of the class, whatever D is
+            from gpaco_kernels.triton.launch import WIDE_CHUNKS
+
+            block_k, block_d = WIDE_CHUNKS[precision_class_of(case.precision)]
+            tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
         label = f"{block_m}x{block_n} w{num_warps} s{num_stages}"
     extra = dict(UPCAST=False, PRECISION=PRECISIONS[case.precision][1], TMA=False)
     constexprs = {k: v for k, v in {**extra, **VARIANTS[case.kind][case.variant], **tiles}.items() if k in names}
@@ -397,7 +429,7 @@ def kernel(kind: str):
     autotuner."""
     import importlib
 
-    module = importlib.import_module(f"gpaco_kernels.triton.paco_{kind}")
+    module = importlib.import_module(f"gpaco_kernels.triton.paco_{'wide' if kind.startswith('wide_') else kind}")
     fn = getattr(module, f"_paco_{kind}_kernel")  # bwd_one_pass: the column kernel's JIT function, autotuned apart
     return fn.fn if hasattr(fn, "configs") else fn  # an Autotuner wraps the JIT function; fixed kernels are one
 
