@@ -54,7 +54,7 @@ CANDIDATES = {
     ("bwd_one_pass", "fp32x3"): [(16, 32, 4, 1)],
     # The wide-feature kernels (paco_wide, D > 128): the products loop over the features, the backward programs own
     # a block of them (launch.WIDE_CHUNKS), so the tiles are the narrow features' with nothing held across D.
-    ("wide_fwd", "half"): [(64, 64, 4, 3)],
+    ("wide_fwd", "half"): [(64, 64, 8, 3)],  # 4 warps: 24-32 B spilled into the loop on sm_80
     ("wide_fwd", "fp32"): [(32, 32, 4, 2)],
     ("wide_fwd", "fp32x3"): [(16, 32, 4, 2)],
     ("wide_bwd_rows", "half"): [(64, 64, 8, 2)],
