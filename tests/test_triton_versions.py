@@ -162,7 +162,9 @@ def test_candidates_follow_the_triton_release():
     """A candidate that an older release compiles with a spill in its loop is left out there (configs.CLEAN_FROM)."""
     on = lambda release: configs.candidates("fwd", "half", True, 80, triton_release=release)  # noqa: E731
     assert (64, 64, 4, 3) in on((3, 9)) and (64, 64, 4, 3) not in on((3, 8))
-    assert (64, 128, 8, 3) in on((3, 4)) and (64, 128, 8, 3) not in on((3, 3))
+    assert (64, 128, 8, 3) in on((3, 9)) and (64, 128, 8, 3) not in on((3, 3))
+    columns = lambda release: configs.candidates("bwd_cols", "half", False, 80, triton_release=release)  # noqa: E731
+    assert columns((3, 3)) == [(64, 64, 8, 1)] and columns((3, 9)) == [(64, 64, 8, 2)]  # a stand-in, then none
     firsts = [first for clean_from in configs.CLEAN_FROM.values() for first in clean_from.values()]
     assert all(first > requirements.TRITON_FLOOR for first in firsts), "clean on every supported release: unlist it"
 

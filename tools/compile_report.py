@@ -220,9 +220,10 @@ def cases(archs, dims, only=None, first=False, precisions=None) -> list[Case]:
     """The cases to compile: `only` these kernels, each variant's `first` autotune candidate alone or all of them, in
     these `precisions` (PRECISIONS' names; all when None)."""
     from gpaco_kernels.triton.configs import FIXED, candidates
-    from gpaco_kernels.triton.launch import _device_descriptors_supported
+    from gpaco_kernels.triton.launch import TMA_CHECKED_TRITON, _device_descriptors_supported, _triton_version
 
-    descriptors = _device_descriptors_supported()
+    # the -tma variants where the launcher takes descriptors by default (launch.TMA "auto")
+    descriptors = _device_descriptors_supported() and _triton_version() >= TMA_CHECKED_TRITON
     out = []
     for kind, variants in VARIANTS.items():
         if only and kind not in only:

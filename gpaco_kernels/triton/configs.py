@@ -89,15 +89,18 @@ POINTERS_ONLY = {("fwd", "half"): {(64, 64, 4, 3)}, ("bwd_one_pass", "half"): {(
 # {candidate: the first release that no longer needs it} (clean on the releases before it).
 _BOTH_PATHS = (False, True)
 CLEAN_FROM = {
-    ("fwd", "half", False): {(64, 64, 8, 3): (3, 4)},  # 3.3: 32 B in the loop (pixel, sm_90)
-    ("fwd", "half", True): {(64, 64, 4, 3): (3, 9), (64, 128, 8, 3): (3, 4)},  # 3.3: 96 B and 64-160 B
-    ("bwd_cols", "half", False): {(64, 64, 8, 2): (3, 4)},  # 3.3: 360 B (PSC with centers, sm_80)
+    # 3.3, 3.4: 8-32 B in the loop (pixel, sm_90); clean on 3.7
+    ("fwd", "half", False): {(64, 64, 8, 3): (3, 7)},
+    # 64 x 64 w4: 96 B on 3.3, 24-144 B on 3.4-3.8 (sm_80); 64 x 128 w8: 16-192 B on 3.3-3.7
+    ("fwd", "half", True): {(64, 64, 4, 3): (3, 9), (64, 128, 8, 3): (3, 9)},
+    ("bwd_cols", "half", False): {(64, 64, 8, 2): (3, 7)},  # 3.3, 3.4: 360-368 B (PSC with centers, sm_80)
     **{("bwd_cols", "fp32x3", sums): {(16, 32, 4, 1): (3, 4)} for sums in _BOTH_PATHS},  # 3.3: 120-232 B
-    **{("bwd_one_pass", "half", sums): {(64, 64, 4, 2): (3, 4), (64, 64, 8, 2): (3, 4)} for sums in _BOTH_PATHS},
-    **{("bwd_one_pass", "fp32", sums): {(32, 32, 4, 1): (3, 4)} for sums in _BOTH_PATHS},  # 3.3: 64 B (sm_80)
+    # 64 x 64 w4 (Hopper): 152-440 B on 3.3, 3.4 and 3.7; w8 s2: 56 B on 3.3
+    **{("bwd_one_pass", "half", sums): {(64, 64, 4, 2): (3, 9), (64, 64, 8, 2): (3, 4)} for sums in _BOTH_PATHS},
+    **{("bwd_one_pass", "fp32", sums): {(32, 32, 4, 1): (3, 9)} for sums in _BOTH_PATHS},  # 56-64 B on 3.3, 3.7
 }
 STAND_INS = {
-    ("bwd_cols", "half", False): {(64, 64, 8, 1): (3, 4)},  # one stage: 250 registers, no spill (3.3, sm_80)
+    ("bwd_cols", "half", False): {(64, 64, 8, 1): (3, 7)},  # one stage: 250 registers, no spill (3.3, sm_80)
     **{("bwd_cols", "fp32x3", sums): {(16, 16, 8, 1): (3, 4)} for sums in _BOTH_PATHS},  # (16 x 32 w8: 32 B, sm_90)
     **{("bwd_one_pass", "half", sums): {(64, 64, 8, 1): (3, 4)} for sums in _BOTH_PATHS},
 }
