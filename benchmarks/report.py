@@ -314,11 +314,13 @@ HEADLINE_VARIANTS = {
     ("bwd_rows", "pixel-sums"), ("bwd_cols", "batch"), ("bwd_cols", "batch-sums"), ("bwd_one_pass", "batch-sums"),
     ("finalize", "mean"),
     ("epilogue", "label-sums"), ("label_sums", "backward"),
+    ("wide_fwd", "paco-centers"), ("wide_bwd_rows", "gpaco-logits"), ("wide_bwd_cols", "batch"),
 }  # fmt: skip
 KERNEL_NAMES = {
     "fwd": "forward", "bwd_rows": "row backward", "bwd_cols": "column backward",
     "bwd_one_pass": "one-pass backward (opt-in)", "finalize": "forward finalize",
-    "epilogue": "dFeatures epilogue", "label_sums": "label sums",
+    "epilogue": "dFeatures epilogue", "label_sums": "label sums", "wide_fwd": "wide forward (D > 128)",
+    "wide_bwd_rows": "wide row backward", "wide_bwd_cols": "wide column backward",
 }  # fmt: skip
 
 
@@ -328,11 +330,14 @@ def compile_summary() -> str:
 
 
 def compile_table() -> str:
-    from gpaco_kernels.triton.configs import CANDIDATES, FIXED
+    from gpaco_kernels.triton.configs import FIXED, candidates
+    from gpaco_kernels.triton.requirements import release
 
     rows = ["| kernel | variant | dtype | tile, warps, stages | registers | spills | shared | MMA | tensor-core "
             "instr. | MUFU.EX2 | compares | selects |", "|---" * 12 + "|"]  # fmt: skip
-    for line in (RESULTS / "compile_report.txt").read_text().splitlines()[1:-1]:
+    lines = (RESULTS / "compile_report.txt").read_text().splitlines()
+    triton_release = release(re.search(r"triton (\S+?)[,)]", lines[0]).group(1))  # the candidates of the record's
+    for line in lines[1:-1]:
         parts = line.split()
         kind, variant, precision, dim, arch = parts[:5]
         klass = {"fp32-tf32x3": "fp32x3", "fp32-tf32": "fp32"}.get(precision, "half")
@@ -341,8 +346,10 @@ def compile_table() -> str:
             config = first = " ".join(parts[5 : end + 1])
         else:
             config = " ".join(parts[5:8])
-            first = "{}x{} w{} s{}".format(*CANDIDATES[(kind, klass)][0])
-        if (kind, variant) not in HEADLINE_VARIANTS or dim != "D128" or arch != "sm_90" or config != first:
+            sums = "-sums" in variant
+            first = "{}x{} w{} s{}".format(*candidates(kind, klass, sums, 90, triton_release=triton_release)[0])
+        wanted_dim = "D1024" if kind.startswith("wide_") else "D128"  # the wide kernels: one line, any D past 128
+        if (kind, variant) not in HEADLINE_VARIANTS or dim != wanted_dim or arch != "sm_90" or config != first:
             continue
         if precision in ("fp16", "fp32-tf32x3"):
             continue

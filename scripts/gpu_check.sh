@@ -15,7 +15,7 @@
 #
 # DEADLINE (seconds, default 1500) bounds the whole run: each step gets at most its own limit and what is left of the
 # deadline, so a slow step cuts the next ones short instead of the run losing everything. STEPS picks steps (default:
-# install,tests,selfcheck,overhead,profile,bench_bf16,bench_supcon,bench_fp32,max_batch). GPACO_NO_EXTENSION=1 skips building the
+# install,tests,selfcheck,overhead,profile,bench_bf16,bench_supcon,bench_fp32,bench_dim,max_batch). GPACO_NO_EXTENSION=1 skips building the
 # C++ CPU kernels (about a minute), which a GPU run does not use. --quick: the selfcheck's quick sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 status=0
-STEPS=",${STEPS:-install,tests,selfcheck,overhead,profile,bench_bf16,bench_supcon,bench_fp32,max_batch},"
+STEPS=",${STEPS:-install,tests,selfcheck,overhead,profile,bench_bf16,bench_supcon,bench_fp32,bench_dim,max_batch},"
 step() {  # step NAME LIMIT COMMAND...: run under a time limit, append the output to log.txt, remember a failure
     local name=$1 limit=$2
     shift 2
@@ -57,7 +57,7 @@ MAX_JOBS=16 step install 200 python3 -m pip install --no-build-isolation --no-de
 # edge tests, the opchecks with AOT dispatch, the host path, CUDA graphs and the device-side label check. CI rehearses
 # this exact step on CPU (tests/test_gpu_check.py): every test passes or skips for want of CUDA. Spread over
 # processes (xdist) because most of their time is Triton compiling.
-GPU_TESTS="tests/test_backends.py tests/test_triton.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py"
+GPU_TESTS="tests/test_backends.py tests/test_triton.py tests/test_wide_features.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py"
 export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 [ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
@@ -93,6 +93,9 @@ step bench_bf16 150 python3 -m benchmarks --device cuda --dtype bfloat16 --sweep
 step bench_supcon 120 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps supcon \
     --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 step bench_fp32 90 python3 -m benchmarks --device cuda --dtype float32 --sweeps lt-queue pixel \
+    --records "$OUT/records.jsonl" --time-limit 20 --budget 1
+# The LT step across feature dims 32-512 (past 128 the wide kernels, paco_wide), every provider and the floors.
+step bench_dim 90 python3 -m benchmarks --device cuda --dtype bfloat16 --sweeps dim \
     --records "$OUT/records.jsonl" --time-limit 20 --budget 1
 # The largest problem under 2 GiB of GPU memory (the CUDA allocator's limit), every provider.
 step max_batch 240 python3 -m benchmarks.max_batch --budget 2GiB --device cuda --dtype bfloat16 \

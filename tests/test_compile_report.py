@@ -28,28 +28,43 @@ def test_spills_inside_loops_are_told_apart_from_cold_ones():
 
 
 def test_every_kernel_and_autotune_candidate_is_covered():
+    """Every kernel file is compiled, and every configuration the autotuner may pick with this Triton (its pruner's
+    classes: precision, label sums, GPU generation, descriptor loads) for every variant it may launch, at D 128 (the
+    wide kernels at WIDE_D), and the first variant of each tile kernel at every BLOCK_D."""
     import pathlib
 
     import gpaco_kernels.triton as package
+    from gpaco_kernels.triton.launch import TMA_CHECKED_TRITON, _device_descriptors_supported, _triton_version
+
+    def module(kind):
+        return "paco_wide" if kind.startswith("wide_") else f"paco_{kind}"
 
     files = {p.stem for p in pathlib.Path(package.__file__).parent.glob("paco_*.py")}
     launched = {*configs.KERNELS, *configs.FIXED}
-    assert {f"paco_{kind}" for kind in report.VARIANTS} == files == {f"paco_{k}" for k in launched}
+    assert set(report.VARIANTS) == launched and {module(k) for k in launched} == files
+    descriptors = _device_descriptors_supported() and _triton_version() >= TMA_CHECKED_TRITON
     todo = report.cases([80, 90], [16, 32, 64, 128])
-    for (kind, precision_class), candidates in configs.CANDIDATES.items():
-        names = [name for name in report.PRECISIONS if report.precision_class_of(name) == precision_class]
-        assert names, precision_class
-        for name in names:
-            for candidate in candidates:  # every configuration autotune may pick, at every BLOCK_D, on its archs
-                mine = [c for c in todo if c.kind == kind and c.precision == name and c.config == candidate]
-                covered = {(c.arch, c.block_d) for c in mine}
-                archs = (90,) if candidate in configs.HOPPER_ONLY.get((kind, precision_class), ()) else (80, 90)
-                assert covered == {(a, d) for a in archs for d in (16, 32, 64, 128)}, (kind, name, candidate)
-                variants = {c.variant for c in mine if c.block_d == 128}
-                want = set(report.VARIANTS[kind])
-                if candidate in configs.POINTERS_ONLY.get((kind, precision_class), ()):  # never with descriptors
-                    want = {v for v in want if not v.endswith("-tma")}
-                assert variants == want, (kind, candidate)
+    compiled = {(c.kind, c.variant, c.precision, c.arch, c.block_d, c.config) for c in todo}
+    checked = 0
+    for kind in configs.KERNELS:
+        wide = kind.startswith("wide_")
+        tuned, classes = configs._full_autotune_configs(kind)
+        for config in tuned:
+            candidate = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+            for precision_class, label_sums, hopper, tma in classes[config]:
+                if tma and not descriptors:
+                    continue
+                for name in [n for n in report.PRECISIONS if report.precision_class_of(n) == precision_class]:
+                    for variant, flags in report.VARIANTS[kind].items():
+                        if bool(flags.get("LABEL_SUMS")) != label_sums or bool(flags.get("TMA")) != tma:
+                            continue
+                        case = (kind, variant, name, 90 if hopper else 80, report.WIDE_D if wide else 128, candidate)
+                        assert case in compiled, case
+                        checked += 1
+    assert checked > 300
+    for kind in ("fwd", "bwd_rows", "bwd_cols", "bwd_one_pass"):  # the first variant at every BLOCK_D
+        first = next(iter(report.VARIANTS[kind]))
+        assert {c.block_d for c in todo if c.kind == kind and c.variant == first} == {16, 32, 64, 128}, kind
     for kind in configs.FIXED:  # one configuration, every variant and precision, both archs
         mine = [c for c in todo if c.kind == kind]
         assert {(c.variant, c.precision, c.arch) for c in mine} == {
@@ -91,19 +106,20 @@ _FP64_SCALARS = """
 import triton
 from triton.backends.compiler import GPUTarget
 from tools import compile_report as r
-from gpaco_kernels.triton import configs
-for kind in sorted(r.VARIANTS):
-    fn = r.kernel(kind)
-    smallest = configs.CANDIDATES[(kind, "half")][-1] if kind in configs.KERNELS else r.FIXED_CONFIG
-    for case in r.cases([90], [64], only=[kind]):
-        if case.precision != "bf16" or case.config != smallest:
-            continue
-        constexprs, options, _ = r.launch_constexprs(case)
-        signature, attrs = r._signature(fn, "bf16", constexprs, float_type="fp64")
-        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-        assert "xf64>" not in compiled.asm["ttir"], (kind, case.variant)  # no float64 tile arithmetic
-        print(kind, case.variant, "ok")
+done = set()
+for case in r.cases([90], [64]):  # each variant's last bf16 candidate with this Triton (the smallest tile)
+    if case.precision != "bf16":
+        continue
+    last = [c for c in r.cases([90], [64], only=[case.kind]) if c.variant == case.variant and c.precision == "bf16"][-1]
+    if case != last:
+        continue
+    fn = r.kernel(case.kind)
+    constexprs, options, _ = r.launch_constexprs(case)
+    signature, attrs = r._signature(fn, "bf16", constexprs, float_type="fp64")
+    compiled = triton.compile(r.ast_source(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                              options=options)
+    assert "xf64>" not in compiled.asm["ttir"], (case.kind, case.variant)  # no float64 tile arithmetic
+    print(case.kind, case.variant, "ok")
 """
 
 
@@ -117,7 +133,8 @@ def test_kernels_compile_with_the_fp64_float_arguments_torch_compile_passes():
     env = dict(os.environ, TRITON_INTERPRET="0")
     done = subprocess.run([sys.executable, "-c", _FP64_SCALARS], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split().count("ok") == sum(len(v) for v in report.VARIANTS.values()), done.stdout
+    variants = {(c.kind, c.variant) for c in report.cases([90], [64])}  # the -tma ones where descriptors are taken
+    assert {tuple(line.split()[:2]) for line in done.stdout.splitlines() if line.endswith(" ok")} == variants
 
 
 def test_sass_counts_tell_the_mma_kind_and_the_per_element_work():
