@@ -363,12 +363,15 @@ def describe(device: str) -> str:
             name += " (" + " ".join(f for f in wanted if f in flags) + ")"
         except (OSError, StopIteration):
             pass
+    from .triton.requirements import TORCH_FLOOR, TRITON_FLOOR
+
+    floor = "the Triton kernels need torch >= {}.{}, triton >= {}.{}".format(*TORCH_FLOOR, *TRITON_FLOOR)
     try:
         import triton
 
-        versions = f"torch {torch.__version__}, triton {triton.__version__}"
+        versions = f"torch {torch.__version__}, triton {triton.__version__} ({floor})"
     except ImportError:
-        versions = f"torch {torch.__version__}, no triton"
+        versions = f"torch {torch.__version__}, no triton ({floor})"
     return f"{name}; {versions}, {torch.get_num_threads()} threads"
 
 
