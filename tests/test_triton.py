@@ -164,7 +164,9 @@ def test_candidates_that_spill_with_descriptor_loads_are_left_to_the_pointer_loa
     from tools import compile_report
 
     if not launch._device_descriptors_supported() or launch._triton_version() < launch.TMA_CHECKED_TRITON:
-        pytest.skip(f"Triton {triton.__version__}: no descriptor loads by default (launch.tma_rows)")
+        # this Triton's descriptor loads are not taken by default (launch.tma_rows): nor compiled for the report
+        assert not [c for c in compile_report.cases([90], [128]) if c.variant.endswith("-tma")]
+        return
     pointers = _pruned("fwd", 90, monkeypatch, LABEL_SUMS=True)
     descriptors = _pruned("fwd", 90, monkeypatch, LABEL_SUMS=True, TMA=True)
     assert (64, 64, 4, 3) in pointers and (64, 64, 4, 3) not in descriptors
