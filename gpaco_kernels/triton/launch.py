@@ -54,7 +54,7 @@ from torch.library import wrap_triton
 
 from .._checks import range_message
 from ..ops.spec import NORM_EPS, ContrastInputs, LabelGroups, OpParams, label_groups, normalize_backward
-from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, bucket, precision_class
+from .configs import CANDIDATES, FIXED, INTERPRET, SPLIT_UNIT, TRITON_RELEASE, bucket, precision_class
 from .paco_bwd_cols import _paco_bwd_cols_kernel
 from .paco_bwd_one_pass import _paco_bwd_one_pass_kernel
 from .paco_bwd_rows import _paco_bwd_rows_kernel
@@ -281,8 +281,7 @@ def _rows_aligned(o: _Operands) -> bool:
 
 
 def _triton_version() -> tuple[int, int]:
-    major, minor = (triton.__version__.split(".") + ["0"])[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    return TRITON_RELEASE
 
 
 @contextlib.contextmanager
@@ -459,14 +458,11 @@ def _wide_rows(o: _Operands, p: OpParams) -> tuple[torch.Tensor, torch.Tensor, t
     return feats, queue, centers
 
 
-def _wide_constexprs(o: _Operands) -> dict:
+def _wide_constexprs(o: _Operands) -> tuple[dict, int]:
+    """(the constexprs every wide kernel takes, BLOCK_D of the backward's programs) for these features' dtype."""
     dtype = o.feats.dtype
-    block_k, _ = WIDE_CHUNKS[precision_class(dtype, _precision(dtype))]
-    return dict(BLOCK_K=block_k, UPCAST=_upcast(dtype), PRECISION=_precision(dtype))
-
-
-def _wide_block_d(o: _Operands) -> int:
-    return WIDE_CHUNKS[precision_class(o.feats.dtype, _precision(o.feats.dtype))][1]
+    block_k, block_d = WIDE_CHUNKS[precision_class(dtype, _precision(dtype))]
+    return dict(BLOCK_K=block_k, UPCAST=_upcast(dtype), PRECISION=_precision(dtype)), block_d
 
 
 def _flags_without_label_sums(o: _Operands) -> dict:
@@ -484,7 +480,7 @@ def _wide_fwd(o: _Operands, p: OpParams, part, cols_per_split: int, launch) -> N
         feats.stride(0), queue.stride(0), o.logits.stride(0), centers.stride(0),
         bucket(o.A), bucket(o.total_cols),
         # constants
-        **_scalars(p), ignore_index=p.ignore_index, **_flags_without_label_sums(o), **_wide_constexprs(o),
+        **_scalars(p), ignore_index=p.ignore_index, **_flags_without_label_sums(o), **_wide_constexprs(o)[0],
     )  # fmt: skip
 
 
@@ -496,7 +492,7 @@ def _wide_bwd(o: _Operands, p: OpParams, lse, pos, counted, grad_loss, needs, la
     need_features, need_logits, need_centers = needs
     feats, queue, centers = _wide_rows(o, p)
     A, D, reduction = o.A, o.D, REDUCTIONS[p.reduction]
-    scalars, constexprs, block_d = _scalars(p), _wide_constexprs(o), _wide_block_d(o)
+    scalars, (constexprs, block_d) = _scalars(p), _wide_constexprs(o)
     common = dict(loss_scale=p.loss_scale, ignore_index=p.ignore_index, REDUCTION=reduction)
     cols_per_split, splits = o.split()
     parts = torch.empty((splits, A, D), device=feats.device, dtype=torch.float32)

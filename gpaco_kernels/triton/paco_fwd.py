@@ -33,6 +33,7 @@ from .tiles import (
     row_groups,
     rows_descriptor,
     sample_lse_sweep,
+    store_partials,
 )
 
 
@@ -162,10 +163,4 @@ def _paco_fwd_kernel(
         if present:
             offset += size
 
-    stride_part = num_splits.to(tl.int64) * A
-    out = part_ptr + pid_s.to(tl.int64) * A + rows
-    tl.store(out, m, mask=row_mask)
-    tl.store(out + stride_part, z, mask=row_mask)
-    tl.store(out + 2 * stride_part, wl, mask=row_mask)
-    tl.store(out + 3 * stride_part, pos, mask=row_mask)
-    tl.store(out + 4 * stride_part, tl.zeros((BLOCK_M,), tl.float32) + bad_label.to(tl.float32), mask=row_mask)
+    store_partials(part_ptr, pid_s, num_splits, A, rows, row_mask, m, z, wl, pos, bad_label)

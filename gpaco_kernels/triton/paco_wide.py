@@ -33,6 +33,7 @@ from .tiles import (
     lse_tile_step,
     out_of_range,
     segment_weights,
+    store_partials,
 )
 
 
@@ -145,13 +146,7 @@ def _paco_wide_fwd_kernel(
                         bad_label = tl.maximum(bad_label, out_of_range(col_labels, col_mask, C, ignore_index))
                     m, z, wl, pos = lse_tile_step(m, z, wl, pos, l, w, d)
             offset += size
-    stride_part = num_splits.to(tl.int64) * A
-    out = part_ptr + pid_s.to(tl.int64) * A + rows
-    tl.store(out, m, mask=row_mask)
-    tl.store(out + stride_part, z, mask=row_mask)
-    tl.store(out + 2 * stride_part, wl, mask=row_mask)
-    tl.store(out + 3 * stride_part, pos, mask=row_mask)
-    tl.store(out + 4 * stride_part, tl.zeros((BLOCK_M,), tl.float32) + bad_label.to(tl.float32), mask=row_mask)
+    store_partials(part_ptr, pid_s, num_splits, A, rows, row_mask, m, z, wl, pos, bad_label)
 
 
 @autotune("wide_bwd_rows")

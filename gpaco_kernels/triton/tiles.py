@@ -442,6 +442,19 @@ def group_sums(groups, row_mask, sums_ptr, offs_d, D):
 
 
 @triton.jit
+def store_partials(part_ptr, pid_s, num_splits, A, rows, row_mask, m, z, wl, pos, bad_label):
+    """A forward program's partials into part_ptr ((5, SPLITS, A) float32, split pid_s of num_splits): m, z, sum w l,
+    P per anchor, and the label-range flag, which _paco_finalize_kernel merges."""
+    stride_part = num_splits.to(tl.int64) * A
+    out = part_ptr + pid_s.to(tl.int64) * A + rows
+    tl.store(out, m, mask=row_mask)
+    tl.store(out + stride_part, z, mask=row_mask)
+    tl.store(out + 2 * stride_part, wl, mask=row_mask)
+    tl.store(out + 3 * stride_part, pos, mask=row_mask)
+    tl.store(out + 4 * stride_part, tl.zeros_like(m) + bad_label.to(tl.float32), mask=row_mask)
+
+
+@triton.jit
 def weighted_logit_sum(w, l):
     """sum of w l over a tile's columns, the columns of weight 0 (masked, or a -inf class logit) adding exactly 0."""
     return tl.sum(w * tl.where(w != 0, l, 0.0), axis=1)
