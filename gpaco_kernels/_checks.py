@@ -20,11 +20,15 @@ def tensor(name: str, value, *, floating: bool | None = None) -> torch.Tensor:
     return value
 
 
-def shape(name: str, value: torch.Tensor, expected: tuple, meaning: str) -> None:
-    """expected holds ints or None (any size); meaning spells the expected shape for the message."""
+def shape(name: str, value: torch.Tensor, expected: tuple, meaning) -> None:
+    """expected holds ints or None (any size); meaning spells the expected shape for the message: a string, or a
+    function returning one where it names sizes, so that the message is formatted only when the check fails (under
+    torch.compile, formatting a size specializes the graph on it: a queue that grows would recompile every step)."""
     ok = value.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, value.shape))
     if not ok:
-        raise ValueError(f"{name} must have shape {meaning}, got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have shape {meaning() if callable(meaning) else meaning}, got {tuple(value.shape)}"
+        )
 
 
 def same_device(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
@@ -54,7 +58,9 @@ def non_negative(name: str, value) -> float:
 def real(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+    # Comparisons, not math.isfinite: torch.compile(dynamic=True) traces floats as symbols, which math.isfinite
+    # cannot take (NaN fails both comparisons).
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
 

@@ -170,7 +170,7 @@ def fused_supcon_loss(
         labels = torch.arange(offset, offset + bsz, device=features.device)
     else:
         check.tensor("labels", labels, floating=False)
-        check.shape("labels", labels, (bsz,), f"(bsz,) = ({bsz},)")
+        check.shape("labels", labels, (bsz,), lambda: f"(bsz,) = ({bsz},)")
     stacked = features.reshape(bsz, n_views, -1).transpose(0, 1).reshape(bsz * n_views, -1)
     return _paco_loss(
         stacked,
@@ -252,7 +252,7 @@ def _paco_loss(
         check.tensor("features", features, floating=True)
         check.shape("features", features, (None, None), "(N, D)")
         check.tensor("labels", labels, floating=False)
-        check.shape("labels", labels, (features.shape[0],), f"(N,) = ({features.shape[0]},) to match features")
+        check.shape("labels", labels, (features.shape[0],), lambda: f"(N,) = ({features.shape[0]},) to match features")
         options.setdefault("num_anchors", None)
         if options["num_anchors"] is None:
             options["num_anchors"] = features.shape[0]
@@ -314,7 +314,7 @@ def canonicalize(
     if n == 0 or dim == 0:
         raise ValueError(f"{feat_} must have at least one row and one column, got {tuple(features.shape)}")
     check.tensor(lab_, labels, floating=False)
-    check.shape(lab_, labels, (n,), f"(N,) = ({n},) to match {feat_}")
+    check.shape(lab_, labels, (n,), lambda: f"(N,) = ({n},) to match {feat_}")
     check.same_device(lab_, labels, feat_, features)
 
     if num_anchors is None:
@@ -327,15 +327,15 @@ def canonicalize(
         given, missing = (q_, ql_) if queue is not None else (ql_, q_)
         raise ValueError(f"{given} was given without {missing}; pass both or neither")
     if queue is not None and queue_labels is not None and queue.dim() == 2 and queue.shape[0] == 0:
-        check.shape(ql_, queue_labels, (0,), f"(K,) = (0,) to match {q_}")
+        check.shape(ql_, queue_labels, (0,), lambda: f"(K,) = (0,) to match {q_}")
         queue = queue_labels = None  # an empty queue (a MomentumQueue before its first enqueue) adds no columns
     if queue is not None:
         check.tensor(q_, queue, floating=True)
-        check.shape(q_, queue, (None, dim), f"(K, D) with D = {dim} as in {feat_}")
+        check.shape(q_, queue, (None, dim), lambda: f"(K, D) with D = {dim} as in {feat_}")
         check.same_device(q_, queue, feat_, features)
         check.same_dtype(q_, queue, feat_, features)
         check.tensor(ql_, queue_labels, floating=False)
-        check.shape(ql_, queue_labels, (queue.shape[0],), f"(K,) = ({queue.shape[0]},) to match {q_}")
+        check.shape(ql_, queue_labels, (queue.shape[0],), lambda: f"(K,) = ({queue.shape[0]},) to match {q_}")
         check.same_device(ql_, queue_labels, feat_, features)
 
     if center_logits is not None and centers is not None:
@@ -343,13 +343,13 @@ def canonicalize(
     num_classes = 0
     if center_logits is not None:
         check.tensor(logit_, center_logits, floating=True)
-        check.shape(logit_, center_logits, (num_anchors, None), f"(num_anchors, C) = ({num_anchors}, C)")
+        check.shape(logit_, center_logits, (num_anchors, None), lambda: f"(num_anchors, C) = ({num_anchors}, C)")
         check.same_device(logit_, center_logits, feat_, features)
         check.same_dtype(logit_, center_logits, feat_, features)
         num_classes = center_logits.shape[1]
     if centers is not None:
         check.tensor(cent_, centers, floating=True)
-        check.shape(cent_, centers, (None, dim), f"(C, D) with D = {dim} as in {feat_}")
+        check.shape(cent_, centers, (None, dim), lambda: f"(C, D) with D = {dim} as in {feat_}")
         check.same_device(cent_, centers, feat_, features)
         check.same_dtype(cent_, centers, feat_, features)
         num_classes = centers.shape[0]

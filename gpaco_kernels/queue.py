@@ -79,14 +79,15 @@ class MomentumQueue(nn.Module):
         self.register_buffer("position", torch.zeros((), dtype=torch.long, device=device))  # next slot to write
         filled = size if init == "random" else 0
         self.register_buffer("filled", torch.full((), filled, dtype=torch.long, device=device))  # slots with data
-        self._filled = filled  # the same count on the host (batch sizes are known there): get() reads no value
+        self._rows = _FilledRows()
+        self._refresh(filled)
 
     @torch.no_grad()
     def enqueue(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         check.tensor("features", features, floating=True)
-        check.shape("features", features, (None, self.dim), f"(B, dim) with dim = {self.dim}")
+        check.shape("features", features, (None, self.dim), lambda: f"(B, dim) with dim = {self.dim}")
         check.tensor("labels", labels, floating=False)
-        check.shape("labels", labels, (features.shape[0],), f"(B,) = ({features.shape[0]},) to match features")
+        check.shape("labels", labels, (features.shape[0],), lambda: f"(B,) = ({features.shape[0]},) to match features")
         if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized():
             from .distributed import gather_rows
 
@@ -100,21 +101,48 @@ class MomentumQueue(nn.Module):
         self.features.index_copy_(0, slots, features.detach().to(self.features.dtype))
         self.labels.index_copy_(0, slots, labels.to(self.labels.device, torch.long))
         self.position.copy_((self.position + rows) % self.size)
-        self._filled = min(self._filled + rows, self.size)
-        self.filled.fill_(self._filled)
+        filled = min(len(self) + rows, self.size)
+        self.filled.fill_(filled)
+        self._refresh(filled)
 
-    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, labels) of the filled slots (all of them once the queue has wrapped, or with init='random')."""
-        if self._filled == self.size:
-            return self.features, self.labels
-        return self.features[: self._filled], self.labels[: self._filled]
+    def get(self, *, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of the filled slots (all of them once the queue has wrapped, or with init='random').
+
+        copy=True (default) returns copies: the loss keeps its inputs for the backward, and an enqueue between the
+        loss and its backward (as a step that enqueues the keys in its forward does, the MoCo builders' order) would
+        otherwise change them in place, which autograd refuses. copy=False returns views of the buffers, for loops
+        that enqueue only after the backward."""
+        features, labels = self._rows.features, self._rows.labels
+        return (features.clone(), labels.clone()) if copy else (features, labels)
 
     def __len__(self) -> int:
-        return self._filled
+        return self._rows.features.shape[0]
+
+    def _refresh(self, filled) -> None:
+        """Point the views of the filled slots at the buffers as they are now (after an enqueue, a .to() or .half(),
+        a loaded checkpoint)."""
+        self._rows.features = self.features[:filled]
+        self._rows.labels = self.labels[:filled]
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        self._refresh(len(self))
+        return module
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._filled = int(self.filled)  # once, when a checkpoint is loaded
+        self._refresh(int(self.filled))  # once, when a checkpoint is loaded
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, dim={self.dim}, filled={self._filled}, gather={self.gather}"
+        return f"size={self.size}, dim={self.dim}, filled={len(self)}, gather={self.gather}"
+
+
+class _FilledRows:
+    """The filled slots as views of the buffers, the queue's count on the host (the batch sizes are known there, so
+    get() reads no value back from the device). Kept on a plain object, not the module: torch.compile gives a tensor
+    read from a plain object's attribute a dynamic length once it has seen it change (automatic dynamic shapes), so a
+    compiled step recompiles about twice while the queue fills; an int or tensor attribute of a module is specialized
+    and would recompile it at every step until the queue is full."""
+
+    features: torch.Tensor
+    labels: torch.Tensor

@@ -219,7 +219,7 @@ def _dense_supcon_with_mask(features, mask, temperature, base_temperature, contr
     check.tensor("mask", mask)
     check.choice("contrast_mode", contrast_mode, ("all", "one"))
     bsz, n_views = features.shape[0], features.shape[1]
-    check.shape("mask", mask, (bsz, bsz), f"(bsz, bsz) = ({bsz}, {bsz})")
+    check.shape("mask", mask, (bsz, bsz), lambda: f"(bsz, bsz) = ({bsz}, {bsz})")
     check.same_device("mask", mask, "features", features)
     contrast = features.reshape(bsz, n_views, -1).transpose(0, 1).reshape(bsz * n_views, -1)
     n_anchor_views = n_views if contrast_mode == "all" else 1

@@ -156,10 +156,10 @@ class CrossBatchMemory(nn.Module):
         if indices_tuple is not None:
             raise ValueError("indices_tuple (a miner's pairs) is not supported: every anchor-memory pair is used")
         check.tensor("embeddings", embeddings, floating=True)
-        check.shape("embeddings", embeddings, (None, self.embedding_size), f"(B, {self.embedding_size})")
+        check.shape("embeddings", embeddings, (None, self.embedding_size), lambda: f"(B, {self.embedding_size})")
         check.tensor("labels", labels, floating=False)
         batch = embeddings.shape[0]
-        check.shape("labels", labels, (batch,), f"(B,) = ({batch},) to match embeddings")
+        check.shape("labels", labels, (batch,), lambda: f"(B,) = ({batch},) to match embeddings")
         # As PML: the memory follows the embeddings' device and dtype.
         self.embedding_memory = self.embedding_memory.to(embeddings.device, embeddings.dtype)
         self.label_memory = self.label_memory.to(labels.device)
@@ -187,7 +187,7 @@ class CrossBatchMemory(nn.Module):
         check.tensor("enqueue_mask", enqueue_mask)
         if enqueue_mask.dtype != torch.bool:
             raise ValueError(f"enqueue_mask must be a bool tensor, got dtype {enqueue_mask.dtype}")
-        check.shape("enqueue_mask", enqueue_mask, (embeddings.shape[0],), f"(B,) = ({embeddings.shape[0]},)")
+        check.shape("enqueue_mask", enqueue_mask, (embeddings.shape[0],), lambda: f"(B,) = ({embeddings.shape[0]},)")
         to_memory = int(enqueue_mask.sum())
         if to_memory > self.memory_size:
             raise ValueError(f"enqueue_mask selects {to_memory} rows, more than memory_size={self.memory_size}")
