@@ -2,8 +2,6 @@
 (how often it compiles, and equal to eager), torch.compile(dynamic=True), autocast and mixed float dtypes, and the
 state of every module through .half(), .to() and state_dict round trips."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,7 +57,9 @@ def _loop(backend, device="cpu", compile_options=None, *, steps=STEPS, enqueue_i
 def _assert_equal_runs(got, want):
     for i, (g, w) in enumerate(zip(got, want)):
         for name, a, b in zip(("loss", "grad features", "grad head"), g, w):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"step {i} {name}: {m}")
+            torch.testing.assert_close(
+                a, b, rtol=1e-5, atol=1e-6, msg=lambda m, i=i, name=name: f"step {i} {name}: {m}"
+            )
 
 
 @pytest.mark.parametrize("backend, device", LOOP_BACKENDS)
