@@ -36,11 +36,6 @@ def same_device(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor
         raise ValueError(f"{name} is on {value.device} but {ref_name} is on {ref.device}; put them on one device")
 
 
-def same_dtype(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    if value.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {value.dtype} but {ref_name} has dtype {ref.dtype}; use one float dtype")
-
-
 def positive(name: str, value) -> float:
     number = real(name, value)
     if not number > 0:

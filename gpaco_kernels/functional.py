@@ -7,6 +7,8 @@ fused_psc_loss     the prototypical supervised contrastive loss of Wang et al. 2
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import weakref
 from collections import OrderedDict
 
@@ -16,6 +18,7 @@ from . import _checks as check
 from .distributed import ddp_scale, gather_columns, gather_rows
 from .ops import BACKEND_NAMES, ContrastInputs, LossConfig, resolve_backend
 from .ops import loss as op_loss
+from .ops.spec import compute_dtype
 from .options import PACO, PSC, SUPCON
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -126,6 +129,12 @@ def fused_paco_loss(
             A collective: every rank must call it. 'mean' and 'sum' then return this rank's share, scaled so that
             averaging over ranks (as DDP does with gradients) gives the loss of one process over the global batch;
             'none' returns this rank's per-anchor losses.
+
+    Dtypes: the float inputs (features, queue, center_logits, centers) may differ in dtype, as under autocast, where
+    the class logits come out of a Linear in half precision while the features are float32. The loss computes in
+    their promotion (bfloat16 logits with float32 features: float32), whether or not autocast is on (it is turned off
+    inside the loss, so float32 inputs keep float32 products); per-anchor statistics are float32 for half-precision
+    inputs. The loss comes back in that dtype and each gradient in its input's dtype.
 
     The per-anchor loss matches the official PaCo/GPaCo code to rounding, including its 1e-12 inside the log and
     its max over every column (masked ones too); where the published code divides 0 by 0 (an anchor with no
@@ -258,20 +267,40 @@ def _paco_loss(
             options["num_anchors"] = features.shape[0]
         features, labels = gather_columns(features, labels, process_group)
     distributed = process_group is not None and reduction != "none"
-    x, cfg, backend_name = canonicalize(
-        features,
-        labels,
-        reduction="none" if distributed else reduction,
-        normalize=normalize,
-        lse_eps=lse_eps,
-        batch_columns=batch_columns,
-        **options,
-    )
-    loss = op_loss(x, cfg, backend_name)
+    with _autocast_off(features):
+        x, cfg, backend_name = canonicalize(
+            features,
+            labels,
+            reduction="none" if distributed else reduction,
+            normalize=normalize,
+            lse_eps=lse_eps,
+            batch_columns=batch_columns,
+            **options,
+        )
+        loss = op_loss(x, cfg, backend_name)
     if distributed:  # this rank's share of the global mean or sum (see fused_paco_loss)
         counted = (x.labels[: cfg.num_anchors] != cfg.ignore_index).sum()
-        return ddp_scale(loss.sum(), counted, reduction, process_group).to(features.dtype)
+        return ddp_scale(loss.sum(), counted, reduction, process_group).to(loss.dtype)
     return loss
+
+
+def common_dtype(*tensors) -> torch.dtype:
+    """The dtype the loss computes in: the promotion of its float inputs' dtypes (None entries skipped)."""
+    dtypes = [t.dtype for t in tensors if t is not None]
+    if all(d == dtypes[0] for d in dtypes):
+        return dtypes[0]  # the common case, without a torch call (a launch counter would count it)
+    return functools.reduce(torch.promote_types, dtypes)
+
+
+def _autocast_off(features):
+    """Autocast would run the backends' products in its half dtype whatever the inputs are: the loss computes in
+    the dtype of its inputs instead (common_dtype), with float32 statistics, as autocast does for its own losses.
+    (features not a tensor: canonicalize refuses it.)"""
+    device = getattr(features, "device", None)
+    if isinstance(device, torch.device) and torch.amp.is_autocast_available(device.type):
+        if torch.is_autocast_enabled(device.type):
+            return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def canonicalize(
@@ -333,7 +362,6 @@ def canonicalize(
         check.tensor(q_, queue, floating=True)
         check.shape(q_, queue, (None, dim), lambda: f"(K, D) with D = {dim} as in {feat_}")
         check.same_device(q_, queue, feat_, features)
-        check.same_dtype(q_, queue, feat_, features)
         check.tensor(ql_, queue_labels, floating=False)
         check.shape(ql_, queue_labels, (queue.shape[0],), lambda: f"(K,) = ({queue.shape[0]},) to match {q_}")
         check.same_device(ql_, queue_labels, feat_, features)
@@ -345,13 +373,11 @@ def canonicalize(
         check.tensor(logit_, center_logits, floating=True)
         check.shape(logit_, center_logits, (num_anchors, None), lambda: f"(num_anchors, C) = ({num_anchors}, C)")
         check.same_device(logit_, center_logits, feat_, features)
-        check.same_dtype(logit_, center_logits, feat_, features)
         num_classes = center_logits.shape[1]
     if centers is not None:
         check.tensor(cent_, centers, floating=True)
         check.shape(cent_, centers, (None, dim), lambda: f"(C, D) with D = {dim} as in {feat_}")
         check.same_device(cent_, centers, feat_, features)
-        check.same_dtype(cent_, centers, feat_, features)
         num_classes = centers.shape[0]
     has_classes = center_logits is not None or centers is not None
     if has_classes and num_classes == 0:
@@ -376,15 +402,22 @@ def canonicalize(
     check.flag("normalize", normalize)
     check.choice("backend", backend, BACKEND_NAMES)
 
+    # Mixed float dtypes (under autocast: half-precision class logits from a Linear, float32 features concatenated
+    # with a float32 queue) compute in their promoted dtype, as torch.cat would give; .to() sends each gradient back
+    # in its input's dtype.
+    dtype = common_dtype(features, queue, center_logits, centers)
+    features, queue, center_logits, centers = (
+        None if t is None else t.to(dtype) for t in (features, queue, center_logits, centers)
+    )
+
     center_bias = None
     if class_counts is not None:
         if not has_classes:
             raise ValueError("class_counts was given without a class block (center_logits or centers)")
-        # In the features' compute dtype, as the published code (float32 there) computes it.
-        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        center_bias = prior_bias(class_counts, num_classes, features.device, dtype)
+        # In the compute dtype of the statistics (float32 for half precision), as the published code computes it.
+        center_bias = prior_bias(class_counts, num_classes, features.device, compute_dtype(dtype))
 
-    backend_name = resolve_backend(backend, features.device.type, features.dtype, features.shape[1], feat_)
+    backend_name = resolve_backend(backend, features.device.type, dtype, features.shape[1], feat_)
     # The Triton kernels check label ranges as they load labels (no sync); elsewhere the check reads values where
     # that is free (CPU tensors) and is queued on the device otherwise (_checks: value checks).
     if has_classes and (backend_name != "triton" or check.sync_checks()):

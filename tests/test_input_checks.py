@@ -47,19 +47,24 @@ BAD = [
     ("queue-without-labels", dict(queue_labels=None), ValueError, ["queue", "queue_labels"]),
     ("labels-without-queue", dict(queue=None), ValueError, ["queue_labels", "queue"]),
     ("queue-dim", dict(queue=torch.randn(5, 3)), ValueError, ["queue", "D = 4", "(5, 3)"]),
-    ("queue-dtype", dict(queue=torch.randn(5, 4, dtype=torch.float64)), TypeError, ["queue", "float64", "float32"]),
+    ("queue-integer", dict(queue=torch.ones(5, 4, dtype=torch.long)), TypeError, ["queue", "floating", "int64"]),
     ("queue-labels-size", dict(queue_labels=torch.zeros(4, dtype=torch.long)), ValueError, ["queue_labels", "(4,)"]),
     ("queue-labels-float", dict(queue_labels=torch.zeros(5)), TypeError, ["queue_labels", "integer"]),
     ("both-class-blocks", dict(centers=torch.randn(3, 4)), ValueError, ["center_logits", "centers", "not both"]),
     ("center-logits-rows", dict(center_logits=torch.randn(8, 3)), ValueError, ["center_logits", "(6, C)", "(8, 3)"]),
     (
-        "center-logits-dtype",
-        dict(center_logits=torch.randn(6, 3, dtype=torch.float64)),
+        "center-logits-integer",
+        dict(center_logits=torch.ones(6, 3, dtype=torch.int32)),
         TypeError,
-        ["center_logits", "float64"],
+        ["center_logits", "floating", "int32"],
     ),
     ("centers-dim", dict(center_logits=None, centers=torch.randn(3, 5)), ValueError, ["centers", "D = 4", "(3, 5)"]),
-    ("centers-dtype", dict(center_logits=None, centers=torch.randn(3, 4).half()), TypeError, ["centers", "float16"]),
+    (
+        "centers-bool",
+        dict(center_logits=None, centers=torch.ones(3, 4, dtype=torch.bool)),
+        TypeError,
+        ["centers", "bool"],
+    ),
     ("empty-class-block", dict(center_logits=torch.randn(6, 0)), ValueError, ["0 classes"]),
     ("temperature-zero", dict(temperature=0.0), ValueError, ["temperature", "> 0", "0.0"]),
     ("temperature-negative", dict(temperature=-1), ValueError, ["temperature", "-1"]),
@@ -209,8 +214,8 @@ def test_errors_name_the_argument_as_the_user_passed_it():
     f, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
     with pytest.raises(ValueError, match=r"^prototypes must have shape \(C, D\)"):
         gk.fused_psc_loss(f, y, torch.randn(3, 5))
-    with pytest.raises(TypeError, match=r"^prototypes has dtype torch.float64"):
-        gk.fused_psc_loss(f, y, torch.randn(3, 4, dtype=torch.float64))
+    # (float64 prototypes with float32 features are not an error: the loss computes in the promotion, float64)
+    assert gk.fused_psc_loss(f, y, torch.randn(3, 4, dtype=torch.float64)).dtype == torch.float64
     with pytest.raises(ValueError, match=r"^sup_logits must have shape \(num_anchors, C\)"):
         gk.compat.PaCoSegLoss(alpha=0.5, num_classes=3)(f, y, torch.randn(5, 3))
 
