@@ -20,7 +20,29 @@ from .options import (
 )
 
 
-class FusedPaCoLoss(nn.Module):
+class ClassCountsState(nn.Module):
+    """Holds ``class_counts`` (the training-set count of each class, or None) as a float64 buffer that survives what
+    modules go through: ``.half()`` / ``.to(dtype)`` move it to the new device but keep float64 (float16 would turn a
+    count of 70,000 into inf), and a state_dict with counts loads into a module built with or without them (one
+    without counts has a None buffer, which the default loader would call an unexpected key). A state_dict without
+    counts loaded strictly into a module with counts reports them missing, as for any buffer."""
+
+    def _apply(self, fn, recurse=True):
+        counts = self._buffers.get("class_counts")
+        module = super()._apply(fn, recurse)
+        if counts is not None:  # the device fn chose, the dtype and values as they were
+            self._buffers["class_counts"] = counts.to(self._buffers["class_counts"].device)
+        return module
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        counts = state_dict.get(prefix + "class_counts")
+        if counts is not None:  # checked, and a buffer to load into (the loader then copies the same values)
+            device = self.class_counts.device if self.class_counts is not None else torch.device("cpu")
+            self.class_counts = check.host_class_counts(counts, None).to(device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class FusedPaCoLoss(ClassCountsState):
     """Module form of :func:`fused_paco_loss`; its options (``PaCoOptions``: alpha, beta, gamma, temperature, ...,
     keyword-only, the functional's defaults) are held in ``self.options``. ``class_counts`` (optional) is kept as a
     buffer, so the prior moves with ``.to()`` and is saved in the state_dict; ``set_class_counts`` replaces it."""

@@ -114,6 +114,28 @@ def test_gpaco_lt_matches_published(backend, with_prior, smooth):
 
 
 @pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
+@pytest.mark.parametrize("smooth", [None, 0.0, 0.25])
+def test_gpaco_vit_matches_published(backend, smooth):
+    """GPaCo/MAE-ViTs/paco.py: its defaults (alpha=0.05, temperature=0.2), no prior, and label smoothing given to
+    forward (default 0.1); GPaCoLoss takes forward's smooth too, over its constructor's."""
+    C, K, batch = 6, 11, 5
+    feats, labels, _ = paco_batch(4, batch, K, C, 4)
+    logits = torch.randn(2 * batch, C, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    f1, s1, f2, s2 = leaf(feats), leaf(logits), leaf(feats), leaf(logits)
+    loss_fn = compat.GPaCoViTLoss(K=K, num_classes=C, backend=backend)
+    ours = loss_fn(f1, labels, s1) if smooth is None else loss_fn(f1, labels, s1, smooth=smooth)
+    theirs = gpaco_lt(f2, labels, s2, None, K=K, alpha=0.05, temperature=0.2, smooth=0.1 if smooth is None else smooth)
+    assert_close(ours, theirs, name="loss", **TOL)
+    g1, gs1 = grads(ours, [f1, s1])
+    g2, gs2 = grads(theirs, [f2, s2])
+    assert_close(g1[: 2 * batch], g2[: 2 * batch], name="dfeatures[batch rows]", **TOL)
+    assert_close(gs1, gs2, name="dsup_logits", **TOL)
+    if smooth is not None:
+        gpaco = compat.GPaCoLoss(alpha=0.05, temperature=0.2, K=K, num_classes=C, smooth=0.9, backend=backend)
+        assert_close(gpaco(feats, labels, logits, smooth=smooth), theirs.detach(), name="GPaCoLoss smooth=", **TOL)
+
+
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 def test_gpaco_seg_matches_published(backend):
     C, n = 5, 23
     gen = torch.Generator().manual_seed(3)

@@ -2,6 +2,8 @@
 (how often it compiles, and equal to eager), torch.compile(dynamic=True), autocast and mixed float dtypes, and the
 state of every module through .half(), .to() and state_dict round trips."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,3 +187,153 @@ def test_supcon_and_psc_under_autocast(half):
     assert abs(proto.item() - want.item()) <= 1e-4 * abs(want.item())
     proto.backward()
     assert psc.prototypes.grad.dtype == torch.float32
+
+
+# -- module state ---------------------------------------------------------------------------------------------------
+COUNTS = [70_000.0, 500.0, 20.0, 3.0]  # 70,000 is inf in float16
+
+
+def _paco_modules():
+    """Every module that holds class counts, built without them, with a call on (features, labels, sup_logits)."""
+    c = len(COUNTS)
+    return {
+        "FusedPaCoLoss": (lambda: gk.FusedPaCoLoss(alpha=0.05), lambda m, f, y, s: m(f[:12], y[:12], center_logits=s)),
+        "PaCoLoss": (lambda: gk.compat.PaCoLoss(alpha=0.05, K=4, num_classes=c), lambda m, f, y, s: m(f, y, s[:4])),
+        "GPaCoLoss": (lambda: gk.compat.GPaCoLoss(alpha=0.05, K=4, num_classes=c), lambda m, f, y, s: m(f, y, s[:8])),
+        "GPaCoViTLoss": (lambda: gk.compat.GPaCoViTLoss(K=4, num_classes=c), lambda m, f, y, s: m(f, y, s[:8])),
+    }
+
+
+def _set_counts(module, counts):
+    if isinstance(module, gk.FusedPaCoLoss):
+        module.set_class_counts(counts)
+    else:
+        module.cal_weight_for_classes(counts)
+
+
+def _paco_inputs():
+    gen = torch.Generator().manual_seed(3)
+    feats = F.normalize(torch.randn(12, 6, generator=gen), dim=1)
+    labels = torch.randint(0, len(COUNTS), (12,), generator=gen)
+    return feats, labels, torch.randn(12, len(COUNTS), generator=gen)
+
+
+@pytest.mark.parametrize("name", list(_paco_modules()))
+def test_class_counts_survive_half_and_to(name):
+    """.half() and .to(dtype) cast floating buffers: the counts move with the module but stay float64 (in float16 a
+    count of 70,000 is inf, and the next call raised 'class_counts must be finite')."""
+    build, call = _paco_modules()[name]
+    module = build()
+    _set_counts(module, COUNTS)
+    feats, labels, logits = _paco_inputs()
+    want = call(module, feats, labels, logits)
+    for convert in (lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.to("cpu", torch.float64)):
+        converted = convert(copy.deepcopy(module))
+        assert converted.class_counts.dtype == torch.float64
+        assert converted.class_counts.tolist() == COUNTS
+        torch.testing.assert_close(call(converted, feats, labels, logits), want)
+
+
+@pytest.mark.parametrize("name", list(_paco_modules()))
+def test_class_counts_load_into_a_module_built_either_way(name):
+    build, call = _paco_modules()[name]
+    saved = build()
+    _set_counts(saved, COUNTS)
+    state = saved.state_dict()
+    feats, labels, logits = _paco_inputs()
+    want = call(saved, feats, labels, logits)
+    without, with_other = build(), build()
+    _set_counts(with_other, [1.0] * len(COUNTS))
+    for module in (without, with_other):
+        module.load_state_dict(state)  # strict: no unexpected key
+        assert module.class_counts.dtype == torch.float64 and module.class_counts.tolist() == COUNTS
+        torch.testing.assert_close(call(module, feats, labels, logits), want)
+    bad = dict(state, class_counts=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="^class_counts must be finite and >= 0"):
+        build().load_state_dict(bad)
+    # a checkpoint without counts, into a module that has them: reported missing (strict), as for any buffer
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "class_counts"'):
+        with_other.load_state_dict(build().state_dict())
+    with_other.load_state_dict(build().state_dict(), strict=False)
+    assert with_other.class_counts.tolist() == COUNTS  # kept
+
+
+def test_psc_prototypes_survive_half_and_a_state_dict():
+    """After .half() the prototypes are float16 and float32 features still train against them (the loss computes in
+    the promotion); a state_dict loads into a fresh module."""
+    torch.manual_seed(0)
+    psc = gk.PSCLoss(5, 8)
+    feats, labels = torch.randn(10, 8), torch.randint(0, 5, (10,))
+    want = psc(feats, labels)
+    fresh = gk.PSCLoss(5, 8)
+    fresh.load_state_dict(psc.state_dict())
+    torch.testing.assert_close(fresh(feats, labels), want)
+    half = copy.deepcopy(psc).half()
+    assert half.prototypes.dtype == torch.float16
+    loss = half(feats, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32 and half.prototypes.grad.dtype == torch.float16
+    torch.testing.assert_close(loss, want, rtol=1e-3, atol=1e-3)
+
+
+def test_a_half_queue_feeds_a_float32_loss():
+    """MomentumQueue.half() holds float16 rows (as a .half() model's buffers); the float32 batch and the float16
+    queue compute in float32. A state_dict round trip keeps the rows, the labels and the count."""
+    queue = gk.MomentumQueue(10, 4)
+    queue.enqueue(F.normalize(torch.randn(6, 4), dim=1), torch.randint(0, 3, (6,)))
+    half = copy.deepcopy(queue).half()
+    assert half.get()[0].dtype == torch.float16 and len(half) == 6
+    feats = F.normalize(torch.randn(5, 4), dim=1)
+    labels = torch.randint(0, 3, (5,))
+    loss = gk.fused_paco_loss(feats, labels, queue=half.get()[0], queue_labels=half.get()[1])
+    want = gk.fused_paco_loss(feats, labels, queue=half.get()[0].float(), queue_labels=half.get()[1])
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want)
+    restored = gk.MomentumQueue(10, 4)
+    restored.load_state_dict(queue.state_dict())
+    assert len(restored) == 6
+    for a, b in zip(restored.get(), queue.get()):
+        assert torch.equal(a, b)
+
+
+def test_every_module_shows_its_hyperparameters():
+    from gpaco_kernels.compat import pml
+
+    shown = {
+        gk.FusedPaCoLoss(alpha=0.25): ["alpha=0.25"],
+        gk.SupConLoss(temperature=0.3): ["temperature=0.3"],
+        gk.PSCLoss(3, 4, temperature=0.4): ["num_classes=3", "temperature=0.4"],
+        gk.MomentumQueue(7, 3): ["size=7", "dim=3"],
+        gk.compat.PaCoLoss(alpha=0.25, K=5, num_classes=3): ["alpha=0.25", "K=5", "num_classes=3", "prior=none"],
+        gk.compat.GPaCoLoss(alpha=0.25, smooth=0.2, num_classes=3): ["alpha=0.25", "smooth=0.2", "K=8192"],
+        gk.compat.GPaCoViTLoss(num_classes=3): ["alpha=0.05", "temperature=0.2", "smooth=0.1"],
+        gk.compat.PaCoSegLoss(alpha=0.25, num_classes=3): ["alpha=0.25", "num_classes=3"],
+        gk.compat.SupConLoss(temperature=0.3, contrast_mode="one"): ["temperature=0.3", "contrast_mode='one'"],
+        pml.SupConLoss(temperature=0.3): ["temperature=0.3"],
+    }
+    for module, words in shown.items():
+        text = repr(module)
+        for word in words:
+            assert word in text, (word, text)
+    prior = gk.compat.GPaCoLoss(alpha=0.25, num_classes=3)
+    prior.cal_weight_for_classes([1, 2, 3])
+    assert "prior=3 class counts" in repr(prior)
+
+
+def test_a_sup_logits_shape_that_fits_the_sibling_module_names_it():
+    """PaCoLoss takes [q; k; queue] (anchors: q), GPaCoLoss [batch; queue] (anchors: every batch row): in the other's
+    loop the sup_logits rows give the layout away, and the error names the module that fits."""
+    feats, labels, logits = _paco_inputs()  # 12 rows: 8 batch rows and a queue of 4
+    paco = gk.compat.PaCoLoss(alpha=0.05, K=4, num_classes=len(COUNTS))
+    paco.cal_weight_for_classes(COUNTS)
+    with pytest.raises(
+        ValueError, match=r"^sup_logits must have shape \(anchors, num_classes\) = \(4, 4\).*use GPaCoLoss"
+    ):
+        paco(feats, labels, logits[:8])  # one row per batch row: GPaCo's layout
+    gpaco = gk.compat.GPaCoLoss(alpha=0.05, K=4, num_classes=len(COUNTS))
+    with pytest.raises(
+        ValueError, match=r"^sup_logits must have shape \(anchors, num_classes\) = \(8, 4\).*use PaCoLoss"
+    ):
+        gpaco(feats, labels, logits[:4])  # one row per q row: PaCo's layout
+    with pytest.raises(ValueError, match=r"^sup_logits must have shape \(num_anchors, C\) = \(8, C\), got \(5, 4\)$"):
+        gpaco(feats, labels, logits[:5])  # fits neither: the general message

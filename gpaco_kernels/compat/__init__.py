@@ -3,6 +3,7 @@ change. Each also takes ``backend=`` (default 'auto').
 
     PaCoLoss      PaCo/LT/losses.py (ICCV 2021): features = [q; k; queue], anchors are the first (N - K) // 2 rows
     GPaCoLoss     GPaCo/LT/losses.py (TPAMI 2023): anchors are the first N - K rows, optional prior, smoothing
+    GPaCoViTLoss  GPaCo/MAE-ViTs/paco.py: GPaCo with the ViT fine-tuning defaults and forward(..., smooth=0.1)
     PaCoSegLoss   GPaCo/Seg paco.py: every row (pixel) is an anchor, label == num_classes is ignored
     SupConLoss    Khosla et al.'s SupContrast losses.py
 
@@ -22,9 +23,10 @@ from torch import nn
 
 from .. import _checks as check
 from ..functional import _paco_loss, fused_supcon_loss
+from ..modules import ClassCountsState
 
 
-class _PublishedPaCoBase(nn.Module):
+class _PublishedPaCoBase(ClassCountsState):
     """Shared constructor, prior and argument handling of the three published PaCo-family modules."""
 
     # The published PaCo/LT and GPaCo/Seg signature; GPaCoLoss overrides the defaults it changes.
@@ -85,6 +87,24 @@ class _PublishedPaCoBase(nn.Module):
             )
         return labels.reshape(-1)
 
+    def extra_repr(self) -> str:
+        names = ("alpha", "beta", "gamma", "supt", "temperature", "base_temperature", "K", "num_classes", "smooth")
+        fields = [f"{name}={getattr(self, name)!r}" for name in names if hasattr(self, name)]
+        prior = "none" if self.class_counts is None else f"{self.class_counts.numel()} class counts"
+        return ", ".join(fields + [f"backend={self.backend!r}", f"prior={prior}"])
+
+    def _check_anchor_rows(self, sup_logits, num_anchors, n_batch, sibling, sibling_anchors, layout):
+        """A sup_logits row count that fits the sibling module's layout (PaCoLoss: [q; k; queue], the anchors are q;
+        GPaCoLoss: [batch; queue], every batch row is an anchor) names that module."""
+        rows = sup_logits.shape[0]
+        if rows != num_anchors and rows == sibling_anchors:
+            raise ValueError(
+                f"sup_logits must have shape (anchors, num_classes) = ({num_anchors}, {self.num_classes}), got "
+                f"{tuple(sup_logits.shape)}: {type(self).__name__} takes features as {layout}. Its {rows} rows are "
+                f"one per anchor of gpaco_kernels.compat.{sibling}'s layout for these {n_batch} batch rows: use "
+                f"{sibling} if that is the loss your code was written for"
+            )
+
     def _loss(self, features, labels, sup_logits, num_anchors, *, center_temperature, queue_rows=None, **options):
         """The published call on the op: the last queue_rows rows (default K) of features are the queue."""
         K = self.K if queue_rows is None else queue_rows
@@ -120,6 +140,8 @@ class PaCoLoss(_PublishedPaCoBase):
         if self.class_counts is None:
             raise RuntimeError("PaCoLoss needs the class prior: call cal_weight_for_classes(cls_num_list) first")
         num_anchors = (features.shape[0] - self.K) // 2
+        n_batch = features.shape[0] - self.K
+        self._check_anchor_rows(sup_logits, num_anchors, n_batch, "GPaCoLoss", n_batch, "[q; k; queue] (anchors: q)")
         return self._loss(
             features, labels, sup_logits, num_anchors, center_temperature=self.supt, class_counts=self.class_counts
         )
@@ -146,9 +168,12 @@ class GPaCoLoss(_PublishedPaCoBase):
         super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, backend)
         self.smooth = smooth
 
-    def forward(self, features, labels=None, sup_logits=None):
+    def forward(self, features, labels=None, sup_logits=None, smooth=None):
+        """smooth: label smoothing for this call (GPaCo/MAE-ViTs/paco.py takes it here); None: the constructor's."""
         labels = self._flat_labels(features, labels, sup_logits, None)
         num_anchors = features.shape[0] - self.K
+        layout = "[batch; queue] (anchors: every batch row)"
+        self._check_anchor_rows(sup_logits, num_anchors, num_anchors, "PaCoLoss", num_anchors // 2, layout)
         return self._loss(
             features,
             labels,
@@ -156,8 +181,32 @@ class GPaCoLoss(_PublishedPaCoBase):
             num_anchors,
             center_temperature=self.supt,
             class_counts=self.class_counts,
-            label_smoothing=self.smooth,
+            label_smoothing=self.smooth if smooth is None else smooth,
         )
+
+
+class GPaCoViTLoss(GPaCoLoss):
+    """GPaCo for ViTs, GPaCo/MAE-ViTs/paco.py (published there as PaCoLoss): GPaCoLoss with that file's defaults
+    (alpha=0.05, temperature=0.2, K=8192) and label smoothing given to forward, default 0.1. The published module
+    has no class prior; ``cal_weight_for_classes`` adds one, as in GPaCoLoss."""
+
+    def __init__(
+        self,
+        alpha=0.05,
+        beta=1.0,
+        gamma=1.0,
+        supt=1.0,
+        temperature=0.2,
+        base_temperature=None,
+        K=8192,
+        num_classes=1000,
+        backend="auto",
+    ):
+        # smooth is forward's argument; self.smooth (shown in the repr) is its default there
+        super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K, num_classes, 0.1, backend)
+
+    def forward(self, features, labels=None, sup_logits=None, smooth=0.1):
+        return super().forward(features, labels, sup_logits, smooth=smooth)
 
 
 class PaCoSegLoss(_PublishedPaCoBase):
@@ -189,6 +238,12 @@ class SupConLoss(nn.Module):
         self.contrast_mode = contrast_mode
         self.base_temperature = base_temperature
         self.backend = backend
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature!r}, contrast_mode={self.contrast_mode!r}, "
+            f"base_temperature={self.base_temperature!r}, backend={self.backend!r}"
+        )
 
     def forward(self, features, labels=None, mask=None):
         if labels is not None and mask is not None:

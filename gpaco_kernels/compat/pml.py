@@ -44,6 +44,9 @@ class SupConLoss(nn.Module):
         self.temperature = temperature
         self.backend = backend
 
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature!r}, backend={self.backend!r}"
+
     def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
         if indices_tuple is not None:
             raise ValueError("indices_tuple (a miner's pairs) is not supported: every pair is used, as without a miner")
