@@ -113,7 +113,7 @@ class MomentumQueue(nn.Module):
         otherwise change them in place, which autograd refuses. copy=False returns views of the buffers, for loops
         that enqueue only after the backward."""
         features, labels = self._rows.features, self._rows.labels
-        return (features.clone(), labels.clone()) if copy else (features, labels)
+        return (_snapshot(features), _snapshot(labels)) if copy else (features, labels)
 
     def __len__(self) -> int:
         return self._rows.features.shape[0]
@@ -135,6 +135,20 @@ class MomentumQueue(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}, filled={len(self)}, gather={self.gather}"
+
+
+@torch.library.custom_op("gpaco::queue_snapshot", mutates_args=())
+def _snapshot(rows: torch.Tensor) -> torch.Tensor:
+    """A copy of the filled rows, as an op torch.compile cannot see into. A plain clone() is cheap to recompute, so
+    Inductor's partitioner recomputes it in the backward from the queue's buffer, which the enqueue of the same
+    compiled step has by then overwritten: the backward of a loss that reads its queue again (the torch and triton
+    backends) then got gradients from the new rows (off by 4e-3 in tests/test_training_loop.py, torch 2.13)."""
+    return rows.clone()
+
+
+@_snapshot.register_fake
+def _(rows):
+    return torch.empty_like(rows)
 
 
 class _FilledRows:
