@@ -57,7 +57,7 @@ MAX_JOBS=16 step install 200 python3 -m pip install --no-build-isolation --no-de
 # edge tests, the opchecks with AOT dispatch, the host path, CUDA graphs and the device-side label check. CI rehearses
 # this exact step on CPU (tests/test_gpu_check.py): every test passes or skips for want of CUDA. Spread over
 # processes (xdist) because most of their time is Triton compiling.
-GPU_TESTS="tests/test_backends.py tests/test_triton.py tests/test_wide_features.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py"
+GPU_TESTS="tests/test_backends.py tests/test_triton.py tests/test_wide_features.py tests/test_numerics.py tests/test_op.py tests/test_host_path.py tests/test_training_loop.py"
 export TRITON_INTERPRET=0 GPACO_EXPECT_BACKENDS=torch,cpu,triton
 [ "${GPACO_NO_EXTENSION:-0}" = 1 ] && export GPACO_EXPECT_BACKENDS=torch,triton
 export TRITON_PRINT_AUTOTUNING=1
