@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (each creates .venv when it is missing and reuses it otherwise):
-#   make demo   install, then the main job (python/train.py: GPaCo vs CE vs balanced softmax on digits-lt, 3 seeds)
+#   make demo   install, then the main job (python/train.py: GPaCo vs CE vs balanced softmax on digits-lt, one seed)
 #   make test   install, then the test suite (python -m pytest -q) and everything else CI checks (scripts/checks.sh)
 # The install is the README's: the CPU build of torch from its pin and the Triton its CUDA build pins (3.7.1), then
 # this package with its extras.

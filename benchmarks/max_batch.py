@@ -23,8 +23,8 @@ out-of-memory failure it bisects between the last size that fit and the first th
 --resolution); after a failure by time it makes one more try, at the size the last step's time predicts to finish in
 80% of the limit, and stops (the size is then limited by time, not memory, and recorded so).
 Results are appended to benchmarks/results/records.jsonl (kind "max-batch"); `python -m benchmarks --report` draws
-the README table and plot. Exits 1 when a fused backend errors (a crash, not a limit), or with --quick when the dense
-formula is not the provider the budget stops first.
+the table and plot of docs/benchmarks.md. Exits 1 when a fused backend errors (a crash, not a limit), or with
+--quick when the dense formula is not the provider the budget stops first.
 """
 
 from __future__ import annotations

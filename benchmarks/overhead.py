@@ -3,7 +3,7 @@ the bare `(a @ c.T).logsumexp(1).sum().backward()` of the same size, and the dev
 
     python -m benchmarks.overhead [--device cpu|cuda] [--backends torch cpu triton] [--repeats 300] [--record]
                                   [--records FILE] [--workloads ...] [--verbose]
-    python -m benchmarks.overhead --report   # the README tables from the records (as `python -m benchmarks --report`)
+    python -m benchmarks.overhead --report   # the docs tables from the records (as `python -m benchmarks --report`)
 
 At a tiny size (A 8 anchors, queue 64, C 16 classes, D 16) the kernels cost microseconds and what is measured is
 the host path: argument checks, the prior, dispatch, launches. Each provider's step (loss and its gradients through
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=300, help="timed rounds (each provider once per round)")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/results/records.jsonl")
     parser.add_argument("--records", help="append the results to this JSONL file instead (implies --record)")
-    parser.add_argument("--report", action="store_true", help="regenerate the README tables from the records")
+    parser.add_argument("--report", action="store_true", help="regenerate the docs tables from the records")
     parser.add_argument("--verbose", action="store_true", help="print each step's launches and reads by op")
     parser.add_argument("--via-op", nargs="*", default=None, metavar="BACKEND",
                         help="also time these backends (default: the timed ones) through their torch.library "

@@ -7,7 +7,7 @@ Each measurement runs in a fresh process (a step of one provider leaves memory c
 one's): the memory is filled with random unit vectors and labels of 100 classes (not counted), then one step runs
 under peak_growth. PML builds the batch x memory matrix several times over (similarities, masks, exp), the fused
 loss holds row blocks of it. --record appends one record per size (kind "pml-memory") to
-benchmarks/results/records.jsonl; `python -m benchmarks --report` writes the README table from them.
+benchmarks/results/records.jsonl; `python -m benchmarks --report` writes the docs/benchmarks.md table from them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Everything shown from the records, regenerated: each machine's results.md and plots, and the README's tables.
+"""Everything shown from the records, regenerated: each machine's results.md and plots, and the tables of the README
+and docs/benchmarks.md.
 
     python -m benchmarks --report [--check]
 
@@ -671,8 +672,9 @@ def selfcheck_block() -> str:
     return "\n\n".join(blocks)
 
 
-def readme(text: str, records) -> str:
-    sections = {
+def sections(records) -> dict:
+    """Every generated block, by its marker name."""
+    return {
         "compile-summary": compile_summary,
         "compile-table": compile_table,
         "triton-matrix": triton_matrix_table,
@@ -689,11 +691,37 @@ def readme(text: str, records) -> str:
         "pml": lambda: pml_section(records),
         "overhead": lambda: overhead_section(records),
     }
-    for name, make in sections.items():
+
+
+# Where each block is shown: the README leads with one headline table and the supported versions; every other table
+# is in docs/benchmarks.md.
+DOCUMENTS = {
+    "README.md": ("summary", "triton-matrix"),
+    "docs/benchmarks.md": (
+        "selfcheck", "goals", "benchmarks", "gemm-peaks", "max-batch", "segmentation", "memory-probes",
+        "benchmark-plots", "overhead", "pml", "compile-summary", "compile-table", "gpu-model",
+    ),
+}  # fmt: skip
+
+
+def _relative_links(block: str, document: Path) -> str:
+    """The blocks name files from the repository's root; a document in a folder links to them relative to itself."""
+    depth = len(document.relative_to(ROOT).parts) - 1
+    if depth == 0:
+        return block
+    up = "../" * depth
+    return re.sub(r"\]\((?!https?://|#|\.\./)([^)\s]+)\)", lambda m: f"]({up}{m.group(1)})", block)
+
+
+def fill(text: str, records, document: Path, names) -> str:
+    """The document's text with the blocks named between their markers regenerated."""
+    made = sections(records)
+    for name in names:
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no markers for {name!r}")
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+            raise SystemExit(f"{document.relative_to(ROOT)} has no markers for {name!r}")
+        block = _relative_links(made[name](), document)
+        text = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(2), text)
     return text
 
 
@@ -708,8 +736,9 @@ def outputs(records_path: Path = RECORDS) -> dict[Path, bytes]:
             files[folder / file_name] = data
         for file_name, data in max_batch_plots(records, name).items():
             files[folder / file_name] = data
-    readme_path = ROOT / "README.md"
-    files[readme_path] = readme(readme_path.read_text(), records).encode()
+    for name, blocks in DOCUMENTS.items():
+        document = ROOT / name
+        files[document] = fill(document.read_text(), records, document, blocks).encode()
     return files
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--sweeps lt-queue pixel supcon dim] [--sizes ...] [--providers ...]
                          [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--time-limit S] [--no-memory]
-    python -m benchmarks --report [--check]      # results.md, plots and README tables from the records alone
+    python -m benchmarks --report [--check]      # results.md, plots, README and docs tables: from the records
 
 Time: at each point every provider runs once to warm up (twice for torch.compile, whose first call compiles), then
 the providers take turns for R rounds so that drift on a shared machine hits all alike; recorded are the median and
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per point (full mode)")
     parser.add_argument("--sizes", type=int, nargs="+", help="only these sizes of the chosen sweeps (a partial rerun)")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
-    parser.add_argument("--report", action="store_true", help="only regenerate results.md, plots and README tables")
+    parser.add_argument("--report", action="store_true", help="only regenerate results.md, plots and tables")
     parser.add_argument("--check", action="store_true", help="with --report: exit 1 if anything would change")
     args = parser.parse_args(argv)
 

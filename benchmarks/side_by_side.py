@@ -3,7 +3,7 @@
     python benchmarks/side_by_side.py [--sweep lt-queue|pixel|supcon|dim] [--size N] [--repeats R]
                                       [--providers ...] [--device cuda] [--dtype bfloat16]
 
-Providers and timing are those of the runner (`python -m benchmarks`, whose records are what the README shows): each
+Providers and timing are those of the runner (`python -m benchmarks`, whose records docs/benchmarks.md shows): each
 provider warms up, then they take turns for R rounds; printed are the median, the 20/80 percentiles and each median's
 ratio to the tight floor and to dense eager.
 """

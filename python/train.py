@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ or cifar-100-python/")
     p.add_argument("--loss", choices=LOSSES, help="one run with this loss (default: the main-job comparison)")
     p.add_argument("--losses", nargs="+", choices=LOSSES, default=list(MAIN_JOB), help="compared in the main job")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the main job")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0; --full: 0 1 2)")
+    p.add_argument("--full", action="store_true", help="the main job over seeds 0, 1, 2 (docs/training.md's table)")
     p.add_argument("--epochs", type=int, default=None, help="default: 150 for digits-lt, 200 for CIFAR")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--imbalance-factor", type=float, default=None, help="default: 50 for digits-lt, 100 for CIFAR")
@@ -70,6 +71,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     digits = args.dataset == "digits-lt"
     args.epochs = args.epochs or (150 if digits else 200)
+    # The quick main job (make demo, about 1.5 minutes on 2 cores) runs one seed; --full the three of the table.
+    args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
     args.imbalance_factor = args.imbalance_factor or (50.0 if digits else 100.0)
     args.queue_size = args.queue_size or (256 if digits else 4096)
     for name in ("epochs", "batch_size", "queue_size"):

@@ -303,7 +303,7 @@ def main(argv=None):
     print_table(rows, TABLE_KEYS, title, ("step_peak_mb", "seconds"))
     if args.out:
         (args.out / "compare.json").write_text(json.dumps(dict(budget_check=check, methods=rows), indent=1))
-    if args.record:  # the README's segmentation table is drawn from this record (python -m benchmarks --report)
+    if args.record:  # docs/benchmarks.md's segmentation table is drawn from this record (python -m benchmarks --report)
         import uuid
 
         from benchmarks.machine import facts

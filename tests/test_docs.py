@@ -48,3 +48,18 @@ def test_referenced_files_exist(path):
     assert not missing, f"{path.relative_to(ROOT)} points to files that do not exist: {sorted(set(missing))}"
     outside = OUTSIDE.findall(text)
     assert not outside or path.name == "test_docs.py", f"{path.relative_to(ROOT)} cites notes outside the repository"
+
+
+def test_the_readme_leads_with_the_drop_ins():
+    """A front door, not a lab notebook: at most 250 lines, the drop-ins by line 80, and every other table in docs/
+    (benchmarks/report.py's DOCUMENTS says which file each generated table lives in, and --check holds them to it)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, len(lines)
+    drop_ins = next(i for i, line in enumerate(lines, 1) if line.startswith("## Drop-ins"))
+    assert drop_ins <= 80, drop_ins
+    from benchmarks.report import DOCUMENTS
+
+    for name, blocks in DOCUMENTS.items():
+        text = (ROOT / name).read_text()
+        for block in blocks:
+            assert f"<!-- {block}:begin -->" in text and f"<!-- {block}:end -->" in text, (name, block)

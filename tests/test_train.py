@@ -150,3 +150,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"epoch": 1, "model": {}, "payload": _RunsCode()}, path)
     with pytest.raises(RuntimeError, match="not loaded.*could run code"):
         run_utils.load_checkpoint(path, "train.py")
+
+
+def test_the_default_main_job_is_one_seed_and_full_is_three():
+    """make demo runs the quick main job (one seed, about 1.5 minutes on 2 cores); --full is the documented table."""
+    assert train.parse_args([]).seeds == [0]
+    assert train.parse_args(["--full"]).seeds == [0, 1, 2]
+    assert train.parse_args(["--full", "--seeds", "4"]).seeds == [4]

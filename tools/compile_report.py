@@ -514,7 +514,7 @@ def main(argv=None) -> int:
     parser.add_argument("--first", action="store_true", help="each variant's first autotune candidate alone")
     parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), help="restrict to these precisions")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
-    parser.add_argument("--out", help="also write the report to this file (the committed record the README quotes)")
+    parser.add_argument("--out", help="also write the report to this file (the record docs/benchmarks.md quotes)")
     args = parser.parse_args(argv)
     bad_dims = [d for d in args.dims if d < 16 or d & (d - 1) or d > 1024]
     if bad_dims:

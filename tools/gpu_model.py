@@ -780,7 +780,7 @@ def report_main(description: str, report, argv=None) -> int:
     lines, and with --out also write them to the committed record."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
-    parser.add_argument("--out", help="also write the lines to this file (the committed record the README quotes)")
+    parser.add_argument("--out", help="also write the lines to this file (the record docs/benchmarks.md quotes)")
     args = parser.parse_args(argv)
     lines = report(args.jobs)
     print("\n".join(lines))
