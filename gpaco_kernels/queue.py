@@ -17,7 +17,8 @@ class MomentumQueue(nn.Module):
     ``enqueue(features, labels)`` writes any number of rows at the write position, wrapping around (no
     ``size % batch == 0`` requirement; a batch larger than the queue keeps its last ``size`` rows). With
     ``gather=True`` and torch.distributed initialized, the rows of every rank (in rank order) are enqueued on every
-    rank, so the queues stay identical. ``get()`` returns ``(features, labels)`` of the filled slots.
+    rank, so the queues stay identical. ``get()`` returns ``(features, labels)`` of the filled slots, as copies, so
+    that the keys may be enqueued before the loss's backward (``get(copy=False)``: views of the buffers).
 
     ``init``:
 
@@ -27,6 +28,9 @@ class MomentumQueue(nn.Module):
       published PaCo/GPaCo builders initialize their queues (they are pushed out by real rows after ``size`` rows).
       ``get()`` then always returns the whole buffer: one shape for every step, which a CUDA graph capture or a
       compiled step (torch.compile) needs.
+
+    Under torch.compile a step that calls ``get()`` while the queue fills compiles about twice (the queue's length
+    becomes dynamic after its first change), then never again.
 
     A step reads nothing back from the device: the write position lives on the device (the slots a batch goes to are
     computed there, so a captured enqueue writes the next slots at every replay), and the number of filled slots is
