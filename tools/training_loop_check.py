@@ -5,14 +5,15 @@
 - GPaCo's --fp16 loop on this CPU: the drop-in under autocast (bfloat16 class logits, float32 features), each
   backend's loss against float64.
 
-    python -m tools.training_loop_check [--steps 12] [--queue 80] [--backend-compiler inductor]
+    python -m tools.training_loop_check [--steps 12] [--queue 80] [--backend-compiler inductor] [--out FILE]
+
+The record the README's compile counts come from: benchmarks/results/training_loop_check.txt (--out).
 
 The same checks, asserted, are tests/test_training_loop.py (with the cheaper aot_eager compiler)."""
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -68,14 +69,25 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--queue", type=int, default=80, help="queue size (16 rows a step fill it)")
     parser.add_argument("--backend-compiler", default="inductor", help="torch.compile backend (inductor, aot_eager)")
+    parser.add_argument("--out", help="also write the lines to this file (the committed record)")
     args = parser.parse_args(argv)
     import test_training_loop as loop
 
     import gpaco_kernels as gk
 
+    lines = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     loop.K = args.queue
-    print(f"torch {torch.__version__}, gpaco_kernels {gk.__version__}, {platform.processor() or platform.machine()}")
-    print(f"compiled GPaCo step, MomentumQueue({args.queue}) filling by 16 rows a step, {args.steps} steps, "
+    from benchmarks.machine import commit, cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    say(f"python -m tools.training_loop_check --queue {args.queue}, commit {commit()}, torch {torch.__version__}, "
+        f"{model} ({' '.join(flags) or 'no avx2/avx512/amx'}), {torch.get_num_threads()} threads")  # fmt: skip
+    say(f"compiled GPaCo step, MomentumQueue({args.queue}) filling by 16 rows a step, {args.steps} steps, "
           f"torch.compile(backend={args.backend_compiler!r}):")  # fmt: skip
     for backend in ("auto", "torch"):
         for name, options in (
@@ -85,10 +97,13 @@ def main(argv=None) -> None:
             for enqueue_in_step in (True, False):
                 where = "enqueue in the step" if enqueue_in_step else "enqueue after backward"
                 result = compiled_loop(backend, args.backend_compiler, options, enqueue_in_step, args.steps)
-                print(f"  backend={backend:<5} {name:<13} {where:<23} {result}")
-    print("GPaCo drop-in under CPU autocast (bfloat16 logits, float32 features):")
+                say(f"  backend={backend:<5} {name:<13} {where:<23} {result}")
+    say("GPaCo drop-in under CPU autocast (bfloat16 logits, float32 features):")
     for backend in gk.available_backends("cpu"):
-        print(f"  backend={backend:<9} {autocast_gpaco(backend)}")
+        say(f"  backend={backend:<9} {autocast_gpaco(backend)}")
+
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
