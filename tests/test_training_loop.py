@@ -19,11 +19,12 @@ LOOP_BACKENDS = [("reference", "cpu"), ("torch", "cpu"), ("cpu", "cpu"), pytest.
 B, D, C, K, STEPS = 16, 32, 10, 80, 12  # 16 rows a step fill the 80-slot queue at step 5, then wrap
 
 
-def _loop(backend, device="cpu", compile_options=None, *, steps=STEPS, enqueue_in_step=True, compiler="aot_eager"):
+def _loop(backend, device="cpu", compile_options=None, *, steps=STEPS, enqueue_in_step=True, compiler="aot_eager",
+          queue_size=K):  # fmt: skip
     """STEPS GPaCo steps from one seed: get() and (by default) enqueue() inside the step, the backward outside it.
     Returns the per-step (loss, grad of the batch, grad of the head's weight) and the compile counter (or None)."""
     torch.manual_seed(0)
-    queue = gk.MomentumQueue(K, D, device=device)
+    queue = gk.MomentumQueue(queue_size, D, device=device)
     head = torch.nn.Linear(D, C).to(device)
     batches = [(torch.randn(B, D, device=device), torch.randint(0, C, (B,), device=device)) for _ in range(steps)]
 
@@ -52,7 +53,7 @@ def _loop(backend, device="cpu", compile_options=None, *, steps=STEPS, enqueue_i
         head.weight.grad = None
         if not enqueue_in_step:
             queue.enqueue(F.normalize(x.detach(), dim=1), y)
-    assert len(queue) == K
+    assert len(queue) == queue_size
     return out, counter
 
 

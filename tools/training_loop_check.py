@@ -24,23 +24,19 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def compiled_loop(backend: str, compiler: str, options: dict, enqueue_in_step: bool, steps: int) -> str:
+def compiled_loop(backend: str, compiler: str, options: dict, enqueue_in_step: bool, steps: int, size: int) -> str:
     import test_training_loop as loop
-    from torch._dynamo.testing import CompileCounterWithBackend
 
-    counter_class = loop.CompileCounterWithBackend
-    loop.CompileCounterWithBackend = lambda _: CompileCounterWithBackend(compiler)
     try:
         start = time.perf_counter()
-        eager, _ = loop._loop(backend, enqueue_in_step=enqueue_in_step, steps=steps)
-        compiled, counter = loop._loop(backend, "cpu", options, enqueue_in_step=enqueue_in_step, steps=steps)
+        common = dict(enqueue_in_step=enqueue_in_step, steps=steps, queue_size=size)
+        eager, _ = loop._loop(backend, **common)
+        compiled, counter = loop._loop(backend, "cpu", options, compiler=compiler, **common)
         worst = max((a - b).abs().max().item() for g, w in zip(compiled, eager) for a, b in zip(g, w))
         seconds = time.perf_counter() - start
         return f"{counter.frame_count} compilations, max |compiled - eager| {worst:.1e} ({seconds:.0f} s)"
     except Exception as exc:  # the "before" column: what a user met
         return f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:110]}"
-    finally:
-        loop.CompileCounterWithBackend = counter_class
 
 
 def autocast_gpaco(backend: str) -> str:
@@ -71,8 +67,6 @@ def main(argv=None) -> None:
     parser.add_argument("--backend-compiler", default="inductor", help="torch.compile backend (inductor, aot_eager)")
     parser.add_argument("--out", help="also write the lines to this file (the committed record)")
     args = parser.parse_args(argv)
-    import test_training_loop as loop
-
     import gpaco_kernels as gk
 
     lines = []
@@ -81,7 +75,6 @@ def main(argv=None) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    loop.K = args.queue
     from benchmarks.machine import commit, cpu_model_and_flags
 
     model, flags = cpu_model_and_flags()
@@ -96,7 +89,7 @@ def main(argv=None) -> None:
         ):
             for enqueue_in_step in (True, False):
                 where = "enqueue in the step" if enqueue_in_step else "enqueue after backward"
-                result = compiled_loop(backend, args.backend_compiler, options, enqueue_in_step, args.steps)
+                result = compiled_loop(backend, args.backend_compiler, options, enqueue_in_step, args.steps, args.queue)
                 say(f"  backend={backend:<5} {name:<13} {where:<23} {result}")
     say("GPaCo drop-in under CPU autocast (bfloat16 logits, float32 features):")
     for backend in gk.available_backends("cpu"):
