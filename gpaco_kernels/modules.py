@@ -38,7 +38,8 @@ class ClassCountsState(nn.Module):
         counts = state_dict.get(prefix + "class_counts")
         if counts is not None:  # checked, and a buffer to load into (the loader then copies the same values)
             device = self.class_counts.device if self.class_counts is not None else torch.device("cpu")
-            self.class_counts = check.host_class_counts(counts, None).to(device)
+            # num_classes: the compat modules know it (and check counts against it, as cal_weight_for_classes does)
+            self.class_counts = check.host_class_counts(counts, getattr(self, "num_classes", None)).to(device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -269,6 +269,15 @@ def test_class_counts_load_into_a_module_built_either_way(name):
     assert with_other.class_counts.tolist() == COUNTS  # kept
 
 
+def test_counts_of_the_wrong_length_are_refused_when_the_checkpoint_loads():
+    """A compat module knows its number of classes: counts of another length are refused as the checkpoint loads,
+    as cal_weight_for_classes refuses them, not at the next forward."""
+    saved = gk.compat.GPaCoLoss(alpha=0.05, num_classes=5)
+    saved.cal_weight_for_classes([1.0] * 5)
+    with pytest.raises(ValueError, match=r"^class_counts must have shape \(4,\) \(one count per class\), got \(5,\)"):
+        gk.compat.GPaCoLoss(alpha=0.05, num_classes=4).load_state_dict(saved.state_dict())
+
+
 def test_psc_prototypes_survive_half_and_a_state_dict():
     """After .half() the prototypes are float16 and float32 features still train against them (the loss computes in
     the promotion); a state_dict loads into a fresh module."""

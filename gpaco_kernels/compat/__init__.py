@@ -139,8 +139,8 @@ class PaCoLoss(_PublishedPaCoBase):
         labels = self._flat_labels(features, labels, sup_logits, mask)
         if self.class_counts is None:
             raise RuntimeError("PaCoLoss needs the class prior: call cal_weight_for_classes(cls_num_list) first")
-        num_anchors = (features.shape[0] - self.K) // 2
         n_batch = features.shape[0] - self.K
+        num_anchors = n_batch // 2  # [q; k]: the anchors are q
         self._check_anchor_rows(sup_logits, num_anchors, n_batch, "GPaCoLoss", n_batch, "[q; k; queue] (anchors: q)")
         return self._loss(
             features, labels, sup_logits, num_anchors, center_temperature=self.supt, class_counts=self.class_counts
